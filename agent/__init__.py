@@ -1,0 +1,86 @@
+"""agent: an orchestration framework and pipeline for outbound B2B sales development.
+
+The public surface is listed in ``__all__`` (kept honest by a test).
+"""
+
+from agent.agents.base import BaseAgent
+from agent.builtins import default_registry, register_builtins
+from agent.context import RunContext
+from agent.delivery.suppression import SuppressionList
+from agent.envelope import (
+    envelope_json_schema,
+    make_envelope,
+    make_provenance,
+    new_run_id,
+    record_hash,
+    validate_envelope,
+)
+from agent.errors import (
+    AgentCallError,
+    AgentError,
+    ConfigurationError,
+    DeliveryError,
+    DuplicateName,
+    EnvelopeError,
+    InvalidInput,
+    NotFound,
+    PayloadError,
+    RegistryError,
+    StorageError,
+)
+from agent.high_level_agents.orchestrators import (
+    BaseOrchestrator,
+    DeliveryOrchestrator,
+    LeadOrchestrator,
+)
+from agent.leads.importer import import_csv
+from agent.leads.query import LeadQuery
+from agent.leads.sample import generate_leads
+from agent.leads.store import ImportReport, LeadStore
+from agent.registry import Registry
+from agent.settings import Settings, get_settings
+from agent.storage.db import Database
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # envelope
+    "make_envelope",
+    "validate_envelope",
+    "record_hash",
+    "make_provenance",
+    "envelope_json_schema",
+    "new_run_id",
+    # registry and orchestrators
+    "Registry",
+    "default_registry",
+    "register_builtins",
+    "BaseOrchestrator",
+    "LeadOrchestrator",
+    "DeliveryOrchestrator",
+    "BaseAgent",
+    "RunContext",
+    # leads and storage
+    "Database",
+    "LeadQuery",
+    "LeadStore",
+    "ImportReport",
+    "import_csv",
+    "generate_leads",
+    "SuppressionList",
+    # configuration
+    "Settings",
+    "get_settings",
+    # errors
+    "AgentError",
+    "ConfigurationError",
+    "InvalidInput",
+    "EnvelopeError",
+    "PayloadError",
+    "RegistryError",
+    "NotFound",
+    "DuplicateName",
+    "StorageError",
+    "AgentCallError",
+    "DeliveryError",
+]

@@ -1,0 +1,1 @@
+"""Delivery: message building, suppression, the outbox ledger and channels."""

@@ -1,0 +1,1 @@
+"""Delivery channels: one module per way of handing a message over."""

@@ -1,0 +1,110 @@
+"""Outbox channel: writes one RFC 5322 ``.eml`` file per message, exactly once.
+
+The file name is the idempotency key and the file appears atomically (written
+to a temporary name, then hard-linked into place), so neither a retry nor two
+workers racing on the same key can produce a second message.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from agent.agents.base import BaseAgent
+from agent.context import RunContext
+from agent.delivery.keys import idempotency_key
+from agent.delivery.ledger import OutboxLedger
+from agent.delivery.message import build_message, new_message_id
+from agent.delivery.suppression import SuppressionList
+from agent.envelope import make_envelope, make_provenance
+from agent.errors import DeliveryError
+from agent.storage.db import Database
+
+__all__ = ["OutboxChannel"]
+
+
+def _write_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` with ``data`` unless it exists; True if this call wrote it."""
+    if path.exists():
+        return False
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".eml")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)
+
+
+class OutboxChannel(BaseAgent):
+    """Delivery channel that writes .eml files to the outbox directory."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"write", "send"})
+    channel = "outbox"
+
+    def __init__(self, db: Database | None = None, directory: Path | None = None) -> None:
+        self._db = db
+        self._directory = directory
+
+    def run(self, request: Mapping[str, Any], *, context: RunContext) -> dict[str, Any]:
+        settings = context.settings
+        db = self._db or Database.for_settings(settings)
+        directory = Path(self._directory or settings.resolved_outbox_dir)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeliveryError(f"outbox directory {directory} is not writable: {exc}") from exc
+        ledger = OutboxLedger(db)
+        messages = list(request["messages"])
+        # Checked again right before the hand-over: a suppression may have landed since the gate.
+        suppressed = SuppressionList(db, tenant=context.tenant).suppressed(m["to"] for m in messages)
+        records = []
+        for msg in messages:
+            key = idempotency_key(context.tenant, msg["campaign_id"], msg["lead_id"], msg["step"])
+            result = {"to": msg["to"], "lead_id": msg["lead_id"], "campaign_id": msg["campaign_id"],
+                      "step": msg["step"], "subject": msg["subject"], "channel": self.channel,
+                      "idempotency_key": key, "message_id": None, "location": None}
+            if msg["to"] in suppressed:
+                result.update(status="skipped", reason="suppressed")
+            else:
+                result.update(self._deliver(ledger, directory, key, msg, context))
+            result["provenance"] = make_provenance(
+                result, source=f"channel:{self.channel}", source_id=key, agent=self.channel,
+                run_id=context.run_id, node=context.node, parents=[msg["parent_hash"]])
+            records.append(result)
+        return make_envelope(records, source=f"channel:{self.channel}", run_id=context.run_id,
+                             flow=context.flow, node=context.node, agent=self.channel,
+                             duration_ms=context.elapsed_ms())
+
+    def _deliver(self, ledger: OutboxLedger, directory: Path, key: str, msg: Mapping[str, Any],
+                 context: RunContext) -> dict[str, Any]:
+        settings = context.settings
+        entry, created = ledger.claim(
+            key, tenant_id=context.tenant, campaign_id=msg["campaign_id"], lead_id=msg["lead_id"],
+            step=msg["step"], channel=self.channel, message_id=new_message_id(settings.sender),
+            to_address=msg["to"], subject=msg["subject"], record_hash=msg["parent_hash"],
+            run_id=context.run_id, provenance=msg.get("provenance"))
+        path = directory / f"{key}.eml"
+        if entry.state == "sent":
+            return {"status": "duplicate", "reason": "already_sent", "message_id": entry.message_id,
+                    "location": entry.location}
+        # New claim, or a claim left in "sending" by a crash: finish it with the same Message-ID.
+        data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
+                             message_id=entry.message_id, postal_address=settings.postal_address, send_id=key)
+        try:
+            _write_once(path, data)
+        except OSError as exc:
+            ledger.mark(key, "failed")
+            raise DeliveryError(f"cannot write {path.name}: {exc}") from exc
+        ledger.mark(key, "sent", location=str(path))
+        return {"status": "sent", "reason": None if created else "resumed", "message_id": entry.message_id,
+                "location": str(path)}

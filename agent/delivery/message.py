@@ -1,0 +1,63 @@
+"""Building outbound messages as RFC 5322 bytes.
+
+The policy is ``email.policy.SMTP`` with lines up to 998 characters, so long
+headers such as ``List-Unsubscribe`` are not folded into broken values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid, parseaddr
+
+from agent.errors import InvalidInput
+
+__all__ = ["build_message", "new_message_id", "sender_domain", "SMTP_POLICY"]
+
+SMTP_POLICY = SMTP.clone(max_line_length=998)
+
+
+def sender_domain(sender: str) -> str:
+    address = parseaddr(sender)[1]
+    if "@" not in address:
+        raise InvalidInput("sender", f"not an address: {sender!r}")
+    return address.rsplit("@", 1)[1].lower()
+
+
+def new_message_id(sender: str) -> str:
+    """A Message-ID on the sender's domain, made once and stored before sending."""
+    return make_msgid(domain=sender_domain(sender))
+
+
+def build_message(
+    *,
+    sender: str,
+    to: str,
+    subject: str,
+    body: str,
+    message_id: str,
+    postal_address: str,
+    send_id: str,
+    date: datetime | None = None,
+) -> bytes:
+    """The message as bytes: headers, body, and a footer with address and opt-out.
+
+    ``send_id`` goes into ``X-Send-Id`` so a bounce can be matched to the send.
+    """
+    unsubscribe = f"mailto:unsubscribe@{sender_domain(sender)}?subject=unsubscribe"
+    msg = EmailMessage(policy=SMTP_POLICY)
+    msg["From"] = sender
+    msg["To"] = Address(addr_spec=to)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date or datetime.now(timezone.utc))
+    msg["Message-ID"] = message_id
+    msg["List-Unsubscribe"] = f"<{unsubscribe}>"
+    msg["X-Send-Id"] = send_id
+    footer = (
+        f"\n\n--\n{postal_address}\n"
+        f"To stop receiving these emails, reply with \"unsubscribe\" or write to unsubscribe@{sender_domain(sender)}."
+    )
+    msg.set_content(body.rstrip() + footer)
+    return msg.as_bytes()

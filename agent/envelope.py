@@ -1,0 +1,265 @@
+"""The canonical envelope every node returns and every boundary validates.
+
+An envelope is a plain JSON-serialisable dict::
+
+    {"metadata": {"run_id", "flow", "node", "source", "created_at", "total_count",
+                  "partial", "errors", "duration_ms", ...},
+     "records":  [{...domain fields..., "provenance": {...}}]}
+
+The pydantic models below are the single source of truth: they validate, and
+they produce the published JSON Schema (``agent schema envelope``).  Records
+stay plain dicts; the models only check them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import ValidationError as _PydanticValidationError
+
+from agent.errors import EnvelopeError
+
+__all__ = [
+    "make_envelope",
+    "validate_envelope",
+    "record_hash",
+    "make_provenance",
+    "envelope_json_schema",
+    "new_run_id",
+    "utc_now_iso",
+]
+
+PROVENANCE = "provenance"
+
+
+def _check_utc_iso(value: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an ISO-8601 timestamp") from None
+    if parsed.utcoffset() is None or parsed.utcoffset().total_seconds() != 0:
+        raise ValueError("must be in UTC (end with Z or +00:00)")
+    return value
+
+
+class ErrorItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+    node: str | None
+
+
+class Provenance(BaseModel):
+    """Where a record came from; ``parents`` are upstream record hashes."""
+
+    model_config = ConfigDict(extra="allow")
+    source: str = Field(min_length=1)
+    source_id: str | None
+    retrieved_at: str
+    agent: str | None
+    run_id: str | None
+    node: str | None
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    parents: list[str]
+    raw_row: dict[str, Any] | None = None
+
+    _utc = field_validator("retrieved_at")(_check_utc_iso)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    provenance: Provenance
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    run_id: str = Field(min_length=1)
+    flow: str | None
+    node: str | None
+    source: str = Field(min_length=1)
+    created_at: str
+    total_count: int = Field(ge=0)
+    partial: bool
+    errors: list[ErrorItem]
+    duration_ms: float | None = Field(ge=0)
+
+    _utc = field_validator("created_at")(_check_utc_iso)
+
+
+class Envelope(BaseModel):
+    """The canonical envelope: ``metadata`` plus ``records``."""
+
+    model_config = ConfigDict(extra="forbid", title="AgentEnvelope")
+    metadata: Metadata
+    records: list[Record]
+
+
+_ENVELOPE = TypeAdapter(Envelope)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """sha256 of the record's canonical JSON, its provenance left out."""
+    body = {k: v for k, v in record.items() if k != PROVENANCE}
+    try:
+        return hashlib.sha256(_canonical(body)).hexdigest()
+    except (TypeError, ValueError) as exc:
+        raise EnvelopeError("record", f"is not JSON-serialisable ({exc})") from exc
+
+
+def make_provenance(
+    record: Mapping[str, Any],
+    *,
+    source: str,
+    source_id: str | None = None,
+    agent: str | None = None,
+    run_id: str | None = None,
+    node: str | None = None,
+    parents: Sequence[str] = (),
+    raw_row: Mapping[str, Any] | None = None,
+    retrieved_at: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    prov: dict[str, Any] = {
+        "source": source,
+        "source_id": source_id,
+        "retrieved_at": retrieved_at or utc_now_iso(),
+        "agent": agent,
+        "run_id": run_id,
+        "node": node,
+        "hash": record_hash(record),
+        "parents": list(parents),
+    }
+    if raw_row is not None:
+        prov["raw_row"] = dict(raw_row)
+    prov.update(extra)
+    return prov
+
+
+def make_envelope(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    source: str,
+    run_id: str | None = None,
+    flow: str | None = None,
+    node: str | None = None,
+    agent: str | None = None,
+    total_count: int | None = None,
+    partial: bool = False,
+    errors: Sequence[Mapping[str, Any]] = (),
+    duration_ms: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Build a valid envelope; records without provenance get one.
+
+    A record that already carries provenance keeps its origin (``source``,
+    ``source_id``, ``parents``...) but its ``hash`` is recomputed and missing
+    ``run_id``/``node``/``agent`` are filled, so a record edited on its way
+    through a flow never carries a stale hash.
+    """
+    run_id = run_id or new_run_id()
+    now = utc_now_iso()
+    out: list[dict[str, Any]] = []
+    for index, record in enumerate(records):
+        rec = dict(record)
+        try:
+            prov = rec.get(PROVENANCE)
+            if prov is None:
+                rec[PROVENANCE] = make_provenance(
+                    rec, source=source, agent=agent, run_id=run_id, node=node, retrieved_at=now
+                )
+            else:
+                prov = dict(prov)
+                prov["hash"] = record_hash(rec)
+                for key, value in (("run_id", run_id), ("node", node), ("agent", agent)):
+                    if prov.get(key) is None:
+                        prov[key] = value
+                prov.setdefault("source", source)
+                prov.setdefault("source_id", None)
+                prov.setdefault("retrieved_at", now)
+                prov["parents"] = list(prov.get("parents") or [])
+                rec[PROVENANCE] = prov
+        except EnvelopeError as exc:
+            raise EnvelopeError(f"records[{index}]", exc.reason) from exc
+        out.append(rec)
+    metadata: dict[str, Any] = {
+        "run_id": run_id,
+        "flow": flow,
+        "node": node,
+        "source": source,
+        "created_at": now,
+        "total_count": len(out) if total_count is None else total_count,
+        "partial": partial,
+        "errors": [{"node": node, **dict(e)} for e in errors],
+        "duration_ms": duration_ms,
+    }
+    metadata.update(extra)
+    return {"metadata": metadata, "records": out}
+
+
+def _path(loc: Sequence[Any]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "envelope"
+
+
+def validate_envelope(envelope: Any, *, check_hashes: bool = True) -> dict[str, Any]:
+    """Check ``envelope`` against the contract and return it unchanged.
+
+    Raises ``EnvelopeError`` whose ``field`` is the offending path, e.g.
+    ``records[3].provenance.hash``.  With ``check_hashes`` every record's hash
+    is recomputed, which also proves the record is JSON-serialisable.
+    """
+    if not isinstance(envelope, Mapping):
+        raise EnvelopeError("envelope", f"must be a dict, not {type(envelope).__name__}")
+    try:
+        _ENVELOPE.validate_python(envelope)
+    except _PydanticValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise EnvelopeError(_path(first["loc"]), first["msg"].lower()) from None
+    if check_hashes:
+        for index, record in enumerate(envelope["records"]):
+            try:
+                actual = record_hash(record)
+            except EnvelopeError as exc:
+                raise EnvelopeError(f"records[{index}]", exc.reason) from None
+            if record[PROVENANCE]["hash"] != actual:
+                raise EnvelopeError(
+                    f"records[{index}].provenance.hash", "does not match the record's content"
+                )
+    try:
+        _canonical(envelope["metadata"])
+    except (TypeError, ValueError) as exc:
+        raise EnvelopeError("metadata", f"is not JSON-serialisable ({exc})") from None
+    return envelope  # type: ignore[return-value]
+
+
+def envelope_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the canonical envelope."""
+    schema = Envelope.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://agent.example/schemas/envelope.json"
+    return schema

@@ -1,0 +1,111 @@
+"""The project's exception tree.
+
+Every error the package raises on purpose is an ``AgentError``; errors from
+libraries below (SQLAlchemy, pydantic, the email stack) are translated at the
+adapter boundary with ``raise X(...) from exc`` so callers catch one tree::
+
+    AgentError
+    ├── ConfigurationError        settings that cannot work (bad URL, bad path)
+    ├── InvalidInput              bad input from a caller; names field + reason
+    │   ├── EnvelopeError         an envelope that breaks the canonical contract
+    │   └── PayloadError          an orchestrator payload that fails its model
+    ├── RegistryError
+    │   ├── NotFound              lookup miss; carries close-name suggestions
+    │   └── DuplicateName         name already registered (pass replace=True)
+    ├── StorageError              the database refused or failed an operation
+    ├── AgentCallError            an operational agent failed while running
+    └── DeliveryError             a channel could not hand a message over
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AgentError",
+    "ConfigurationError",
+    "InvalidInput",
+    "EnvelopeError",
+    "PayloadError",
+    "RegistryError",
+    "NotFound",
+    "DuplicateName",
+    "StorageError",
+    "AgentCallError",
+    "DeliveryError",
+]
+
+
+class AgentError(Exception):
+    """Root of every error raised on purpose by this package."""
+
+    code = "agent_error"
+
+    def to_dict(self) -> dict[str, str]:
+        """The error as an envelope ``errors`` item (without ``node``)."""
+        return {"code": self.code, "message": str(self)}
+
+
+class ConfigurationError(AgentError):
+    code = "configuration_error"
+
+
+class InvalidInput(AgentError):
+    """Bad input: ``field`` is a dotted path (``records[3].to``), ``reason`` why."""
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class EnvelopeError(InvalidInput):
+    code = "invalid_envelope"
+
+
+class PayloadError(InvalidInput):
+    code = "invalid_payload"
+
+
+class RegistryError(AgentError):
+    code = "registry_error"
+
+
+class NotFound(RegistryError, LookupError):
+    """A name that is not registered; ``suggestions`` holds close names."""
+
+    code = "not_found"
+
+    def __init__(self, name: str, suggestions: Sequence[str] = ()) -> None:
+        self.name = name
+        self.suggestions = list(suggestions)
+        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"nothing registered as {name!r}.{hint}")
+
+
+class DuplicateName(RegistryError):
+    code = "duplicate_name"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"{name!r} is already registered; pass replace=True to replace it")
+
+
+class StorageError(AgentError):
+    code = "storage_error"
+
+
+class AgentCallError(AgentError):
+    """An operational agent raised while running; the cause is chained."""
+
+    code = "agent_call_failed"
+
+    def __init__(self, agent: str, message: str) -> None:
+        self.agent = agent
+        super().__init__(f"agent {agent!r} failed: {message}")
+
+
+class DeliveryError(AgentError):
+    code = "delivery_error"

@@ -1,0 +1,1 @@
+"""Domain-level agents: the orchestrators that compose operational agents."""

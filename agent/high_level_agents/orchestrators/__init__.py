@@ -1,0 +1,8 @@
+"""Domain orchestrators and the Registry they are resolved through."""
+
+from agent.high_level_agents.orchestrators.base import BaseOrchestrator
+from agent.high_level_agents.orchestrators.delivery import DeliveryOrchestrator
+from agent.high_level_agents.orchestrators.lead import LeadOrchestrator
+from agent.registry import Registry
+
+__all__ = ["BaseOrchestrator", "LeadOrchestrator", "DeliveryOrchestrator", "Registry"]

@@ -1,0 +1,140 @@
+"""BaseOrchestrator: validate the payload, call agents, return an envelope.
+
+Orchestrators are thin.  They never touch a database, a model or the network
+themselves; every side effect goes through an operational agent resolved from
+the Registry (and, later, the Dispatcher), so provenance and limits apply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from agent.context import RunContext
+from agent.envelope import make_envelope, new_run_id, validate_envelope
+from agent.errors import AgentCallError, AgentError, InvalidInput, PayloadError
+from agent.registry import Registry
+from agent.settings import Settings, get_settings
+
+__all__ = ["BaseOrchestrator", "is_envelope"]
+
+log = logging.getLogger("agent.orchestrator")
+
+
+def is_envelope(payload: Any) -> bool:
+    return isinstance(payload, Mapping) and "metadata" in payload and "records" in payload
+
+
+class BaseOrchestrator:
+    """Base of the domain orchestrators.
+
+    Subclasses declare ``name`` and ``payload_model`` and implement
+    ``execute(payload, context)``.  Hooks ``before_run`` / ``after_run`` /
+    ``on_error`` take keyword arguments plus ``**kwargs``; a failing hook is
+    logged, never propagated.
+    """
+
+    kind: ClassVar[str] = "orchestrator"
+    name: ClassVar[str] = "base"
+    version: ClassVar[str] = "0.1.0"
+    description: ClassVar[str | None] = None
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    payload_model: ClassVar[type[BaseModel] | None] = None
+    # An incoming envelope that already carries records is returned, not re-queried.
+    passthrough_envelopes: ClassVar[bool] = True
+
+    def __init__(self, registry: Registry | None = None, *, settings: Settings | None = None,
+                 tenant: str | None = None) -> None:
+        if registry is None:
+            from agent.builtins import default_registry
+
+            registry = default_registry()
+        self.registry = registry
+        self.settings = settings or get_settings()
+        self.tenant = tenant or self.settings.tenant
+
+    # -- public -----------------------------------------------------------------
+    def run(self, payload: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
+        """Run once and return a validated envelope; errors are ``AgentError``s."""
+        context = RunContext(run_id=run_id or new_run_id(), flow=self.name, tenant=self.tenant,
+                             settings=self.settings)
+        self._hook("before_run", context=context, payload=payload)
+        try:
+            if self.passthrough_envelopes and is_envelope(payload) and payload["records"]:  # type: ignore[index]
+                envelope = self._passthrough(payload, context)  # type: ignore[arg-type]
+            else:
+                envelope = self.execute(self.validate_payload(payload), context)
+            validate_envelope(envelope)
+        except AgentError as exc:
+            self._hook("on_error", context=context, error=exc)
+            raise
+        except Exception as exc:  # a bug or a library error below: translate, keep the cause
+            error = AgentCallError(self.name, f"{exc.__class__.__name__}: {exc}")
+            self._hook("on_error", context=context, error=error)
+            raise error from exc
+        self._hook("after_run", context=context, envelope=envelope)
+        return envelope
+
+    def execute(self, payload: Any, context: RunContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def validate_payload(self, payload: Any) -> Any:
+        """``payload`` checked against ``payload_model``; ``PayloadError`` names the field."""
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, Mapping):
+            raise PayloadError("payload", f"must be an object, not {type(payload).__name__}")
+        if self.payload_model is None:
+            return dict(payload)
+        try:
+            return self.payload_model.model_validate(dict(payload))
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+            raise PayloadError(path or "payload", first["msg"].lower()) from None
+
+    def call(self, agent: str, request: Mapping[str, Any], context: RunContext, *, node: str) -> dict[str, Any]:
+        """Call an operational agent through the registry; its envelope is validated."""
+        instance = self.registry.resolve(agent)
+        child = context.child(node=node)
+        try:
+            envelope = instance.run(request, context=child)
+        except AgentError:
+            raise
+        except Exception as exc:
+            raise AgentCallError(agent, f"{exc.__class__.__name__}: {exc}") from exc
+        try:
+            return validate_envelope(envelope)
+        except InvalidInput as exc:
+            raise AgentCallError(agent, f"returned a malformed envelope: {exc}") from exc
+
+    # -- hooks (no-ops by default) ------------------------------------------------
+    def before_run(self, *, context: RunContext, payload: Any, **kwargs: Any) -> None:
+        """Called before the payload is validated."""
+
+    def after_run(self, *, context: RunContext, envelope: dict[str, Any], **kwargs: Any) -> None:
+        """Called with the validated envelope."""
+
+    def on_error(self, *, context: RunContext, error: AgentError, **kwargs: Any) -> None:
+        """Called with the error about to be raised."""
+
+    # -- helpers -------------------------------------------------------------------
+    def _passthrough(self, envelope: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
+        validate_envelope(envelope)
+        meta = envelope["metadata"]
+        return make_envelope(envelope["records"], source=meta["source"], run_id=context.run_id,
+                             flow=self.name, node="passthrough", total_count=meta["total_count"],
+                             partial=meta["partial"], errors=meta["errors"], passthrough=True,
+                             upstream_run_id=meta["run_id"])
+
+    def _hook(self, name: str, **kwargs: Any) -> None:
+        try:
+            getattr(self, name)(**kwargs)
+        except Exception:
+            log.exception("hook %s of %s failed", name, self.name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"

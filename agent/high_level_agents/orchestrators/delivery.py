@@ -1,0 +1,128 @@
+"""DeliveryOrchestrator: gates, then a channel; delivery is off unless asked for.
+
+Input is an envelope (or a bare list under ``records``) of messages: ``to``,
+``subject``, ``body``, ``lead_id`` and optionally ``campaign_id`` and
+``step``.  Every message is validated before anything is written.  Gates, in
+order: ``allow_delivery`` (off by default: every record comes back
+``skipped``/``delivery_disabled`` and nothing is written), the suppression
+list, then the channel, which checks suppression again and writes each
+(campaign, lead, step) at most once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.context import RunContext
+from agent.envelope import make_envelope, record_hash, validate_envelope
+from agent.high_level_agents.orchestrators.base import BaseOrchestrator
+from agent.leads.normalize import normalize_email
+
+__all__ = ["DeliveryOrchestrator", "DeliveryPayload", "OutgoingMessage"]
+
+_KEY = r"^[\w.:@/-]{1,128}$"
+
+
+class OutgoingMessage(BaseModel):
+    """One message to deliver; other fields (and provenance) ride along."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+    to: str
+    subject: str = Field(min_length=1, max_length=900)
+    body: str = Field(min_length=1, max_length=200_000)
+    lead_id: str = Field(min_length=1, max_length=128)
+    campaign_id: str | None = Field(default=None, pattern=_KEY)
+    step: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("lead_id", mode="before")
+    @classmethod
+    def _lead_id_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("to")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        from agent.errors import InvalidInput
+
+        try:
+            return normalize_email(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.reason) from None
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if re.search(r"[\r\n]", value):
+            raise ValueError("must be a single line (no CR or LF)")
+        return value
+
+
+class DeliveryPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    records: list[OutgoingMessage]
+    metadata: dict[str, Any] | None = None
+    campaign_id: str = Field(default="adhoc", pattern=_KEY)
+    allow_delivery: bool = False
+    channel: Literal["outbox"] = "outbox"
+
+
+class DeliveryOrchestrator(BaseOrchestrator):
+    """Delivers drafted messages through a channel, behind every gate."""
+
+    name: ClassVar[str] = "delivery_orchestrator"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"write", "send"})
+    payload_model: ClassVar[type[BaseModel]] = DeliveryPayload
+    passthrough_envelopes: ClassVar[bool] = False
+
+    def validate_payload(self, payload: Any) -> DeliveryPayload:
+        model: DeliveryPayload = super().validate_payload(payload)
+        if model.metadata is not None:
+            # An envelope from upstream: its records and hashes must be intact.
+            validate_envelope({"metadata": payload["metadata"], "records": payload["records"]})
+        return model
+
+    def execute(self, payload: DeliveryPayload, context: RunContext) -> dict[str, Any]:
+        messages = []
+        for msg in payload.records:
+            data = msg.model_dump()
+            prov = data.get("provenance") or {}
+            messages.append({
+                **{k: data[k] for k in ("to", "subject", "body", "lead_id", "step")},
+                "campaign_id": msg.campaign_id or payload.campaign_id,
+                "parent_hash": prov.get("hash") or record_hash(data),
+                "provenance": prov or None,
+            })
+        if not payload.allow_delivery:
+            return self._skipped(messages, context, "delivery_disabled")
+
+        gate = self.call("suppression_gate", {"addresses": [m["to"] for m in messages]}, context, node="gate")
+        blocked = {r["address"] for r in gate["records"] if r["suppressed"]}
+        allowed = [m for m in messages if m["to"] not in blocked]
+        sent = self.call(payload.channel, {"messages": allowed}, context, node="channel") if allowed else None
+        by_key = {(r["campaign_id"], r["lead_id"], r["step"]): r for r in (sent["records"] if sent else [])}
+        skipped = self._skipped([m for m in messages if m["to"] in blocked], context, "suppressed")
+        skipped_by_key = {(r["campaign_id"], r["lead_id"], r["step"]): r for r in skipped["records"]}
+        records = [by_key.get(k) or skipped_by_key[k]
+                   for k in ((m["campaign_id"], m["lead_id"], m["step"]) for m in messages)]
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        return make_envelope(records, source="delivery", run_id=context.run_id, flow=self.name,
+                             node="deliver", duration_ms=context.elapsed_ms(), counts=counts,
+                             channel=payload.channel, allow_delivery=True)
+
+    def _skipped(self, messages: list[dict[str, Any]], context: RunContext, reason: str) -> dict[str, Any]:
+        records = []
+        for m in messages:
+            rec = {"to": m["to"], "lead_id": m["lead_id"], "campaign_id": m["campaign_id"], "step": m["step"],
+                   "subject": m["subject"], "status": "skipped", "reason": reason, "channel": None,
+                   "message_id": None, "location": None}
+            rec["provenance"] = {"source": "delivery", "parents": [m["parent_hash"]]}
+            records.append(rec)
+        return make_envelope(records, source="delivery", run_id=context.run_id, flow=self.name,
+                             node="gate", duration_ms=context.elapsed_ms(),
+                             counts={"skipped": len(records)} if records else {},
+                             allow_delivery=reason != "delivery_disabled")

@@ -1,0 +1,115 @@
+"""One lead row: validation and normalisation shared by CSV import and sample data.
+
+``clean_lead_row`` turns a raw mapping (CSV columns) into the normalised row
+the store writes, or raises ``InvalidInput`` naming the first bad field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from agent.errors import InvalidInput
+from agent.leads.normalize import (
+    clean_person_name,
+    clean_text,
+    normalize_company_name,
+    normalize_email,
+    registrable_domain,
+)
+
+__all__ = ["clean_lead_row", "LEAD_FIELDS", "COLUMN_ALIASES", "LAWFUL_BASES", "FREEMAIL_DOMAINS"]
+
+LEAD_FIELDS = (
+    "email", "first_name", "last_name", "title", "phone", "location", "company", "domain",
+    "industry", "size", "company_location", "status", "lead_score", "source", "lawful_basis",
+    "consent_source",
+)
+
+# Header spellings seen in CRM exports, mapped to our field names.
+COLUMN_ALIASES: dict[str, str] = {
+    "e-mail": "email", "email address": "email", "email_address": "email", "work email": "email",
+    "first": "first_name", "firstname": "first_name", "given name": "first_name",
+    "last": "last_name", "lastname": "last_name", "surname": "last_name", "family name": "last_name",
+    "job title": "title", "job_title": "title", "position": "title", "role": "title",
+    "company name": "company", "company_name": "company", "organization": "company", "account": "company",
+    "website": "domain", "company domain": "domain", "company_domain": "domain", "url": "domain",
+    "city": "location", "phone number": "phone", "telephone": "phone",
+    "company size": "size", "employees": "size", "headcount": "size", "score": "lead_score",
+}
+
+# GDPR Art. 6(1) bases, as stored per lead.
+LAWFUL_BASES = frozenset(
+    {"consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interest"}
+)
+# Mailbox providers whose domain says nothing about the person's company.
+FREEMAIL_DOMAINS = frozenset(
+    {"gmail.com", "googlemail.com", "yahoo.com", "outlook.com", "hotmail.com", "live.com",
+     "icloud.com", "me.com", "aol.com", "gmx.de", "gmx.net", "web.de", "proton.me",
+     "protonmail.com", "mail.com", "yandex.ru"}
+)
+MAX_LEN = {"first_name": 128, "last_name": 128, "title": 255, "phone": 64, "location": 128,
+           "company": 255, "industry": 128, "size": 32, "company_location": 128, "status": 32,
+           "source": 128, "consent_source": 255}
+_PHONE = re.compile(r"^\+?[0-9 ()\-./]{4,40}(?:\s*(?:x|ext\.?)\s*[0-9]{1,6})?$", re.IGNORECASE)
+
+
+def canonical_column(header: str) -> str:
+    key = " ".join(header.strip().lower().replace("_", " ").split())
+    if key.replace(" ", "_") in LEAD_FIELDS:
+        return key.replace(" ", "_")
+    return COLUMN_ALIASES.get(key, COLUMN_ALIASES.get(key.replace(" ", "_"), key))
+
+
+def clean_lead_row(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate and normalise one row; ``InvalidInput`` names the bad field."""
+    row: dict[str, Any] = {"email": normalize_email(raw.get("email") or "", field="email")}
+    for field in ("first_name", "last_name"):
+        row[field] = clean_person_name(raw.get(field))
+    for field in ("title", "phone", "location", "company", "industry", "size", "company_location",
+                  "source", "consent_source"):
+        row[field] = clean_text(raw.get(field))
+    for field, limit in MAX_LEN.items():
+        value = row.get(field)
+        if value is not None and len(value) > limit:
+            raise InvalidInput(field, f"longer than {limit} characters")
+    if row["phone"] is not None and not _PHONE.match(row["phone"]):
+        raise InvalidInput("phone", "not a phone number")
+
+    status = clean_text(raw.get("status"))
+    row["status"] = status.lower() if status else None  # None: keep what is stored
+    basis = clean_text(raw.get("lawful_basis"))
+    if basis is not None:
+        basis = basis.lower().replace(" ", "_").replace("-", "_")
+        if basis not in LAWFUL_BASES:
+            raise InvalidInput("lawful_basis", f"must be one of {', '.join(sorted(LAWFUL_BASES))}")
+    row["lawful_basis"] = basis
+    score = clean_text(raw.get("lead_score"))
+    if score is None:
+        row["lead_score"] = None
+    else:
+        try:
+            row["lead_score"] = float(score)
+        except ValueError:
+            raise InvalidInput("lead_score", "not a number") from None
+        if not 0 <= row["lead_score"] <= 100:
+            raise InvalidInput("lead_score", "must be between 0 and 100")
+
+    domain_text = clean_text(raw.get("domain"))
+    if domain_text is not None:
+        domain = registrable_domain(domain_text)
+        if domain is None:
+            raise InvalidInput("domain", f"not a domain name: {domain_text!r}")
+    else:
+        email_domain = registrable_domain(row["email"])
+        domain = None if email_domain in FREEMAIL_DOMAINS else email_domain
+    row["domain"] = domain
+    if row["company"] is None and domain is not None:
+        row["company"] = domain.split(".", 1)[0].replace("-", " ").title()
+    row["normalized_company"] = normalize_company_name(row["company"]) if row["company"] else None
+    row["search_text"] = " ".join(
+        v for v in (row["first_name"], row["last_name"], row["title"], row["company"],
+                    row["industry"], row["location"], row["company_location"]) if v
+    )
+    return row

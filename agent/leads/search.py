@@ -1,0 +1,222 @@
+"""Lead search over the SQL store: filters, fuzzy company names, full text.
+
+Fuzzy company matching runs in process with rapidfuzz over a per-tenant
+index of normalised company names, reloaded only when the companies table
+changes.  Full text uses SQLite FTS5 or PostgreSQL ``tsvector``.
+``total`` is always the true number of matches, whatever the page.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from rapidfuzz import fuzz, process
+from sqlalchemy import Select, and_, false, func, or_, select, text
+from sqlalchemy.sql.elements import ColumnElement
+
+from agent.errors import PayloadError
+from agent.leads.normalize import normalize_company_name, registrable_domain
+from agent.leads.query import LeadQuery, parse_free_text
+from agent.storage.db import Database
+from agent.storage.models import Company, Contact
+
+__all__ = ["LeadSearch", "SearchResult", "CompanyNameIndex"]
+
+MAX_FUZZY_COMPANIES = 200
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass
+class SearchResult:
+    rows: list[dict[str, Any]]
+    total: int
+    query: dict[str, Any]
+    strategies: list[str] = field(default_factory=list)
+
+
+class CompanyNameIndex:
+    """Normalised company names of one tenant, refreshed when the table changes."""
+
+    def __init__(self, db: Database, tenant: str) -> None:
+        self.db = db
+        self.tenant = tenant
+        self._stamp: tuple[Any, ...] | None = None
+        self._ids: list[int] = []
+        self._names: list[str] = []
+        self._lock = threading.Lock()
+
+    def _current_stamp(self, conn: Any) -> tuple[Any, ...]:
+        stmt = select(func.count(), func.max(Company.id), func.max(Company.updated_at)).where(
+            Company.tenant_id == self.tenant)
+        return tuple(conn.execute(stmt).one())
+
+    def match(self, conn: Any, name: str, cutoff: float) -> dict[int, float]:
+        """Company id → score (0-100) for names close to ``name``."""
+        stamp = self._current_stamp(conn)
+        with self._lock:
+            if stamp != self._stamp:
+                rows = conn.execute(select(Company.id, Company.normalized_name)
+                                    .where(Company.tenant_id == self.tenant)).all()
+                self._ids = [r[0] for r in rows]
+                self._names = [r[1] for r in rows]
+                self._stamp = stamp
+            ids, names = self._ids, self._names
+        query = normalize_company_name(name)
+        if not query:
+            return {}
+        hits = process.extract(query, names, scorer=fuzz.WRatio, processor=None,
+                               score_cutoff=cutoff, limit=MAX_FUZZY_COMPANIES)
+        return {ids[index]: round(score, 1) for _, score, index in hits}
+
+
+class LeadSearch:
+    """Runs a ``LeadQuery`` against one tenant's leads."""
+
+    def __init__(self, db: Database, *, tenant: str = "default", fuzzy_cutoff: float = 80.0) -> None:
+        self.db = db
+        self.tenant = tenant
+        self.fuzzy_cutoff = fuzzy_cutoff
+        self.companies = CompanyNameIndex(db, tenant)
+
+    def effective_query(self, query: LeadQuery) -> LeadQuery:
+        """Explicit fields win; free text fills only the fields left empty."""
+        if not query.text:
+            return query
+        parsed = parse_free_text(query.text)
+        updates = {k: v for k, v in parsed.items() if k == "text" or getattr(query, k) is None}
+        updates.setdefault("text", None)
+        return query.model_copy(update=updates)
+
+    def search(self, query: LeadQuery) -> SearchResult:
+        q = self.effective_query(query)
+        strategies: list[str] = []
+        conditions: list[ColumnElement[bool]] = [Contact.tenant_id == self.tenant]
+        scores: dict[int, float] | None = None
+        person: str | None = None
+        cutoff = q.min_score if q.min_score is not None else self.fuzzy_cutoff
+
+        with self.db.connect() as conn:
+            if q.company or q.name:
+                scores = self.companies.match(conn, q.company or q.name or "", cutoff)
+                strategies.append("fuzzy_company")
+            if q.company:
+                conditions.append(Contact.company_id.in_(list(scores or {})) if scores else false())
+            if q.name:
+                # A name may be a company or a person: either matches.
+                person = q.name.lower()
+                full = func.lower(func.coalesce(Contact.first_name, "") + " " + func.coalesce(Contact.last_name, ""))
+                by_person = full.contains(person, autoescape=True)
+                conditions.append(or_(Contact.company_id.in_(list(scores or {})), by_person)
+                                  if scores else by_person)
+                strategies.append("person_name")
+            if q.domain:
+                domain = registrable_domain(q.domain)
+                if domain is None:
+                    raise PayloadError("lead_query.domain", f"not a domain name: {q.domain!r}")
+                conditions.append(Company.domain == domain)
+                strategies.append("domain")
+            if q.email:
+                conditions.append(Contact.email == q.email.strip().lower())
+                strategies.append("email")
+            for value, columns, label in (
+                (q.title, (Contact.title,), "title"),
+                (q.industry, (Company.industry,), "industry"),
+                (q.location, (Contact.location, Company.location), "location"),
+            ):
+                if value:
+                    conditions.append(or_(*(func.lower(c).contains(value.lower(), autoescape=True)
+                                            for c in columns)))
+                    strategies.append(label)
+            rank: Any = None
+            if q.text:
+                fts, rank = self._full_text(q.text)
+                conditions.append(fts)
+                strategies.append("full_text")
+
+            base = select(Contact.id).select_from(Contact).outerjoin(Company, Contact.company_id == Company.id)
+            where = and_(*conditions)
+            if scores is not None:
+                page_ids, score_of, total = self._ranked_by_score(conn, base, where, scores, person, q)
+            else:
+                total = conn.execute(select(func.count()).select_from(base.where(where).subquery())).scalar_one()
+                order = [rank, Contact.id] if rank is not None else [Contact.id]
+                page_ids = list(conn.execute(base.where(where).order_by(*order)
+                                             .limit(q.limit).offset(q.offset)).scalars())
+                score_of = {}
+            rows = self._load(conn, page_ids)
+        for row in rows:
+            row["match"] = {"strategies": strategies, "score": score_of.get(row["lead_id"])}
+        return SearchResult(rows=rows, total=int(total), query=q.model_dump(exclude_none=True),
+                            strategies=strategies)
+
+    def _full_text(self, text_query: str) -> tuple[ColumnElement[bool], Any]:
+        tokens = _TOKEN.findall(text_query.lower())
+        if not tokens:
+            return false(), None
+        if self.db.dialect == "sqlite":
+            expr = " ".join(f'"{t}"*' for t in tokens)
+            matched = text("SELECT rowid FROM contacts_fts WHERE contacts_fts MATCH :fts").bindparams(fts=expr)
+            return Contact.id.in_(matched), None
+        tsquery = func.to_tsquery("simple", " & ".join(f"{t}:*" for t in tokens))
+        vector = func.to_tsvector("simple", Contact.search_text)
+        return vector.op("@@")(tsquery), func.ts_rank(vector, tsquery).desc()
+
+    def _ranked_by_score(self, conn: Any, base: Select, where: Any, scores: dict[int, float],
+                         person: str | None, q: LeadQuery) -> tuple[list[int], dict[int, float], int]:
+        stmt = base.add_columns(Contact.company_id, Contact.first_name, Contact.last_name).where(where)
+        scored: list[tuple[float, int]] = []
+        for contact_id, company_id, first, last in conn.execute(stmt):
+            score = scores.get(company_id, 0.0)
+            if person:
+                full = f"{first or ''} {last or ''}".strip().lower()
+                if person in full:
+                    score = max(score, round(fuzz.ratio(person, full), 1), 90.0)
+            scored.append((score, contact_id))
+        scored.sort(key=lambda item: (-item[0], item[1]))
+        page = scored[q.offset : q.offset + q.limit]
+        return [cid for _, cid in page], {cid: s for s, cid in page}, len(scored)
+
+    def _load(self, conn: Any, ids: list[int]) -> list[dict[str, Any]]:
+        """Full rows for ``ids``, in the order given."""
+        if not ids:
+            return []
+        contacts, companies = Contact.__table__, Company.__table__
+        stmt = (
+            select(*contacts.c, *(c.label(f"co_{c.name}") for c in companies.c))
+            .select_from(contacts.outerjoin(companies, contacts.c.company_id == companies.c.id))
+            .where(contacts.c.id.in_(ids))
+        )
+        by_id: dict[int, dict[str, Any]] = {}
+        for row in conn.execute(stmt).mappings():
+            company = {c.name: row[f"co_{c.name}"] for c in companies.c} if row["co_id"] is not None else None
+            by_id[row["id"]] = _record({c.name: row[c.name] for c in contacts.c}, company)
+        return [by_id[i] for i in ids if i in by_id]
+
+
+def _record(contact: dict[str, Any], company: dict[str, Any] | None) -> dict[str, Any]:
+    company = company or {}
+    full_name = " ".join(p for p in (contact["first_name"], contact["last_name"]) if p) or None
+    return {
+        "lead_id": contact["id"],
+        "email": contact["email"],
+        "first_name": contact["first_name"],
+        "last_name": contact["last_name"],
+        "full_name": full_name,
+        "title": contact["title"],
+        "phone": contact["phone"],
+        "location": contact["location"],
+        "status": contact["status"],
+        "lead_score": contact["lead_score"],
+        "lawful_basis": contact["lawful_basis"],
+        "consent_source": contact["consent_source"],
+        "company_id": company.get("id"),
+        "company": company.get("name"),
+        "domain": company.get("domain"),
+        "industry": company.get("industry"),
+        "company_size": company.get("size"),
+        "company_location": company.get("location"),
+        "updated_at": contact["updated_at"].isoformat() if contact["updated_at"] else None,
+    }

@@ -1,0 +1,209 @@
+"""Lead store: bulk, idempotent upserts of companies and contacts.
+
+All rows are validated before anything is written, and the writes of one call
+run in one transaction: a bad row is reported and skipped, a database failure
+leaves the store as it was.  Writing the same rows twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection
+
+from agent.errors import InvalidInput
+from agent.leads.rows import clean_lead_row
+from agent.storage.db import Database
+from agent.storage.models import Company, Contact, utcnow
+
+__all__ = ["LeadStore", "ImportReport", "RejectedRow"]
+
+CONTACT_FIELDS = ("first_name", "last_name", "title", "phone", "location", "status", "lead_score",
+                  "source", "lawful_basis", "consent_source")
+COMPANY_FIELDS = ("industry", "size", "location")
+CHUNK = 500  # rows per IN (...) lookup: well under every backend's parameter limit
+
+
+@dataclass
+class RejectedRow:
+    line: int
+    field: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    """What an import did, row by row where rows were refused."""
+
+    total: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+    duplicates: list[RejectedRow] = field(default_factory=list)
+    companies_inserted: int = 0
+    companies_updated: int = 0
+    ignored_columns: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.inserted or self.updated or self.companies_inserted or self.companies_updated)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _search_text(values: Mapping[str, Any], company: str | None, industry: str | None,
+                 company_location: str | None) -> str:
+    parts = (values.get("first_name"), values.get("last_name"), values.get("title"), company,
+             industry, values.get("location"), company_location)
+    return " ".join(dict.fromkeys(p for p in parts if p))
+
+
+class LeadStore:
+    """Writes leads for one tenant."""
+
+    def __init__(self, db: Database, *, tenant: str = "default") -> None:
+        self.db = db
+        self.tenant = tenant
+
+    def upsert_rows(self, rows: Iterable[Mapping[str, Any]], *, first_line: int = 1,
+                    source_name: str | None = None) -> ImportReport:
+        """Validate, de-duplicate and upsert ``rows``; ``first_line`` numbers them."""
+        started = time.perf_counter()
+        report = ImportReport()
+        by_email: dict[str, tuple[int, dict[str, Any]]] = {}
+        for line, raw in enumerate(rows, start=first_line):
+            report.total += 1
+            try:
+                row = clean_lead_row(raw)
+            except InvalidInput as exc:
+                report.rejected.append(RejectedRow(line, exc.field, exc.reason))
+                continue
+            if row["source"] is None and source_name:
+                row["source"] = source_name
+            previous = by_email.get(row["email"])
+            if previous is not None:
+                # The last occurrence wins, so a re-import is stable.
+                report.duplicates.append(RejectedRow(previous[0], "email",
+                                                     f"same address again on line {line}; line {line} is used"))
+            by_email[row["email"]] = (line, row)
+        valid = [row for _, row in by_email.values()]
+        if valid:
+            with self.db.connect() as conn:
+                company_ids = self._sync_companies(conn, valid, report)
+                for chunk in _chunks(valid, CHUNK):
+                    self._sync_contacts(conn, chunk, company_ids, report)
+        report.duration_s = time.perf_counter() - started
+        return report
+
+    @staticmethod
+    def _company_key(row: Mapping[str, Any]) -> tuple[str, str] | None:
+        if row["domain"]:
+            return ("domain", row["domain"])
+        if row["normalized_company"]:
+            return ("name", row["normalized_company"])
+        return None
+
+    def _sync_companies(self, conn: Connection, rows: list[dict[str, Any]],
+                        report: ImportReport) -> dict[tuple[str, str], tuple[int, dict[str, Any]]]:
+        wanted: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in rows:
+            key = self._company_key(row)
+            if key is None:
+                continue
+            agg = wanted.setdefault(key, {"name": row["company"], "normalized_name": row["normalized_company"],
+                                          "domain": row["domain"], "industry": None, "size": None,
+                                          "location": None})
+            for target, source in (("industry", "industry"), ("size", "size"), ("location", "company_location")):
+                if row[source] is not None:
+                    agg[target] = row[source]
+
+        cols = (Company.id, Company.name, Company.normalized_name, Company.domain, *[
+            getattr(Company, f) for f in COMPANY_FIELDS])
+        existing = [r._asdict() for r in conn.execute(select(*cols).where(Company.tenant_id == self.tenant))]
+        by_domain = {r["domain"]: r for r in existing if r["domain"]}
+        by_name: dict[str, dict[str, Any]] = {}
+        for r in existing:
+            by_name.setdefault(r["normalized_name"], r)
+
+        now = utcnow()
+        resolved: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        inserts: list[tuple[tuple[str, str], dict[str, Any]]] = []
+        updates: list[dict[str, Any]] = []
+        for key, agg in wanted.items():
+            match = by_domain.get(agg["domain"]) if agg["domain"] else by_name.get(agg["normalized_name"])
+            if match is None and agg["domain"]:
+                # A company first imported without a domain gains one now.
+                candidate = by_name.get(agg["normalized_name"])
+                if candidate is not None and candidate["domain"] is None:
+                    match = candidate
+            if match is None:
+                inserts.append((key, agg))
+                continue
+            merged = {f: agg[f] if agg[f] is not None else match[f] for f in COMPANY_FIELDS}
+            merged["domain"] = match["domain"] or agg["domain"]
+            if any(merged[f] != match[f] for f in (*COMPANY_FIELDS, "domain")):
+                updates.append({"_id": match["id"], **{f"b_{k}": v for k, v in merged.items()},
+                                "b_updated_at": now})
+                match.update(merged)
+            resolved[key] = (match["id"], {**match})
+
+        if inserts:
+            params = [{"tenant_id": self.tenant, **agg, "created_at": now, "updated_at": now}
+                      for _, agg in inserts]
+            ids = conn.execute(insert(Company).returning(Company.id, sort_by_parameter_order=True),
+                               params).scalars().all()
+            for (key, agg), new_id in zip(inserts, ids):
+                resolved[key] = (new_id, agg)
+            report.companies_inserted += len(inserts)
+        if updates:
+            conn.execute(update(Company).where(Company.id == bindparam("_id"))
+                         .values(**{f: bindparam(f"b_{f}") for f in (*COMPANY_FIELDS, "domain", "updated_at")}), updates)
+            report.companies_updated += len(updates)
+        return resolved
+
+    def _sync_contacts(self, conn: Connection, rows: list[dict[str, Any]],
+                       companies: dict[tuple[str, str], tuple[int, dict[str, Any]]], report: ImportReport) -> None:
+        cols = (Contact.id, Contact.email, Contact.company_id, Contact.search_text,
+                *[getattr(Contact, f) for f in CONTACT_FIELDS])
+        stmt = select(*cols).where(Contact.tenant_id == self.tenant, Contact.email.in_([r["email"] for r in rows]))
+        existing = {r.email: r._asdict() for r in conn.execute(stmt)}
+        now = utcnow()
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for row in rows:
+            key = self._company_key(row)
+            company_id, company = companies[key] if key else (None, {})
+            old = existing.get(row["email"])
+            values = {f: row[f] if row[f] is not None else (old[f] if old else None) for f in CONTACT_FIELDS}
+            values["status"] = values["status"] or "new"
+            values["company_id"] = company_id if company_id is not None else (old["company_id"] if old else None)
+            values["search_text"] = _search_text(values, row["company"] or company.get("name"),
+                                                 company.get("industry"), company.get("location"))
+            if old is None:
+                inserts.append({"tenant_id": self.tenant, "email": row["email"], **values,
+                                "created_at": now, "updated_at": now})
+            elif any(values[f] != old[f] for f in values):
+                updates.append({"_id": old["id"], **{f"b_{k}": v for k, v in values.items()},
+                                "b_updated_at": now})
+            else:
+                report.unchanged += 1
+        if inserts:
+            conn.execute(insert(Contact), inserts)
+            report.inserted += len(inserts)
+        if updates:
+            fields = (*CONTACT_FIELDS, "company_id", "search_text", "updated_at")
+            conn.execute(update(Contact).where(Contact.id == bindparam("_id"))
+                         .values(**{f: bindparam(f"b_{f}") for f in fields}), updates)
+            report.updated += len(updates)

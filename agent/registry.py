@@ -1,0 +1,168 @@
+"""Registry: discovery and metadata for orchestrators, agents and tools.
+
+A registered class is instantiated on resolution (``resolve``); an instance is
+used as is.  ``get`` returns what was registered, so the quick start can call
+``registry.get("lead_orchestrator")()``.  Third-party plug-ins are found
+through the ``agent.plugins`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import threading
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.errors import DuplicateName, InvalidInput, NotFound, RegistryError
+
+__all__ = ["Registry", "RegistryEntry", "EntryMetadata", "PLUGIN_GROUP"]
+
+PLUGIN_GROUP = "agent.plugins"
+log = logging.getLogger(__name__)
+
+Kind = Literal["orchestrator", "agent", "tool"]
+Capability = Literal["read", "write", "send"]
+
+
+class EntryMetadata(BaseModel):
+    """What the registry knows about a name; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Kind = "agent"
+    description: str = ""
+    version: str = "0.0.0"
+    capabilities: frozenset[Capability] = frozenset()
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+    limits: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    obj: Any
+    metadata: EntryMetadata
+
+    def describe(self) -> dict[str, Any]:
+        data = self.metadata.model_dump()
+        data["capabilities"] = sorted(data["capabilities"])
+        target = self.obj if inspect.isclass(self.obj) else type(self.obj)
+        return {"name": self.name, "object": f"{target.__module__}.{target.__qualname__}", **data}
+
+
+def _class_defaults(obj: Any) -> dict[str, Any]:
+    """Metadata an agent or orchestrator class declares about itself."""
+    defaults: dict[str, Any] = {}
+    for key in ("kind", "description", "version", "capabilities", "limits"):
+        value = getattr(obj, key, None)
+        if value is not None and not callable(value):
+            defaults[key] = value
+    if "description" not in defaults:
+        doc = inspect.getdoc(obj if inspect.isclass(obj) else type(obj)) or ""
+        defaults["description"] = doc.split("\n\n", 1)[0].replace("\n", " ")
+    model = getattr(obj, "payload_model", None)
+    if inspect.isclass(model) and issubclass(model, BaseModel):
+        defaults["input_schema"] = model.model_json_schema()
+    return defaults
+
+
+class Registry:
+    """Names → orchestrators, operational agents and tools, with metadata."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, RegistryEntry] = {}
+        self._instances: dict[str, Any] = {}
+        self._lock = threading.RLock()
+
+    def register(self, name: str, obj: Any, *, replace: bool = False, **metadata: Any) -> Any:
+        """Register ``obj`` under ``name``; returns ``obj`` so it can decorate."""
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput("name", "must be a non-empty string")
+        try:
+            meta = EntryMetadata(**{**_class_defaults(obj), **metadata})
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in first["loc"]) or "metadata"
+            raise InvalidInput(f"metadata.{field}", first["msg"]) from None
+        with self._lock:
+            if name in self._entries and not replace:
+                raise DuplicateName(name)
+            self._entries[name] = RegistryEntry(name, obj, meta)
+            self._instances.pop(name, None)
+        return obj
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._entry(name)
+            del self._entries[name]
+            self._instances.pop(name, None)
+
+    def get(self, name: str) -> Any:
+        """What was registered under ``name`` (a class or an instance)."""
+        return self._entry(name).obj
+
+    def resolve(self, name: str, **kwargs: Any) -> Any:
+        """An instance for ``name``: classes are instantiated once and cached.
+
+        ``kwargs`` are passed to the constructor and bypass the cache.
+        """
+        entry = self._entry(name)
+        if not inspect.isclass(entry.obj):
+            return entry.obj
+        if kwargs:
+            return entry.obj(**kwargs)
+        with self._lock:
+            instance = self._instances.get(name)
+            if instance is None:
+                instance = self._instances[name] = entry.obj()
+            return instance
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return self._entry(name).describe()
+
+    def list(self, kind: Kind | None = None) -> list[str]:
+        with self._lock:
+            return sorted(n for n, e in self._entries.items() if kind is None or e.metadata.kind == kind)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def discover(self, group: str = PLUGIN_GROUP, *, replace: bool = False) -> list[str]:
+        """Load plug-ins from installed distributions' entry points.
+
+        An entry point may name a class or instance (registered under the entry
+        point's name) or a function ``setup(registry)`` that registers itself.
+        A plug-in that fails to load raises ``RegistryError`` naming it.
+        """
+        added: list[str] = []
+        for ep in entry_points(group=group):
+            try:
+                target = ep.load()
+            except Exception as exc:  # a third party's import error, translated
+                raise RegistryError(f"plug-in {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            if inspect.isclass(target) or hasattr(target, "run"):
+                self.register(ep.name, target, replace=replace)
+                added.append(ep.name)
+            elif callable(target):
+                before = set(self._entries)
+                target(self)
+                added.extend(sorted(set(self._entries) - before))
+            else:
+                raise RegistryError(f"plug-in {ep.name!r} is neither a class, an instance nor a setup function")
+        return added
+
+    def _entry(self, name: str) -> RegistryEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+            raise NotFound(name, close) from None
+
+    def __repr__(self) -> str:
+        return f"<Registry {len(self._entries)} entries>"
+

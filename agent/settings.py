@@ -1,0 +1,102 @@
+"""Settings: every default lives here.
+
+Resolution order: explicit arguments (CLI flags) → ``AGENT_*`` environment
+variables → a TOML settings file (``AGENT_SETTINGS_FILE``, else
+``agent.toml`` in the working directory if present) → the defaults below.
+Nothing is read at import time; call ``get_settings()``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agent.errors import ConfigurationError
+
+__all__ = ["Settings", "get_settings", "default_home"]
+
+
+def default_home() -> Path:
+    """Per-user data directory: ``$XDG_DATA_HOME/agent`` or ``~/.local/share/agent``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "agent"
+
+
+def _settings_file() -> Path | None:
+    explicit = os.environ.get("AGENT_SETTINGS_FILE")
+    if explicit:
+        return Path(explicit)
+    local = Path("agent.toml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Configuration for every part of the system (env prefix ``AGENT_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENT_", extra="forbid")
+
+    home: Path = Field(default_factory=default_home, description="Data directory for embedded defaults.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is a SQLite file in `home`."
+    )
+    sample_data: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Load generated sample leads into an empty store: auto = only for the embedded default.",
+    )
+    sample_size: int = Field(default=2000, ge=0, le=1_000_000)
+    tenant: str = Field(default="default", min_length=1)
+    outbox_dir: Path | None = Field(default=None, description="Where the outbox channel writes .eml files.")
+    sender: str = Field(default="Outreach Team <outreach@sender.example>")
+    postal_address: str = Field(default="Example Ltd, 1 Sample Street, Springfield")
+    fuzzy_cutoff: float = Field(default=80.0, ge=0, le=100)
+    log_level: str = Field(default="INFO")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _settings_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'agent.db'}"
+
+    @property
+    def uses_embedded_default(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def resolved_outbox_dir(self) -> Path:
+        return self.outbox_dir or self.home / "outbox"
+
+    @property
+    def wants_sample_data(self) -> bool:
+        return self.sample_data == "on" or (self.sample_data == "auto" and self.uses_embedded_default)
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Resolve settings; a bad value raises ``ConfigurationError`` naming it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigurationError(f"setting {field}: {first['msg']}") from None

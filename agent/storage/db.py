@@ -1,0 +1,165 @@
+"""Database handle: engine, migrations and sessions for one URL.
+
+``Database.for_settings()`` returns one handle per URL per process, created on
+first use (never at import time).  Opening a handle brings the schema to the
+Alembic head, and for the embedded default loads the sample leads into an
+empty store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from agent.errors import ConfigurationError, StorageError
+from agent.settings import Settings, get_settings
+
+__all__ = ["Database", "MIGRATIONS_DIR"]
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Database:
+    """One database: its engine, schema migrations and session factory."""
+
+    _handles: dict[str, Database] = {}
+    _handles_lock = threading.Lock()
+
+    def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise ConfigurationError(f"setting database_url: not a database URL ({exc})") from None
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        options: dict[str, Any] = {"future": True}
+        if self.dialect == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            options["connect_args"] = {"check_same_thread": False, **(connect_args or {})}
+        else:
+            if parsed.drivername == "postgresql":
+                parsed = parsed.set(drivername="postgresql+psycopg")
+            options["pool_pre_ping"] = True
+            if connect_args:
+                options["connect_args"] = connect_args
+        try:
+            self.engine: Engine = create_engine(parsed, **options)
+        except (ArgumentError, ImportError) as exc:
+            raise ConfigurationError(
+                f"setting database_url: cannot use {parsed.drivername!r} ({exc}); "
+                "for PostgreSQL install the extra: pip install 'agent-sdr[postgres]'"
+            ) from None
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    @classmethod
+    def for_settings(cls, settings: Settings | None = None) -> Database:
+        """The process-wide handle for the configured URL, ready to use."""
+        settings = settings or get_settings()
+        url = settings.resolved_database_url
+        with cls._handles_lock:
+            db = cls._handles.get(url)
+            if db is None:
+                db = cls._handles[url] = cls(url)
+        db.ensure_ready(settings)
+        return db
+
+    @classmethod
+    def forget_all(cls) -> None:
+        """Dispose every cached handle (tests and tools that switch URLs)."""
+        with cls._handles_lock:
+            for db in cls._handles.values():
+                db.engine.dispose()
+            cls._handles.clear()
+
+    def ensure_ready(self, settings: Settings | None = None) -> None:
+        """Migrate to head and, when asked for, load sample data (once)."""
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            self.migrate()
+            settings = settings or get_settings()
+            if settings.wants_sample_data:
+                from agent.leads.sample import load_sample_data
+
+                load_sample_data(self, size=settings.sample_size, tenant=settings.tenant)
+            self._ready = True
+
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` with Alembic (a no-op when current)."""
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        try:
+            with self.engine.begin() as conn:
+                if revision == "head":
+                    current = MigrationContext.configure(conn).get_current_revision()
+                    if current == ScriptDirectory.from_config(cfg).get_current_head():
+                        return
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot migrate {self.safe_url}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, fit for logs and messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed on success, rolled back on error."""
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A Core connection in a transaction (bulk paths)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+
+    def count(self, model: Any, **filters: Any) -> int:
+        with self.session() as s:
+            stmt = select(func.count()).select_from(model).filter_by(**filters)
+            return int(s.execute(stmt).scalar_one())

@@ -1,0 +1,64 @@
+"""Shared test helpers: isolated settings per test, and real-service switches.
+
+``USE_REAL_TESTS=1`` turns on tests against real services (CI sets it); then a
+missing service is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import unittest
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agent.settings import Settings, get_settings
+from agent.storage.db import Database
+
+USE_REAL_TESTS = os.environ.get("USE_REAL_TESTS", "0") == "1"
+POSTGRES_URL = os.environ.get("AGENT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def requires_real_services(reason: str = "set USE_REAL_TESTS=1 to run tests against real services"):
+    return unittest.skipUnless(USE_REAL_TESTS, reason)
+
+
+class TempHome:
+    """A throwaway data directory with settings pointing into it."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="agent-test-"))
+        overrides.setdefault("home", self.path)
+        overrides.setdefault("sample_data", "off")
+        self.settings: Settings = get_settings(**overrides)
+
+    def database(self) -> Database:
+        return Database.for_settings(self.settings)
+
+    def cleanup(self) -> None:
+        Database.forget_all()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class PostgresSchema:
+    """A fresh schema in the PostgreSQL ``test`` database, dropped afterwards."""
+
+    def __init__(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        self.name = f"t_{uuid.uuid4().hex[:12]}"
+        self._admin = create_engine(POSTGRES_URL)
+        with self._admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{self.name}"'))
+        sep = "&" if "?" in POSTGRES_URL else "?"
+        self.url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{self.name}"
+
+    def drop(self) -> None:
+        from sqlalchemy import text
+
+        Database.forget_all()
+        with self._admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE'))
+        self._admin.dispose()
