@@ -127,8 +127,7 @@ class LeadSearch:
                 (q.location, (Contact.location, Company.location), "location"),
             ):
                 if value:
-                    conditions.append(or_(*(func.lower(c).contains(value.lower(), autoescape=True)
-                                            for c in columns)))
+                    conditions.append(or_(*(_word_prefix(c, value) for c in columns)))
                     strategies.append(label)
             rank: Any = None
             if q.text:
@@ -194,6 +193,13 @@ class LeadSearch:
             company = {c.name: row[f"co_{c.name}"] for c in companies.c} if row["co_id"] is not None else None
             by_id[row["id"]] = _record({c.name: row[c.name] for c in contacts.c}, company)
         return [by_id[i] for i in ids if i in by_id]
+
+
+def _word_prefix(column: Any, value: str) -> ColumnElement[bool]:
+    """``value`` starts a word of ``column``: "cto" matches "CTO", not "Director"."""
+    low = func.lower(column)
+    needle = value.lower()
+    return or_(low.startswith(needle, autoescape=True), low.contains(" " + needle, autoescape=True))
 
 
 def _record(contact: dict[str, Any], company: dict[str, Any] | None) -> dict[str, Any]:

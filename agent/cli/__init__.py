@@ -1,0 +1,164 @@
+"""The ``agent`` command line (Typer + Rich).
+
+Every command works on the embedded defaults with no services; ``--json``
+prints the raw envelope or report for scripts.  Errors print one line naming
+the field and the reason, and exit with status 2 (bad input) or 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+
+from agent.errors import AgentError, InvalidInput
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="Outbound sales pipeline: leads, outreach, delivery, audit.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+leads_app = typer.Typer(help="Import and search leads.", no_args_is_help=True)
+run_app = typer.Typer(help="Run an orchestrator once.", no_args_is_help=True)
+schema_app = typer.Typer(help="Print published JSON Schemas.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(leads_app, name="leads")
+app.add_typer(run_app, name="run")
+app.add_typer(schema_app, name="schema")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err = Console(stderr=True)
+
+JSON_OPT = typer.Option(False, "--json", help="Print raw JSON instead of a table.")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+
+
+def _lead_query(text: Optional[str], **fields: Any) -> dict[str, Any]:
+    query = {k: v for k, v in fields.items() if v is not None}
+    if text:
+        query["text"] = text
+    return query
+
+
+@schema_app.command("envelope")
+def schema_envelope() -> None:
+    """The JSON Schema of the canonical envelope."""
+    from agent.envelope import envelope_json_schema
+
+    _print_json(envelope_json_schema())
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema to the latest migration."""
+    from agent.settings import get_settings
+    from agent.storage.db import Database
+
+    settings = get_settings()
+    db = Database(settings.resolved_database_url)
+    db.migrate()
+    console.print(f"schema at head: {db.safe_url}")
+
+
+@leads_app.command("import")
+def leads_import(
+    file: Path = typer.Argument(..., help="CSV file with a header row; 'email' is required."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Validate, normalise, de-duplicate and upsert leads from a CSV file."""
+    from agent.leads.importer import import_csv
+    from agent.settings import get_settings
+    from agent.storage.db import Database
+
+    settings = get_settings()
+    report = import_csv(file, Database.for_settings(settings), tenant=settings.tenant)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    from agent.cli.render import import_summary
+
+    import_summary(console, report)
+
+
+def _run_lead(text: Optional[str], as_json: bool, **fields: Any) -> None:
+    from agent.cli.render import leads_table
+    from agent.high_level_agents.orchestrators import LeadOrchestrator
+
+    envelope = LeadOrchestrator().run({"lead_query": _lead_query(text, **fields)})
+    if as_json:
+        _print_json(envelope)
+    else:
+        console.print(leads_table(envelope))
+
+
+def _query_options():  # type: ignore[no-untyped-def]
+    return dict(
+        name=typer.Option(None, help="Company or person name (fuzzy)."),
+        company=typer.Option(None, help="Company name (fuzzy)."),
+        domain=typer.Option(None, help="Company domain or URL."),
+        email=typer.Option(None),
+        title=typer.Option(None, help="Job title contains."),
+        industry=typer.Option(None),
+        location=typer.Option(None),
+        limit=typer.Option(25, min=1, max=500),
+        offset=typer.Option(0, min=0),
+    )
+
+
+_Q = _query_options()
+
+
+@leads_app.command("search")
+def leads_search(
+    text: Optional[str] = typer.Argument(None, help='Free text, e.g. "leads at Acme in Berlin".'),
+    name: Optional[str] = _Q["name"], company: Optional[str] = _Q["company"],
+    domain: Optional[str] = _Q["domain"], email: Optional[str] = _Q["email"],
+    title: Optional[str] = _Q["title"], industry: Optional[str] = _Q["industry"],
+    location: Optional[str] = _Q["location"], limit: int = _Q["limit"], offset: int = _Q["offset"],
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Search leads by filters, fuzzy company name or free text."""
+    _run_lead(text, as_json, name=name, company=company, domain=domain, email=email, title=title,
+              industry=industry, location=location, limit=limit, offset=offset)
+
+
+@run_app.command("lead")
+def run_lead(
+    text: Optional[str] = typer.Argument(None, help="Optional free text."),
+    name: Optional[str] = _Q["name"], company: Optional[str] = _Q["company"],
+    domain: Optional[str] = _Q["domain"], email: Optional[str] = _Q["email"],
+    title: Optional[str] = _Q["title"], industry: Optional[str] = _Q["industry"],
+    location: Optional[str] = _Q["location"], limit: int = _Q["limit"], offset: int = _Q["offset"],
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run the LeadOrchestrator and print its envelope as a table."""
+    _run_lead(text, as_json, name=name, company=company, domain=domain, email=email, title=title,
+              industry=industry, location=location, limit=limit, offset=offset)
+
+
+@app.command("demo")
+def demo(as_json: bool = JSON_OPT) -> None:
+    """The main job on embedded defaults: find leads, draft, deliver into the outbox."""
+    from agent.cli.demo import run_demo
+
+    run_demo(console, as_json=as_json)
+
+
+def main() -> None:
+    """Entry point: usage errors are Typer's; project errors become one clear line."""
+    try:
+        app()
+    except AgentError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise SystemExit(2 if isinstance(exc, InvalidInput) else 1) from None
+
+
+if __name__ == "__main__":
+    main()

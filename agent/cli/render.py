@@ -1,0 +1,60 @@
+"""Rich rendering of envelopes and reports for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agent.leads.store import ImportReport
+
+__all__ = ["leads_table", "delivery_table", "import_summary"]
+
+
+def leads_table(envelope: dict[str, Any], *, title: str = "Leads") -> Table:
+    meta = envelope["metadata"]
+    shown = len(envelope["records"])
+    caption = (f"{shown} of {meta['total_count']} matches · run {meta['run_id'][:8]} · "
+               f"{meta.get('duration_ms') or 0:.1f} ms · strategies: {', '.join(meta.get('strategies', []))}")
+    table = Table(title=title, caption=caption, header_style="bold")
+    for column in ("#", "Name", "Title", "Company", "Domain", "Location", "Email", "Score"):
+        table.add_column(column, overflow="fold")
+    for record in envelope["records"]:
+        score = (record.get("match") or {}).get("score")
+        table.add_row(str(record["lead_id"]), record.get("full_name") or "", record.get("title") or "",
+                      record.get("company") or "", record.get("domain") or "", record.get("location") or "",
+                      record.get("email") or "", "" if score is None else f"{score:.0f}")
+    return table
+
+
+def delivery_table(envelope: dict[str, Any], *, title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for column in ("Lead", "To", "Subject", "Status", "Reason", "Message-ID"):
+        table.add_column(column, overflow="fold")
+    for r in envelope["records"]:
+        style = {"sent": "green", "duplicate": "yellow", "skipped": "dim"}.get(r["status"], "")
+        table.add_row(str(r["lead_id"]), r["to"], r["subject"], f"[{style}]{r['status']}[/]",
+                      r.get("reason") or "", r.get("message_id") or "")
+    return table
+
+
+def import_summary(console: Console, report: ImportReport, *, limit: int = 20) -> None:
+    console.print(
+        f"[bold]{report.total}[/] rows: [green]{report.inserted} inserted[/], "
+        f"[yellow]{report.updated} updated[/], {report.unchanged} unchanged, "
+        f"[red]{len(report.rejected)} rejected[/], {len(report.duplicates)} duplicate in file; "
+        f"companies {report.companies_inserted} new, {report.companies_updated} updated "
+        f"({report.duration_s:.2f} s)"
+    )
+    if report.ignored_columns:
+        console.print(f"ignored columns: {', '.join(report.ignored_columns)}")
+    if report.rejected:
+        table = Table(title="Rejected rows", header_style="bold red")
+        for column in ("Line", "Field", "Reason"):
+            table.add_column(column)
+        for row in report.rejected[:limit]:
+            table.add_row(str(row.line), row.field, row.reason)
+        console.print(table)
+        if len(report.rejected) > limit:
+            console.print(f"... and {len(report.rejected) - limit} more (use --json for all)")
