@@ -1,0 +1,90 @@
+"""Storage: where the embedded database lives, migrations, and bad configuration."""
+
+from __future__ import annotations
+
+import os
+import unittest
+from unittest import mock
+
+from sqlalchemy import inspect
+
+from agent.errors import ConfigurationError
+from agent.settings import get_settings
+from agent.storage.db import Database
+from tests.support import PostgresSchema, TempHome, requires_real_services
+
+TABLES = {"companies", "contacts", "suppressions", "outbox", "alembic_version"}
+
+
+class SettingsTest(unittest.TestCase):
+    def test_database_url_comes_from_the_environment(self) -> None:
+        with mock.patch.dict(os.environ, {"AGENT_DATABASE_URL": "sqlite:////tmp/elsewhere.db"}):
+            self.assertEqual(get_settings().resolved_database_url, "sqlite:////tmp/elsewhere.db")
+
+    def test_default_is_a_sqlite_file_in_the_per_user_data_dir(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env["XDG_DATA_HOME"] = "/data/x"
+        with mock.patch.dict(os.environ, env, clear=True):
+            settings = get_settings()
+        self.assertEqual(settings.resolved_database_url, "sqlite:////data/x/agent/agent.db")
+        self.assertTrue(settings.wants_sample_data)
+
+    def test_explicit_url_does_not_get_sample_data_by_default(self) -> None:
+        self.assertFalse(get_settings(database_url="sqlite:///x.db").wants_sample_data)
+
+    def test_bad_setting_raises_configuration_error_naming_it(self) -> None:
+        with self.assertRaises(ConfigurationError) as caught:
+            get_settings(sample_size=-1)
+        self.assertIn("sample_size", str(caught.exception))
+
+    def test_unusable_database_url_raises_configuration_error(self) -> None:
+        with self.assertRaises(ConfigurationError) as caught:
+            Database("nonsense://")
+        self.assertIn("database_url", str(caught.exception))
+
+
+class MigrationSuite:
+    home: TempHome
+
+    def test_migrations_create_every_table(self) -> None:
+        db = self.home.database()
+        self.assertTrue(TABLES <= set(inspect(db.engine).get_table_names()))
+
+    def test_migrating_again_is_a_no_op(self) -> None:
+        db = self.home.database()
+        db.migrate()
+        db.migrate()
+        self.assertTrue(TABLES <= set(inspect(db.engine).get_table_names()))
+
+    def test_downgrade_to_base_and_back_up_round_trips(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        db = self.home.database()
+        cfg = Config()
+        cfg.set_main_option("script_location", str(__import__("agent.storage.db").storage.db.MIGRATIONS_DIR))
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "base")
+        self.assertNotIn("contacts", inspect(db.engine).get_table_names())
+        db.migrate()
+        self.assertTrue(TABLES <= set(inspect(db.engine).get_table_names()))
+
+
+class SQLiteMigrationTest(MigrationSuite, unittest.TestCase):
+    def setUp(self) -> None:
+        self.home = TempHome()
+
+    def tearDown(self) -> None:
+        self.home.cleanup()
+
+
+@requires_real_services()
+class PostgresMigrationTest(MigrationSuite, unittest.TestCase):
+    def setUp(self) -> None:
+        self.schema = PostgresSchema()
+        self.home = TempHome(database_url=self.schema.url)
+
+    def tearDown(self) -> None:
+        self.home.cleanup()
+        self.schema.drop()
