@@ -84,10 +84,12 @@ class Metadata(BaseModel):
     node: str | None
     source: str = Field(min_length=1)
     created_at: str
-    total_count: int = Field(ge=0)
-    partial: bool
+    # strict: validation returns the envelope unchanged, so a coerced value
+    # ("partial": "false", which is truthy) would leak through as-is.
+    total_count: int = Field(ge=0, strict=True)
+    partial: bool = Field(strict=True)
     errors: list[ErrorItem]
-    duration_ms: float | None = Field(ge=0)
+    duration_ms: float | None = Field(ge=0, strict=True)
 
     _utc = field_validator("created_at")(_check_utc_iso)
 
@@ -230,8 +232,8 @@ def validate_envelope(envelope: Any, *, check_hashes: bool = True) -> dict[str, 
     """Check ``envelope`` against the contract and return it unchanged.
 
     Raises ``EnvelopeError`` whose ``field`` is the offending path, e.g.
-    ``records[3].provenance.hash``.  With ``check_hashes`` every record's hash
-    is recomputed, which also proves the record is JSON-serialisable.
+    ``records[3].provenance.hash``.  Every record, provenance included, must be
+    JSON-serialisable; with ``check_hashes`` every record's hash is recomputed.
     """
     if not isinstance(envelope, Mapping):
         raise EnvelopeError("envelope", f"must be a dict, not {type(envelope).__name__}")
@@ -240,13 +242,14 @@ def validate_envelope(envelope: Any, *, check_hashes: bool = True) -> dict[str, 
     except _PydanticValidationError as exc:
         first = exc.errors(include_url=False)[0]
         raise EnvelopeError(_path(first["loc"]), first["msg"].lower()) from None
-    if check_hashes:
-        for index, record in enumerate(envelope["records"]):
-            try:
-                actual = record_hash(record)
-            except EnvelopeError as exc:
-                raise EnvelopeError(f"records[{index}]", exc.reason) from None
-            if record[PROVENANCE]["hash"] != actual:
+    for index, record in enumerate(envelope["records"]):
+        # The whole record, provenance included: the hash below leaves provenance out.
+        try:
+            _canonical(record)
+        except (TypeError, ValueError) as exc:
+            raise EnvelopeError(f"records[{index}]", f"is not JSON-serialisable ({exc})") from None
+        if check_hashes:
+            if record[PROVENANCE]["hash"] != record_hash(record):
                 raise EnvelopeError(
                     f"records[{index}].provenance.hash", "does not match the record's content"
                 )

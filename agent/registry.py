@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import logging
 import threading
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -23,7 +22,6 @@ from agent.errors import DuplicateName, InvalidInput, NotFound, RegistryError
 __all__ = ["Registry", "RegistryEntry", "EntryMetadata", "PLUGIN_GROUP"]
 
 PLUGIN_GROUP = "agent.plugins"
-log = logging.getLogger(__name__)
 
 Kind = Literal["orchestrator", "agent", "tool"]
 Capability = Literal["read", "write", "send"]
@@ -51,8 +49,13 @@ class RegistryEntry:
     def describe(self) -> dict[str, Any]:
         data = self.metadata.model_dump()
         data["capabilities"] = sorted(data["capabilities"])
-        target = self.obj if inspect.isclass(self.obj) else type(self.obj)
+        target = self.obj if _describes_itself(self.obj) else type(self.obj)
         return {"name": self.name, "object": f"{target.__module__}.{target.__qualname__}", **data}
+
+
+def _describes_itself(obj: Any) -> bool:
+    """Classes and functions carry their own name and docstring; instances use their class's."""
+    return inspect.isclass(obj) or inspect.isroutine(obj)
 
 
 def _class_defaults(obj: Any) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def _class_defaults(obj: Any) -> dict[str, Any]:
         if value is not None and not callable(value):
             defaults[key] = value
     if "description" not in defaults:
-        doc = inspect.getdoc(obj if inspect.isclass(obj) else type(obj)) or ""
+        doc = inspect.getdoc(obj if _describes_itself(obj) else type(obj)) or ""
         defaults["description"] = doc.split("\n\n", 1)[0].replace("\n", " ")
     model = getattr(obj, "payload_model", None)
     if inspect.isclass(model) and issubclass(model, BaseModel):

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     sender: str = Field(default="Outreach Team <outreach@sender.example>")
     postal_address: str = Field(default="Example Ltd, 1 Sample Street, Springfield")
     fuzzy_cutoff: float = Field(default=80.0, ge=0, le=100)
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(default="WARNING", description="Log level of the CLI (logs are redacted).")
 
     @classmethod
     def settings_customise_sources(

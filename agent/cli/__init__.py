@@ -153,7 +153,11 @@ def demo(as_json: bool = JSON_OPT) -> None:
 
 def main() -> None:
     """Entry point: usage errors are Typer's; project errors become one clear line."""
+    from agent.logs import configure_logging
+    from agent.settings import get_settings
+
     try:
+        configure_logging(get_settings().log_level.upper())
         app()
     except AgentError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -131,7 +131,8 @@ class LeadStore:
 
         cols = (Company.id, Company.name, Company.normalized_name, Company.domain, *[
             getattr(Company, f) for f in COMPANY_FIELDS])
-        existing = [r._asdict() for r in conn.execute(select(*cols).where(Company.tenant_id == self.tenant))]
+        existing = [r._asdict() for r in conn.execute(
+            select(*cols).where(Company.tenant_id == self.tenant).order_by(Company.id))]
         by_domain = {r["domain"]: r for r in existing if r["domain"]}
         by_name: dict[str, dict[str, Any]] = {}
         for r in existing:
@@ -141,7 +142,16 @@ class LeadStore:
         resolved: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         inserts: list[tuple[tuple[str, str], dict[str, Any]]] = []
         updates: list[dict[str, Any]] = []
-        for key, agg in wanted.items():
+        # Domain keys first: a name-only row joins the company that a row of the same
+        # batch names with a domain, on the first import as on every later one.
+        claimed: dict[str, tuple[str, str]] = {}
+        aliases: dict[tuple[str, str], tuple[str, str]] = {}
+        for key, agg in sorted(wanted.items(), key=lambda item: item[0][0] != "domain"):
+            if key[0] == "name" and agg["normalized_name"] in claimed:
+                aliases[key] = claimed[agg["normalized_name"]]
+                continue
+            if key[0] == "domain":
+                claimed.setdefault(agg["normalized_name"], key)
             match = by_domain.get(agg["domain"]) if agg["domain"] else by_name.get(agg["normalized_name"])
             if match is None and agg["domain"]:
                 # A company first imported without a domain gains one now.
@@ -167,6 +177,8 @@ class LeadStore:
             for (key, agg), new_id in zip(inserts, ids):
                 resolved[key] = (new_id, agg)
             report.companies_inserted += len(inserts)
+        for key, target in aliases.items():
+            resolved[key] = resolved[target]
         if updates:
             conn.execute(update(Company).where(Company.id == bindparam("_id"))
                          .values(**{f: bindparam(f"b_{f}") for f in (*COMPANY_FIELDS, "domain", "updated_at")}), updates)

@@ -7,7 +7,6 @@ the Registry (and, later, the Dispatcher), so provenance and limits apply.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -16,12 +15,13 @@ from pydantic import BaseModel, ValidationError
 from agent.context import RunContext
 from agent.envelope import make_envelope, new_run_id, validate_envelope
 from agent.errors import AgentCallError, AgentError, InvalidInput, PayloadError
+from agent.logs import get_logger
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
 
 __all__ = ["BaseOrchestrator", "is_envelope"]
 
-log = logging.getLogger("agent.orchestrator")
+log = get_logger("agent.orchestrator")
 
 
 def is_envelope(payload: Any) -> bool:
@@ -69,12 +69,17 @@ class BaseOrchestrator:
                 envelope = self.execute(self.validate_payload(payload), context)
             validate_envelope(envelope)
         except AgentError as exc:
+            log.warning("run %s flow=%s failed: %s", context.run_id, self.name, exc)
             self._hook("on_error", context=context, error=exc)
             raise
         except Exception as exc:  # a bug or a library error below: translate, keep the cause
             error = AgentCallError(self.name, f"{exc.__class__.__name__}: {exc}")
+            log.error("run %s flow=%s crashed: %s", context.run_id, self.name, error, exc_info=exc)
             self._hook("on_error", context=context, error=error)
             raise error from exc
+        meta = envelope["metadata"]
+        log.info("run %s flow=%s records=%d total=%d duration_ms=%.1f", context.run_id, self.name,
+                 len(envelope["records"]), meta["total_count"], context.elapsed_ms())
         self._hook("after_run", context=context, envelope=envelope)
         return envelope
 

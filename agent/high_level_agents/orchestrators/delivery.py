@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from agent.context import RunContext
 from agent.envelope import make_envelope, record_hash, validate_envelope
@@ -36,6 +36,8 @@ class OutgoingMessage(BaseModel):
     lead_id: str = Field(min_length=1, max_length=128)
     campaign_id: str | None = Field(default=None, pattern=_KEY)
     step: int = Field(default=1, ge=1, le=100)
+    # Hash of the record as received, before normalisation and defaults: the provenance parent.
+    _input_hash: str | None = PrivateAttr(default=None)
 
     @field_validator("lead_id", mode="before")
     @classmethod
@@ -82,6 +84,8 @@ class DeliveryOrchestrator(BaseOrchestrator):
         if model.metadata is not None:
             # An envelope from upstream: its records and hashes must be intact.
             validate_envelope({"metadata": payload["metadata"], "records": payload["records"]})
+        for msg, raw in zip(model.records, payload["records"]):
+            msg._input_hash = record_hash(raw)
         return model
 
     def execute(self, payload: DeliveryPayload, context: RunContext) -> dict[str, Any]:
@@ -92,7 +96,7 @@ class DeliveryOrchestrator(BaseOrchestrator):
             messages.append({
                 **{k: data[k] for k in ("to", "subject", "body", "lead_id", "step")},
                 "campaign_id": msg.campaign_id or payload.campaign_id,
-                "parent_hash": prov.get("hash") or record_hash(data),
+                "parent_hash": prov.get("hash") or msg._input_hash or record_hash(data),
                 "provenance": prov or None,
             })
         if not payload.allow_delivery:
