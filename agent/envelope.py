@@ -214,6 +214,9 @@ def make_envelope(
         "errors": [{"node": node, **dict(e)} for e in errors],
         "duration_ms": duration_ms,
     }
+    clash = set(extra) & set(metadata)
+    if clash:
+        raise EnvelopeError(f"metadata.{sorted(clash)[0]}", "is set by make_envelope; pass it by its keyword")
     metadata.update(extra)
     return {"metadata": metadata, "records": out}
 

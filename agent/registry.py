@@ -153,7 +153,13 @@ class Registry:
                 added.append(ep.name)
             elif callable(target):
                 before = set(self._entries)
-                target(self)
+                try:
+                    target(self)
+                except Exception as exc:
+                    # Leave no half-registered plug-in behind.
+                    for name in set(self._entries) - before:
+                        self.unregister(name)
+                    raise RegistryError(f"plug-in {ep.name!r} setup failed: {exc}") from exc
                 added.extend(sorted(set(self._entries) - before))
             else:
                 raise RegistryError(f"plug-in {ep.name!r} is neither a class, an instance nor a setup function")

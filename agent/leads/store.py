@@ -84,6 +84,8 @@ class LeadStore:
         report = ImportReport()
         by_email: dict[str, tuple[int, dict[str, Any]]] = {}
         for line, raw in enumerate(rows, start=first_line):
+            if not any(v not in (None, "") and str(v).strip() for v in raw.values()):
+                continue  # a blank line is no row at all
             report.total += 1
             try:
                 row = clean_lead_row(raw)

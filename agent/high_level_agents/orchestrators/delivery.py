@@ -106,11 +106,11 @@ class DeliveryOrchestrator(BaseOrchestrator):
         blocked = {r["address"] for r in gate["records"] if r["suppressed"]}
         allowed = [m for m in messages if m["to"] not in blocked]
         sent = self.call(payload.channel, {"messages": allowed}, context, node="channel") if allowed else None
-        by_key = {(r["campaign_id"], r["lead_id"], r["step"]): r for r in (sent["records"] if sent else [])}
         skipped = self._skipped([m for m in messages if m["to"] in blocked], context, "suppressed")
-        skipped_by_key = {(r["campaign_id"], r["lead_id"], r["step"]): r for r in skipped["records"]}
-        records = [by_key.get(k) or skipped_by_key[k]
-                   for k in ((m["campaign_id"], m["lead_id"], m["step"]) for m in messages)]
+        # Both lists keep the input order; matching by position (not by key) keeps a key
+        # repeated in one payload from reporting its first, real send as a duplicate.
+        sent_records, skipped_records = iter(sent["records"] if sent else []), iter(skipped["records"])
+        records = [next(skipped_records) if m["to"] in blocked else next(sent_records) for m in messages]
         counts: dict[str, int] = {}
         for r in records:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
