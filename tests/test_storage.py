@@ -8,7 +8,7 @@ from unittest import mock
 
 from sqlalchemy import inspect
 
-from agent.errors import ConfigurationError
+from agent.errors import ConfigurationError, StorageError
 from agent.settings import get_settings
 from agent.storage.db import Database
 from tests.support import PostgresSchema, TempHome, requires_real_services
@@ -41,6 +41,18 @@ class SettingsTest(unittest.TestCase):
         with self.assertRaises(ConfigurationError) as caught:
             Database("nonsense://")
         self.assertIn("database_url", str(caught.exception))
+
+
+class UnreachableDatabaseTest(unittest.TestCase):
+    def test_a_database_that_refuses_connections_raises_storage_error_without_the_password(self) -> None:
+        # Given: nothing listens on port 1
+        db = Database("postgresql+psycopg://app:s3cret@127.0.0.1:1/none?connect_timeout=2")
+        # When
+        with self.assertRaises(StorageError) as caught:
+            db.migrate()
+        # Then
+        self.assertIn("127.0.0.1:1", str(caught.exception))
+        self.assertNotIn("s3cret", str(caught.exception))
 
 
 class MigrationSuite:

@@ -176,7 +176,7 @@ class LeadStore:
                       for _, agg in inserts]
             ids = conn.execute(insert(Company).returning(Company.id, sort_by_parameter_order=True),
                                params).scalars().all()
-            for (key, agg), new_id in zip(inserts, ids):
+            for (key, agg), new_id in zip(inserts, ids, strict=True):
                 resolved[key] = (new_id, agg)
             report.companies_inserted += len(inserts)
         for key, target in aliases.items():

@@ -127,7 +127,8 @@ class Database:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot migrate {self.safe_url}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}") from exc
+            cause = getattr(exc, "orig", None) or exc
+            raise StorageError(f"cannot migrate {self.safe_url}: {exc.__class__.__name__}: {cause}") from exc
 
     @property
     def safe_url(self) -> str:

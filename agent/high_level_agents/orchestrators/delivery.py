@@ -84,7 +84,7 @@ class DeliveryOrchestrator(BaseOrchestrator):
         if model.metadata is not None:
             # An envelope from upstream: its records and hashes must be intact.
             validate_envelope({"metadata": payload["metadata"], "records": payload["records"]})
-        for msg, raw in zip(model.records, payload["records"]):
+        for msg, raw in zip(model.records, payload["records"], strict=True):
             msg._input_hash = record_hash(raw)
         return model
 
