@@ -42,6 +42,7 @@ QUERY_SEED = 20240601
 WARMUP = 5
 TYPO_SHARE = 0.4  # share of lookups whose company name carries one typo
 
+PHASE_BUDGET_S = 30.0  # a latency phase stops early past this, to bound the run time
 TARGET_IMPORT_ROWS_S = 20_000.0
 TARGET_P50_MS = 5.0
 TARGET_P99_MS = 20.0
@@ -131,20 +132,24 @@ def bench_import(csv_path: Path, db: Database, tenant: str, n: int) -> dict[str,
     return out
 
 
-def bench_fuzzy(db: Database, tenant: str, lookups: list[tuple[str, str, bool]]) -> dict[str, Any]:
+def bench_fuzzy(db: Database, tenant: str, lookups: list[tuple[str, str, bool]], budget_s: float,
+                prefix: str = "fuzzy") -> dict[str, Any]:
     search = LeadSearch(db, tenant=tenant)
     out: dict[str, Any] = {}
     # The first lookup loads the in-process company name index: report it apart.
     started = time.perf_counter()
     search.search(LeadQuery(company=lookups[0][0], limit=25))
-    out["fuzzy_cold_first_ms"] = (time.perf_counter() - started) * 1000
+    out["cold_first_ms"] = (time.perf_counter() - started) * 1000
     for name, _, _ in lookups[1 : 1 + WARMUP]:
         search.search(LeadQuery(company=name, limit=25))
 
     times: list[float] = []
     found = found_typo = n_typo = 0
     totals = 0
+    phase_start = time.perf_counter()
     for name, truth, has_typo in lookups:
+        if time.perf_counter() - phase_start > budget_s:
+            break
         started = time.perf_counter()
         result = search.search(LeadQuery(company=name, limit=25))
         times.append((time.perf_counter() - started) * 1000)
@@ -155,18 +160,20 @@ def bench_fuzzy(db: Database, tenant: str, lookups: list[tuple[str, str, bool]])
             n_typo += 1
             found_typo += hit
     times.sort()
-    out["fuzzy_queries"] = len(times)
-    out["fuzzy_p50_ms"] = percentile(times, 50)
-    out["fuzzy_p95_ms"] = percentile(times, 95)
-    out["fuzzy_p99_ms"] = percentile(times, 99)
-    out["fuzzy_max_ms"] = times[-1]
-    out["fuzzy_mean_total_matches"] = totals / len(times)
-    out["fuzzy_hit_rate"] = found / len(times)
-    out["fuzzy_hit_rate_typo"] = found_typo / n_typo if n_typo else float("nan")
-    return out
+    out["queries_timed"] = len(times)
+    out["budget_hit"] = len(times) < len(lookups)
+    out["p50_ms"] = percentile(times, 50)
+    out["p95_ms"] = percentile(times, 95)
+    out["p99_ms"] = percentile(times, 99)
+    out["max_ms"] = times[-1]
+    out["mean_total_matches"] = totals / len(times)
+    out["hit_rate"] = found / len(times)
+    out["hit_rate_typo"] = found_typo / n_typo if n_typo else float("nan")
+    return {f"{prefix}_{k}": v for k, v in out.items()}
 
 
-def bench_naive(db: Database, tenant: str, lookups: list[tuple[str, str, bool]]) -> dict[str, Any]:
+def bench_naive(db: Database, tenant: str, lookups: list[tuple[str, str, bool]], budget_s: float,
+                prefix: str = "naive_like") -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def run(conn: Any, name: str) -> list[Any]:
@@ -178,7 +185,10 @@ def bench_naive(db: Database, tenant: str, lookups: list[tuple[str, str, bool]])
             run(conn, name)
     times: list[float] = []
     found = found_typo = n_typo = 0
+    phase_start = time.perf_counter()
     for name, truth, has_typo in lookups:
+        if time.perf_counter() - phase_start > budget_s:
+            break
         started = time.perf_counter()
         # A connection (transaction) per lookup, as LeadSearch.search does.
         with db.connect() as conn:
@@ -190,12 +200,14 @@ def bench_naive(db: Database, tenant: str, lookups: list[tuple[str, str, bool]])
             n_typo += 1
             found_typo += hit
     times.sort()
-    out["naive_like_p50_ms"] = percentile(times, 50)
-    out["naive_like_p95_ms"] = percentile(times, 95)
-    out["naive_like_p99_ms"] = percentile(times, 99)
-    out["naive_like_hit_rate"] = found / len(times)
-    out["naive_like_hit_rate_typo"] = found_typo / n_typo if n_typo else float("nan")
-    return out
+    out["queries_timed"] = len(times)
+    out["budget_hit"] = len(times) < len(lookups)
+    out["p50_ms"] = percentile(times, 50)
+    out["p95_ms"] = percentile(times, 95)
+    out["p99_ms"] = percentile(times, 99)
+    out["hit_rate"] = found / len(times)
+    out["hit_rate_typo"] = found_typo / n_typo if n_typo else float("nan")
+    return {f"{prefix}_{k}": v for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leads", type=int, default=100_000, help="leads to generate and import")
     parser.add_argument("--queries", type=int, default=500, help="fuzzy company lookups to time")
     parser.add_argument("--db-url", default=None, help="SQLAlchemy URL (default: SQLite in a temp dir)")
+    parser.add_argument("--phase-budget-s", type=float, default=PHASE_BUDGET_S,
+                        help="stop a latency phase early after this many seconds (bounds the run time)")
+    parser.add_argument("--no-analyze-pass", action="store_true",
+                        help="skip the diagnostic re-run of both lookups after ANALYZE")
     args = parser.parse_args(argv)
     if args.leads < 1 or args.queries < 1:
         parser.error("--leads and --queries must be positive")
@@ -238,20 +254,36 @@ def main(argv: list[str] | None = None) -> int:
 
         lookups = make_lookups(rows, args.queries)
         emit("lookups_with_typo", sum(1 for _, _, t in lookups if t))
-        fz = bench_fuzzy(db, tenant, lookups)
+        fz = bench_fuzzy(db, tenant, lookups, args.phase_budget_s)
         for key, value in fz.items():
             emit(key, value)
-        nv = bench_naive(db, tenant, lookups)
+        nv = bench_naive(db, tenant, lookups, args.phase_budget_s)
         for key, value in nv.items():
             emit(key, value)
         emit("fuzzy_vs_naive_p50_ratio", fz["fuzzy_p50_ms"] / nv["naive_like_p50_ms"])
+
+        if not args.no_analyze_pass:
+            # Diagnostic only (the targets are judged above): the same lookups once the
+            # planner has table statistics, to show how much of the latency is query plans.
+            started = time.perf_counter()
+            with db.connect() as conn:
+                conn.exec_driver_sql("ANALYZE")
+            emit("diag_analyze_s", time.perf_counter() - started)
+            for key, value in bench_fuzzy(db, tenant, lookups, args.phase_budget_s, "diag_analyzed_fuzzy").items():
+                if key.endswith(("_ms", "_timed", "_hit")):
+                    emit(key, value)
+            for key, value in bench_naive(db, tenant, lookups, args.phase_budget_s, "diag_analyzed_naive_like").items():
+                if key.endswith(("_ms", "_timed", "_hit")):
+                    emit(key, value)
 
         checks = [
             (f"import_rows_s>={TARGET_IMPORT_ROWS_S:.0f}", imp["import1_rows_s"] >= TARGET_IMPORT_ROWS_S,
              f"{imp['import1_rows_s']:.0f}"),
             ("reimport_all_unchanged", bool(imp["import2_all_unchanged"]), f"{imp['import2_unchanged']}"),
-            (f"fuzzy_p50_ms<={TARGET_P50_MS:g}", fz["fuzzy_p50_ms"] <= TARGET_P50_MS, f"{fz['fuzzy_p50_ms']:.3f}"),
-            (f"fuzzy_p99_ms<={TARGET_P99_MS:g}", fz["fuzzy_p99_ms"] <= TARGET_P99_MS, f"{fz['fuzzy_p99_ms']:.3f}"),
+            (f"fuzzy_p50_ms<={TARGET_P50_MS:g}", fz["fuzzy_p50_ms"] <= TARGET_P50_MS,
+             f"{fz['fuzzy_p50_ms']:.3f} over {fz['fuzzy_queries_timed']} queries"),
+            (f"fuzzy_p99_ms<={TARGET_P99_MS:g}", fz["fuzzy_p99_ms"] <= TARGET_P99_MS,
+             f"{fz['fuzzy_p99_ms']:.3f} over {fz['fuzzy_queries_timed']} queries"),
         ]
         for name, ok, measured in checks:
             print(f"{'PASS' if ok else 'FAIL'} {name} (measured {measured})", flush=True)
