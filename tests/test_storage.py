@@ -13,7 +13,7 @@ from agent.settings import get_settings
 from agent.storage.db import Database
 from tests.support import PostgresSchema, TempHome, requires_real_services
 
-TABLES = {"companies", "contacts", "suppressions", "outbox", "alembic_version"}
+TABLES = {"companies", "contacts", "suppressions", "outbox", "data_versions", "alembic_version"}
 
 
 class SettingsTest(unittest.TestCase):

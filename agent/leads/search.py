@@ -9,23 +9,22 @@ changes.  Full text uses SQLite FTS5 or PostgreSQL ``tsvector``.
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz
 from sqlalchemy import Select, and_, false, func, or_, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from agent.errors import PayloadError
-from agent.leads.normalize import normalize_company_name, registrable_domain
+from agent.leads.company_index import CompanyNameIndex
+from agent.leads.normalize import registrable_domain
 from agent.leads.query import LeadQuery, parse_free_text
 from agent.storage.db import Database
 from agent.storage.models import Company, Contact
 
-__all__ = ["LeadSearch", "SearchResult", "CompanyNameIndex"]
+__all__ = ["LeadSearch", "SearchResult"]
 
-MAX_FUZZY_COMPANIES = 200
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -35,41 +34,6 @@ class SearchResult:
     total: int
     query: dict[str, Any]
     strategies: list[str] = field(default_factory=list)
-
-
-class CompanyNameIndex:
-    """Normalised company names of one tenant, refreshed when the table changes."""
-
-    def __init__(self, db: Database, tenant: str) -> None:
-        self.db = db
-        self.tenant = tenant
-        self._stamp: tuple[Any, ...] | None = None
-        self._ids: list[int] = []
-        self._names: list[str] = []
-        self._lock = threading.Lock()
-
-    def _current_stamp(self, conn: Any) -> tuple[Any, ...]:
-        stmt = select(func.count(), func.max(Company.id), func.max(Company.updated_at)).where(
-            Company.tenant_id == self.tenant)
-        return tuple(conn.execute(stmt).one())
-
-    def match(self, conn: Any, name: str, cutoff: float) -> dict[int, float]:
-        """Company id → score (0-100) for names close to ``name``."""
-        stamp = self._current_stamp(conn)
-        with self._lock:
-            if stamp != self._stamp:
-                rows = conn.execute(select(Company.id, Company.normalized_name)
-                                    .where(Company.tenant_id == self.tenant)).all()
-                self._ids = [r[0] for r in rows]
-                self._names = [r[1] for r in rows]
-                self._stamp = stamp
-            ids, names = self._ids, self._names
-        query = normalize_company_name(name)
-        if not query:
-            return {}
-        hits = process.extract(query, names, scorer=fuzz.WRatio, processor=None,
-                               score_cutoff=cutoff, limit=MAX_FUZZY_COMPANIES)
-        return {ids[index]: round(score, 1) for _, score, index in hits}
 
 
 class LeadSearch:
@@ -105,10 +69,10 @@ class LeadSearch:
             if q.company:
                 conditions.append(Contact.company_id.in_(list(scores or {})) if scores else false())
             if q.name:
-                # A name may be a company or a person: either matches.
+                # A name may be a company or a person: either matches.  The full-text
+                # index narrows the people; _ranked_by_score checks the name exactly.
                 person = q.name.lower()
-                full = func.lower(func.coalesce(Contact.first_name, "") + " " + func.coalesce(Contact.last_name, ""))
-                by_person = full.contains(person, autoescape=True)
+                by_person, _ = self._full_text(q.name)
                 conditions.append(or_(Contact.company_id.in_(list(scores or {})), by_person)
                                   if scores else by_person)
                 strategies.append("person_name")
@@ -168,11 +132,13 @@ class LeadSearch:
         stmt = base.add_columns(Contact.company_id, Contact.first_name, Contact.last_name).where(where)
         scored: list[tuple[float, int]] = []
         for contact_id, company_id, first, last in conn.execute(stmt):
-            score = scores.get(company_id, 0.0)
+            score = scores.get(company_id)
             if person:
                 full = f"{first or ''} {last or ''}".strip().lower()
                 if person in full:
-                    score = max(score, round(fuzz.ratio(person, full), 1), 90.0)
+                    score = max(score or 0.0, round(fuzz.ratio(person, full), 1), 90.0)
+            if score is None:
+                continue  # passed the full-text pre-filter, but neither the company nor the name matches
             scored.append((score, contact_id))
         scored.sort(key=lambda item: (-item[0], item[1]))
         page = scored[q.offset : q.offset + q.limit]

@@ -19,6 +19,7 @@ from agent.errors import InvalidInput
 from agent.leads.rows import clean_lead_row
 from agent.storage.db import Database
 from agent.storage.models import Company, Contact, utcnow
+from agent.storage.versions import bump_version
 
 __all__ = ["LeadStore", "ImportReport", "RejectedRow"]
 
@@ -106,6 +107,10 @@ class LeadStore:
                 company_ids = self._sync_companies(conn, valid, report)
                 for chunk in _chunks(valid, CHUNK):
                     self._sync_contacts(conn, chunk, company_ids, report)
+                if report.companies_inserted or report.companies_updated:
+                    bump_version(conn, self.tenant, "companies")
+                if report.inserted or report.updated:
+                    bump_version(conn, self.tenant, "contacts")
         report.duration_s = time.perf_counter() - started
         return report
 

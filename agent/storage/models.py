@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "utcnow"]
+__all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -47,6 +47,7 @@ class Company(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "domain", name="uq_companies_tenant_domain"),
         Index("ix_companies_tenant_norm", "tenant_id", "normalized_name"),
+        Index("ix_companies_tenant_updated", "tenant_id", "updated_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -58,7 +59,7 @@ class Company(Base):
     size: Mapped[str | None] = mapped_column(String(32))
     location: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Contact(Base):
@@ -67,7 +68,7 @@ class Contact(Base):
     __tablename__ = "contacts"
     __table_args__ = (
         UniqueConstraint("tenant_id", "email", name="uq_contacts_tenant_email"),
-        Index("ix_contacts_company", "company_id"),
+        Index("ix_contacts_tenant_company", "tenant_id", "company_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -129,3 +130,13 @@ class OutboxMessage(Base):
     provenance: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DataVersion(Base):
+    """A counter per (tenant, scope) that writers bump; caches reload when it moves."""
+
+    __tablename__ = "data_versions"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)

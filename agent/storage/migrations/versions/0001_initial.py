@@ -33,7 +33,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "domain", name="uq_companies_tenant_domain"),
     )
     op.create_index("ix_companies_tenant_norm", "companies", ["tenant_id", "normalized_name"])
-    op.create_index("ix_companies_updated_at", "companies", ["updated_at"])
+    op.create_index("ix_companies_tenant_updated", "companies", ["tenant_id", "updated_at"])
 
     op.create_table(
         "contacts",
@@ -60,7 +60,16 @@ def upgrade() -> None:
         sa.Column("updated_at", TS, nullable=False),
         sa.UniqueConstraint("tenant_id", "email", name="uq_contacts_tenant_email"),
     )
-    op.create_index("ix_contacts_company", "contacts", ["company_id"])
+    op.create_index("ix_contacts_tenant_company", "contacts", ["tenant_id", "company_id"])
+
+    # One counter per (tenant, scope), bumped by every write through the lead store,
+    # so in-process caches (the company-name index) know when to reload.
+    op.create_table(
+        "data_versions",
+        sa.Column("tenant_id", sa.String(64), primary_key=True),
+        sa.Column("scope", sa.String(32), primary_key=True),
+        sa.Column("version", sa.Integer, nullable=False),
+    )
 
     op.create_table(
         "suppressions",
@@ -133,6 +142,7 @@ def downgrade() -> None:
         for trigger in ("contacts_fts_ai", "contacts_fts_ad", "contacts_fts_au"):
             op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
         op.execute("DROP TABLE IF EXISTS contacts_fts")
+    op.drop_table("data_versions")
     op.drop_table("outbox")
     op.drop_table("suppressions")
     op.drop_table("contacts")

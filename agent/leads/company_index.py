@@ -1,0 +1,88 @@
+"""In-process fuzzy index of one tenant's company names.
+
+Scoring every name with rapidfuzz's WRatio costs ~15 ms at 20,000 companies,
+so candidates come first from two cheap searches whose cut-offs bound the
+work: names with a word close to a query word (``ratio`` over the word
+vocabulary, which finds "acme" in "acme robotics"), and whole names close to
+the whole query (``QRatio``).  Only those candidates are scored with WRatio.
+The index reloads when the tenant's ``companies`` data version moves.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rapidfuzz import fuzz, process
+from sqlalchemy import select
+
+from agent.leads.normalize import normalize_company_name
+from agent.storage.db import Database
+from agent.storage.models import Company
+from agent.storage.versions import read_version
+
+__all__ = ["CompanyNameIndex", "MAX_FUZZY_COMPANIES"]
+
+MAX_FUZZY_COMPANIES = 200
+
+
+class CompanyNameIndex:
+    """Normalised company names of one tenant, for fuzzy lookup."""
+
+    TOKEN_CUTOFF = 75.0
+    # A word shared by more names than this ("group", "labs") adds no candidates.
+    MAX_TOKEN_FANOUT = 2000
+
+    def __init__(self, db: Database, tenant: str) -> None:
+        self.db = db
+        self.tenant = tenant
+        self._version: int | None = None
+        self._ids: list[int] = []
+        self._names: list[str] = []
+        self._vocab: list[str] = []
+        self._by_token: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def _reload(self, conn: Any, version: int) -> None:
+        rows = conn.execute(select(Company.id, Company.normalized_name)
+                            .where(Company.tenant_id == self.tenant).order_by(Company.id)).all()
+        by_token: dict[str, list[int]] = {}
+        for position, (_, name) in enumerate(rows):
+            for token in set(name.split()):
+                by_token.setdefault(token, []).append(position)
+        self._ids = [r[0] for r in rows]
+        self._names = [r[1] for r in rows]
+        self._by_token = by_token
+        self._vocab = list(by_token)
+        self._version = version
+
+    def match(self, conn: Any, name: str, cutoff: float) -> dict[int, float]:
+        """Company id → score (0-100) for names close to ``name``, best first."""
+        version = read_version(conn, self.tenant, "companies")
+        with self._lock:
+            # Version 0: no writer ever bumped it, so no cache can be trusted.
+            if version != self._version or not version:
+                self._reload(conn, version)
+            names, ids, vocab, by_token = self._names, self._ids, self._vocab, self._by_token
+        query = normalize_company_name(name)
+        if not query:
+            return {}
+        candidates: set[int] = set()
+        for token in set(query.split()):
+            if len(token) < 2:
+                continue
+            for word, _, _ in process.extract(token, vocab, scorer=fuzz.ratio, processor=None,
+                                              score_cutoff=self.TOKEN_CUTOFF, limit=50):
+                positions = by_token[word]
+                if len(positions) <= self.MAX_TOKEN_FANOUT:
+                    candidates.update(positions)
+        for _, _, position in process.extract(query, names, scorer=fuzz.QRatio, processor=None,
+                                              score_cutoff=cutoff, limit=MAX_FUZZY_COMPANIES):
+            candidates.add(position)
+        scored = []
+        for position in candidates:
+            score = fuzz.WRatio(query, names[position], processor=None, score_cutoff=cutoff)
+            if score:
+                scored.append((score, position))
+        scored.sort(key=lambda item: (-item[0], item[1]))
+        return {ids[position]: round(score, 1) for score, position in scored[:MAX_FUZZY_COMPANIES]}
