@@ -166,6 +166,23 @@ class ImportContract:
         self.assertEqual((report.inserted, report.updated, report.unchanged), (0, 0, 2))
         self.assertEqual(_rows(self.db, Contact), contacts)
 
+    def test_imported_and_updated_leads_are_found_by_full_text(self) -> None:
+        # Given three leads imported, then Bob's title changed by a second import
+        from agent.leads.query import LeadQuery
+        from agent.leads.search import LeadSearch
+
+        import_csv(self.write_csv(THREE_LEADS), self.db)
+        search = LeadSearch(self.db)
+        self.assertEqual(search.search(LeadQuery(text="Bob CEO")).total, 1)
+        changed = THREE_LEADS.replace("Bob,Stone,Globex,globex.example,CEO", "Bob,Stone,Globex,globex.example,CFO")
+
+        # When
+        import_csv(self.write_csv(changed, "changed.csv"), self.db)
+
+        # Then the index follows the row: the new title is found, the old one is gone
+        self.assertEqual(search.search(LeadQuery(text="Bob CFO")).total, 1)
+        self.assertEqual(search.search(LeadQuery(text="Bob CEO")).total, 0)
+
     def test_a_changed_row_is_reported_as_updated(self) -> None:
         # Given three leads already imported
         import_csv(self.write_csv(THREE_LEADS), self.db)

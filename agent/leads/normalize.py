@@ -29,14 +29,16 @@ LEGAL_FORMS = frozenset(
     ohg ug sa sas sarl sl srl spa bv nv plc pty pte oy ab as aps asa kk se""".split()
 )
 _PUNCT = re.compile(r"[^\w\s&]+", re.UNICODE)
-_SPACE = re.compile(r"\s+")
+# RFC 5322 dot-atom of plain ASCII: the shape of nearly every real local part.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_SIMPLE_LOCAL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
 
 
 def clean_text(value: object) -> str | None:
     """Strip and collapse whitespace; empty becomes None."""
     if value is None:
         return None
-    text = _SPACE.sub(" ", str(value)).strip()
+    text = " ".join(str(value).split())
     return text or None
 
 
@@ -91,15 +93,33 @@ def registrable_domain(value: str) -> str | None:
     return _psl().privatesuffix(text)
 
 
+@lru_cache(maxsize=65536)
+def _checked_domain(domain: str) -> str | EmailNotValidError:
+    """email-validator's verdict on a domain, once per domain."""
+    try:
+        return validate_email(f"x@{domain}", check_deliverability=False).domain
+    except EmailNotValidError as exc:
+        return exc
+
+
 def normalize_email(value: str, *, field: str = "email") -> str:
     """A syntactically valid address, lower-cased; ``InvalidInput`` otherwise.
 
-    Deliverability (DNS) is not checked: imports must work offline.
+    Plain ASCII dot-atom local parts take a fast path (the domain is still
+    judged by email-validator, cached per domain); anything else goes through
+    email-validator whole.  Deliverability (DNS) is not checked: imports must
+    work offline.
     """
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(field, "is required")
+    text = value.strip()
+    local, at, domain = text.rpartition("@")
+    if at and text.isascii() and len(local) <= 64 and _SIMPLE_LOCAL.match(local):
+        checked = _checked_domain(domain)
+        if isinstance(checked, str) and len(local) + 1 + len(checked) <= 254:
+            return f"{local}@{checked}".lower()
     try:
-        result = validate_email(value.strip(), check_deliverability=False)
+        result = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidInput(field, f"not a valid email address ({exc})") from None
     return result.normalized.lower()

@@ -108,8 +108,4 @@ def clean_lead_row(raw: Mapping[str, Any]) -> dict[str, Any]:
     if row["company"] is None and domain is not None:
         row["company"] = domain.split(".", 1)[0].replace("-", " ").title()
     row["normalized_company"] = normalize_company_name(row["company"]) if row["company"] else None
-    row["search_text"] = " ".join(
-        v for v in (row["first_name"], row["last_name"], row["title"], row["company"],
-                    row["industry"], row["location"], row["company_location"]) if v
-    )
     return row

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from agent.errors import InvalidInput
 from agent.leads.rows import clean_lead_row
 from agent.storage.db import Database
+from agent.storage.fulltext import index_new_contacts, max_contact_id
 from agent.storage.models import Company, Contact, utcnow
 from agent.storage.versions import bump_version
 
@@ -27,6 +28,7 @@ CONTACT_FIELDS = ("first_name", "last_name", "title", "phone", "location", "stat
                   "source", "lawful_basis", "consent_source")
 COMPANY_FIELDS = ("industry", "size", "location")
 CHUNK = 500  # rows per IN (...) lookup: well under every backend's parameter limit
+FULL_SCAN_ROWS = 5000  # above this many rows, reading the tenant's contacts once is cheaper
 
 
 @dataclass
@@ -104,9 +106,13 @@ class LeadStore:
         valid = [row for _, row in by_email.values()]
         if valid:
             with self.db.connect() as conn:
+                before = max_contact_id(conn)
                 company_ids = self._sync_companies(conn, valid, report)
+                existing = self._existing_contacts(conn, valid)
                 for chunk in _chunks(valid, CHUNK):
-                    self._sync_contacts(conn, chunk, company_ids, report)
+                    self._sync_contacts(conn, chunk, company_ids, existing, report)
+                if report.inserted:
+                    index_new_contacts(conn, before)
                 if report.companies_inserted or report.companies_updated:
                     bump_version(conn, self.tenant, "companies")
                 if report.inserted or report.updated:
@@ -192,12 +198,23 @@ class LeadStore:
             report.companies_updated += len(updates)
         return resolved
 
-    def _sync_contacts(self, conn: Connection, rows: list[dict[str, Any]],
-                       companies: dict[tuple[str, str], tuple[int, dict[str, Any]]], report: ImportReport) -> None:
+    def _existing_contacts(self, conn: Connection, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Stored contacts for the rows' emails: one scan for big batches, else IN lookups."""
         cols = (Contact.id, Contact.email, Contact.company_id, Contact.search_text,
                 *[getattr(Contact, f) for f in CONTACT_FIELDS])
-        stmt = select(*cols).where(Contact.tenant_id == self.tenant, Contact.email.in_([r["email"] for r in rows]))
-        existing = {r.email: r._asdict() for r in conn.execute(stmt)}
+        base = select(*cols).where(Contact.tenant_id == self.tenant)
+        if len(rows) > FULL_SCAN_ROWS:
+            wanted = {r["email"] for r in rows}
+            return {r.email: r._asdict() for r in conn.execute(base) if r.email in wanted}
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(rows, CHUNK):
+            stmt = base.where(Contact.email.in_([r["email"] for r in chunk]))
+            found.update((r.email, r._asdict()) for r in conn.execute(stmt))
+        return found
+
+    def _sync_contacts(self, conn: Connection, rows: list[dict[str, Any]],
+                       companies: dict[tuple[str, str], tuple[int, dict[str, Any]]],
+                       existing: dict[str, dict[str, Any]], report: ImportReport) -> None:
         now = utcnow()
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
