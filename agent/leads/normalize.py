@@ -38,7 +38,9 @@ def clean_text(value: object) -> str | None:
     """Strip and collapse whitespace; empty becomes None."""
     if value is None:
         return None
-    text = " ".join(str(value).split())
+    text = value.strip() if type(value) is str else str(value).strip()
+    if "  " in text or "\t" in text or "\n" in text or "\r" in text:
+        text = " ".join(text.split())
     return text or None
 
 

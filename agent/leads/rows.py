@@ -52,6 +52,8 @@ FREEMAIL_DOMAINS = frozenset(
 MAX_LEN = {"first_name": 128, "last_name": 128, "title": 255, "phone": 64, "location": 128,
            "company": 255, "industry": 128, "size": 32, "company_location": 128, "status": 32,
            "source": 128, "consent_source": 255}
+TEXT_FIELDS = ("title", "phone", "location", "company", "industry", "size", "company_location",
+               "source", "consent_source")
 _PHONE = re.compile(r"^\+?[0-9 ()\-./]{4,40}(?:\s*(?:x|ext\.?)\s*[0-9]{1,6})?$", re.IGNORECASE)
 
 
@@ -64,20 +66,24 @@ def canonical_column(header: str) -> str:
 
 def clean_lead_row(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Validate and normalise one row; ``InvalidInput`` names the bad field."""
-    row: dict[str, Any] = {"email": normalize_email(raw.get("email") or "", field="email")}
+    get = raw.get
+    row: dict[str, Any] = {"email": normalize_email(get("email") or "", field="email"),
+                           "first_name": clean_person_name(get("first_name")),
+                           "last_name": clean_person_name(get("last_name"))}
+    for field in TEXT_FIELDS:
+        value = clean_text(get(field))
+        if value is not None and len(value) > MAX_LEN[field]:
+            raise InvalidInput(field, f"longer than {MAX_LEN[field]} characters")
+        row[field] = value
     for field in ("first_name", "last_name"):
-        row[field] = clean_person_name(raw.get(field))
-    for field in ("title", "phone", "location", "company", "industry", "size", "company_location",
-                  "source", "consent_source"):
-        row[field] = clean_text(raw.get(field))
-    for field, limit in MAX_LEN.items():
-        value = row.get(field)
-        if value is not None and len(value) > limit:
-            raise InvalidInput(field, f"longer than {limit} characters")
+        if row[field] is not None and len(row[field]) > MAX_LEN[field]:
+            raise InvalidInput(field, f"longer than {MAX_LEN[field]} characters")
     if row["phone"] is not None and not _PHONE.match(row["phone"]):
         raise InvalidInput("phone", "not a phone number")
 
     status = clean_text(raw.get("status"))
+    if status is not None and len(status) > MAX_LEN["status"]:
+        raise InvalidInput("status", f"longer than {MAX_LEN['status']} characters")
     row["status"] = status.lower() if status else None  # None: keep what is stored
     basis = clean_text(raw.get("lawful_basis"))
     if basis is not None:
@@ -102,7 +108,8 @@ def clean_lead_row(raw: Mapping[str, Any]) -> dict[str, Any]:
         if domain is None:
             raise InvalidInput("domain", f"not a domain name: {domain_text!r}")
     else:
-        email_domain = registrable_domain(row["email"])
+        # Cached per domain, not per address.
+        email_domain = registrable_domain(row["email"].rpartition("@")[2])
         domain = None if email_domain in FREEMAIL_DOMAINS else email_domain
     row["domain"] = domain
     if row["company"] is None and domain is not None:

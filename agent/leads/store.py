@@ -12,11 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from agent.errors import InvalidInput
 from agent.leads.rows import clean_lead_row
+from agent.storage.bulk import insert_many
 from agent.storage.db import Database
 from agent.storage.fulltext import index_new_contacts, max_contact_id
 from agent.storage.models import Company, Contact, utcnow
@@ -27,6 +28,8 @@ __all__ = ["LeadStore", "ImportReport", "RejectedRow"]
 CONTACT_FIELDS = ("first_name", "last_name", "title", "phone", "location", "status", "lead_score",
                   "source", "lawful_basis", "consent_source")
 COMPANY_FIELDS = ("industry", "size", "location")
+CONTACT_INSERT = ("tenant_id", "email", *CONTACT_FIELDS, "company_id", "search_text")
+COMPANY_INSERT = ("tenant_id", "name", "normalized_name", "domain", *COMPANY_FIELDS)
 CHUNK = 500  # rows per IN (...) lookup: well under every backend's parameter limit
 FULL_SCAN_ROWS = 5000  # above this many rows, reading the tenant's contacts once is cheaper
 
@@ -183,12 +186,7 @@ class LeadStore:
             resolved[key] = (match["id"], {**match})
 
         if inserts:
-            params = [{"tenant_id": self.tenant, **agg, "created_at": now, "updated_at": now}
-                      for _, agg in inserts]
-            ids = conn.execute(insert(Company).returning(Company.id, sort_by_parameter_order=True),
-                               params).scalars().all()
-            for (key, agg), new_id in zip(inserts, ids, strict=True):
-                resolved[key] = (new_id, agg)
+            self._insert_companies(conn, inserts, resolved, now)
             report.companies_inserted += len(inserts)
         for key, target in aliases.items():
             resolved[key] = resolved[target]
@@ -197,6 +195,21 @@ class LeadStore:
                          .values(**{f: bindparam(f"b_{f}") for f in (*COMPANY_FIELDS, "domain", "updated_at")}), updates)
             report.companies_updated += len(updates)
         return resolved
+
+    def _insert_companies(self, conn: Connection, inserts: list[tuple[tuple[str, str], dict[str, Any]]],
+                          resolved: dict[tuple[str, str], tuple[int, dict[str, Any]]], now: Any) -> None:
+        """Insert new companies in bulk, then read their ids back by key."""
+        floor = int(conn.execute(select(func.max(Company.id))).scalar() or 0)
+        insert_many(conn, Company.__table__, COMPANY_INSERT,
+                    [(self.tenant, *(agg[c] for c in COMPANY_INSERT[1:])) for _, agg in inserts],
+                    shared={"created_at": now, "updated_at": now})
+        new = conn.execute(select(Company.id, Company.domain, Company.normalized_name)
+                           .where(Company.tenant_id == self.tenant, Company.id > floor)).all()
+        by_domain = {d: i for i, d, _ in new if d}
+        by_name = {n: i for i, d, n in new if not d}
+        for key, agg in inserts:
+            new_id = by_domain[agg["domain"]] if agg["domain"] else by_name[agg["normalized_name"]]
+            resolved[key] = (new_id, agg)
 
     def _existing_contacts(self, conn: Connection, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Stored contacts for the rows' emails: one scan for big batches, else IN lookups."""
@@ -216,7 +229,7 @@ class LeadStore:
                        companies: dict[tuple[str, str], tuple[int, dict[str, Any]]],
                        existing: dict[str, dict[str, Any]], report: ImportReport) -> None:
         now = utcnow()
-        inserts: list[dict[str, Any]] = []
+        inserts: list[tuple[Any, ...]] = []
         updates: list[dict[str, Any]] = []
         for row in rows:
             key = self._company_key(row)
@@ -228,15 +241,14 @@ class LeadStore:
             values["search_text"] = _search_text(values, row["company"] or company.get("name"),
                                                  company.get("industry"), company.get("location"))
             if old is None:
-                inserts.append({"tenant_id": self.tenant, "email": row["email"], **values,
-                                "created_at": now, "updated_at": now})
+                inserts.append((self.tenant, row["email"], *(values[f] for f in CONTACT_INSERT[2:])))
             elif any(values[f] != old[f] for f in values):
                 updates.append({"_id": old["id"], **{f"b_{k}": v for k, v in values.items()},
                                 "b_updated_at": now})
             else:
                 report.unchanged += 1
         if inserts:
-            conn.execute(insert(Contact), inserts)
+            insert_many(conn, Contact.__table__, CONTACT_INSERT, inserts, shared={"created_at": now, "updated_at": now})
             report.inserted += len(inserts)
         if updates:
             fields = (*CONTACT_FIELDS, "company_id", "search_text", "updated_at")
