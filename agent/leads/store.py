@@ -7,8 +7,10 @@ leaves the store as it was.  Writing the same rows twice changes nothing.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ CONTACT_FIELDS = ("first_name", "last_name", "title", "phone", "location", "stat
 COMPANY_FIELDS = ("industry", "size", "location")
 CONTACT_INSERT = ("tenant_id", "email", *CONTACT_FIELDS, "company_id", "search_text")
 COMPANY_INSERT = ("tenant_id", "name", "normalized_name", "domain", *COMPANY_FIELDS)
-CHUNK = 500  # rows per IN (...) lookup: well under every backend's parameter limit
+CHUNK = 2000  # rows per IN (...) lookup and per write: well under every backend's parameter limit
 FULL_SCAN_ROWS = 5000  # above this many rows, reading the tenant's contacts once is cheaper
 
 
@@ -71,9 +73,40 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
 
 def _search_text(values: Mapping[str, Any], company: str | None, industry: str | None,
                  company_location: str | None) -> str:
-    parts = (values.get("first_name"), values.get("last_name"), values.get("title"), company,
-             industry, values.get("location"), company_location)
-    return " ".join(dict.fromkeys(p for p in parts if p))
+    return " ".join(filter(None, (values["first_name"], values["last_name"], values["title"], company,
+                                  industry, values["location"], company_location)))
+
+
+class _Writer:
+    """Runs database writes on one background thread, in order.
+
+    SQLite steps statements without holding the GIL, so while the thread
+    executes one chunk the caller prepares the next.  The caller must not use
+    the connection until ``join()`` returns; the first error is re-raised there.
+    """
+
+    def __init__(self) -> None:
+        self._pending: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="lead-store-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (task := self._pending.get()) is not None:
+            if self._error is None:
+                try:
+                    task()
+                except BaseException as exc:  # handed to the caller in join()
+                    self._error = exc
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._pending.put(task)
+
+    def join(self) -> None:
+        self._pending.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 class LeadStore:
@@ -112,8 +145,12 @@ class LeadStore:
                 before = max_contact_id(conn)
                 company_ids = self._sync_companies(conn, valid, report)
                 existing = self._existing_contacts(conn, valid)
-                for chunk in _chunks(valid, CHUNK):
-                    self._sync_contacts(conn, chunk, company_ids, existing, report)
+                writer = _Writer()
+                try:
+                    for chunk in _chunks(valid, CHUNK):
+                        self._sync_contacts(conn, chunk, company_ids, existing, report, writer)
+                finally:
+                    writer.join()
                 if report.inserted:
                     index_new_contacts(conn, before)
                 if report.companies_inserted or report.companies_updated:
@@ -227,7 +264,7 @@ class LeadStore:
 
     def _sync_contacts(self, conn: Connection, rows: list[dict[str, Any]],
                        companies: dict[tuple[str, str], tuple[int, dict[str, Any]]],
-                       existing: dict[str, dict[str, Any]], report: ImportReport) -> None:
+                       existing: dict[str, dict[str, Any]], report: ImportReport, writer: _Writer) -> None:
         now = utcnow()
         inserts: list[tuple[Any, ...]] = []
         updates: list[dict[str, Any]] = []
@@ -248,10 +285,12 @@ class LeadStore:
             else:
                 report.unchanged += 1
         if inserts:
-            insert_many(conn, Contact.__table__, CONTACT_INSERT, inserts, shared={"created_at": now, "updated_at": now})
+            writer.submit(lambda: insert_many(conn, Contact.__table__, CONTACT_INSERT, inserts,
+                                              shared={"created_at": now, "updated_at": now}))
             report.inserted += len(inserts)
         if updates:
             fields = (*CONTACT_FIELDS, "company_id", "search_text", "updated_at")
-            conn.execute(update(Contact).where(Contact.id == bindparam("_id"))
-                         .values(**{f: bindparam(f"b_{f}") for f in fields}), updates)
+            stmt = update(Contact).where(Contact.id == bindparam("_id")).values(
+                **{f: bindparam(f"b_{f}") for f in fields})
+            writer.submit(lambda: conn.execute(stmt, updates))
             report.updated += len(updates)
