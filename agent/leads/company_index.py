@@ -31,7 +31,7 @@ class CompanyNameIndex:
 
     TOKEN_CUTOFF = 75.0
     # A word shared by more names than this ("group", "labs") adds no candidates.
-    MAX_TOKEN_FANOUT = 2000
+    MAX_TOKEN_FANOUT = 200
 
     def __init__(self, db: Database, tenant: str) -> None:
         self.db = db

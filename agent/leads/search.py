@@ -145,19 +145,21 @@ class LeadSearch:
         return [cid for _, cid in page], {cid: s for s, cid in page}, len(scored)
 
     def _load(self, conn: Any, ids: list[int]) -> list[dict[str, Any]]:
-        """Full rows for ``ids``, in the order given."""
+        """Lead records for ``ids``, in the order given."""
         if not ids:
             return []
-        contacts, companies = Contact.__table__, Company.__table__
         stmt = (
-            select(*contacts.c, *(c.label(f"co_{c.name}") for c in companies.c))
-            .select_from(contacts.outerjoin(companies, contacts.c.company_id == companies.c.id))
-            .where(contacts.c.id.in_(ids))
+            select(*_RECORD_COLUMNS)
+            .select_from(Contact)
+            .outerjoin(Company, Contact.company_id == Company.id)
+            .where(Contact.id.in_(ids))
         )
         by_id: dict[int, dict[str, Any]] = {}
         for row in conn.execute(stmt).mappings():
-            company = {c.name: row[f"co_{c.name}"] for c in companies.c} if row["co_id"] is not None else None
-            by_id[row["id"]] = _record({c.name: row[c.name] for c in contacts.c}, company)
+            record = dict(row)
+            record["full_name"] = " ".join(p for p in (row["first_name"], row["last_name"]) if p) or None
+            record["updated_at"] = row["updated_at"].isoformat() if row["updated_at"] else None
+            by_id[row["lead_id"]] = record
         return [by_id[i] for i in ids if i in by_id]
 
 
@@ -168,27 +170,11 @@ def _word_prefix(column: Any, value: str) -> ColumnElement[bool]:
     return or_(low.startswith(needle, autoescape=True), low.contains(" " + needle, autoescape=True))
 
 
-def _record(contact: dict[str, Any], company: dict[str, Any] | None) -> dict[str, Any]:
-    company = company or {}
-    full_name = " ".join(p for p in (contact["first_name"], contact["last_name"]) if p) or None
-    return {
-        "lead_id": contact["id"],
-        "email": contact["email"],
-        "first_name": contact["first_name"],
-        "last_name": contact["last_name"],
-        "full_name": full_name,
-        "title": contact["title"],
-        "phone": contact["phone"],
-        "location": contact["location"],
-        "status": contact["status"],
-        "lead_score": contact["lead_score"],
-        "lawful_basis": contact["lawful_basis"],
-        "consent_source": contact["consent_source"],
-        "company_id": company.get("id"),
-        "company": company.get("name"),
-        "domain": company.get("domain"),
-        "industry": company.get("industry"),
-        "company_size": company.get("size"),
-        "company_location": company.get("location"),
-        "updated_at": contact["updated_at"].isoformat() if contact["updated_at"] else None,
-    }
+# The columns of a lead record, labelled with the record's field names.
+_RECORD_COLUMNS = (
+    Contact.id.label("lead_id"), Contact.email, Contact.first_name, Contact.last_name, Contact.title,
+    Contact.phone, Contact.location, Contact.status, Contact.lead_score, Contact.lawful_basis,
+    Contact.consent_source, Company.id.label("company_id"), Company.name.label("company"), Company.domain,
+    Company.industry, Company.size.label("company_size"), Company.location.label("company_location"),
+    Contact.updated_at,
+)
