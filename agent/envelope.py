@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as _PydanticValidationError
 
 from agent.errors import EnvelopeError
+from agent.validation import first_error
 
 __all__ = [
     "make_envelope",
@@ -221,16 +222,6 @@ def make_envelope(
     return {"metadata": metadata, "records": out}
 
 
-def _path(loc: Sequence[Any]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "envelope"
-
-
 def validate_envelope(envelope: Any, *, check_hashes: bool = True) -> dict[str, Any]:
     """Check ``envelope`` against the contract and return it unchanged.
 
@@ -243,8 +234,8 @@ def validate_envelope(envelope: Any, *, check_hashes: bool = True) -> dict[str, 
     try:
         _ENVELOPE.validate_python(envelope)
     except _PydanticValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise EnvelopeError(_path(first["loc"]), first["msg"].lower()) from None
+        path, reason = first_error(exc)
+        raise EnvelopeError(path or "envelope", reason) from None
     for index, record in enumerate(envelope["records"]):
         # The whole record, provenance included: the hash below leaves provenance out.
         try:

@@ -32,6 +32,10 @@ class TempHome:
         self.path = Path(tempfile.mkdtemp(prefix="agent-test-"))
         overrides.setdefault("home", self.path)
         overrides.setdefault("sample_data", "off")
+        # Never the developer's own database or tenant, whatever AGENT_* says.
+        overrides.setdefault("database_url", f"sqlite:///{self.path / 'agent.db'}")
+        overrides.setdefault("tenant", "default")
+        overrides.setdefault("outbox_dir", self.path / "outbox")
         self.settings: Settings = get_settings(**overrides)
 
     def database(self) -> Database:

@@ -356,6 +356,118 @@ class ImportContract:
         self.assertNothingWrittenBy(self.files / "does-not-exist.csv", "file")
 
 
+class ImportRobustnessContract:
+    """Rows that could shift, grow or go stale; processes that import at once."""
+
+    def make_home(self) -> TempHome:  # pragma: no cover - provided by the backend test case
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.home = self.make_home()
+        self.addCleanup(self.home.cleanup)
+        self.db = self.home.database()
+        self.files = Path(tempfile.mkdtemp(prefix="agent-csv-"))
+        self.addCleanup(shutil.rmtree, self.files, ignore_errors=True)
+
+    def write_csv(self, text: str, name: str = "leads.csv") -> Path:
+        path = self.files / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def test_a_row_with_a_stray_comma_is_refused_not_shifted(self) -> None:
+        # Given: an unquoted "Acme, Inc." that adds a field
+        path = self.write_csv("email,first_name,company,title,location\n"
+                              "bo@acme.example,Bo,Acme, Inc.,CEO,Berlin\n"
+                              "al@acme.example,Al,Acme,CTO,Paris\n")
+        # When
+        report = import_csv(path, self.db)
+        # Then
+        self.assertEqual([(r.line, r.field) for r in report.rejected], [(2, "row")])
+        self.assertEqual((report.total, report.inserted), (2, 1))
+        self.assertEqual(_contacts_by_email(self.db)["al@acme.example"]["title"], "CTO")
+
+    def test_lines_are_counted_as_an_editor_shows_them_across_quoted_newlines(self) -> None:
+        # Given: a quoted title spanning three physical lines, then a bad row on line 5
+        path = self.write_csv('email,title\njane@acme.example,"Head\nof\nSales"\nnot-an-email,CTO\n')
+        # When
+        report = import_csv(path, self.db)
+        # Then
+        self.assertEqual([(r.line, r.field) for r in report.rejected], [(5, "email")])
+
+    def test_a_company_name_too_long_once_normalised_is_refused_and_the_rest_imported(self) -> None:
+        # Given: 255 characters that normalisation widens ("&" becomes " & ")
+        long_name = ("A&" * 128)[:255]
+        path = self.write_csv(f"email,company\nok@acme.example,Acme\nx@y.example,{long_name}\n")
+        # When
+        report = import_csv(path, self.db)
+        # Then
+        self.assertEqual([(r.line, r.field) for r in report.rejected], [(3, "company")])
+        self.assertEqual(report.inserted, 1)
+
+    def test_changing_a_company_refreshes_the_search_text_of_its_other_contacts(self) -> None:
+        # Given: two contacts at a Widgets company
+        from agent.leads.query import LeadQuery
+        from agent.leads.search import LeadSearch
+
+        import_csv(self.write_csv("email,company,domain,industry\na@acme.example,Acme,acme.example,Widgets\n"
+                                  "b@acme.example,Acme,acme.example,Widgets\n", "one.csv"), self.db)
+        # When: only one of them comes back with the company now in Gadgets
+        import_csv(self.write_csv("email,company,domain,industry\na@acme.example,Acme,acme.example,Gadgets\n",
+                                  "two.csv"), self.db)
+        # Then: full text finds both under the new industry and neither under the old one
+        search = LeadSearch(self.db)
+        self.assertEqual(search.search(LeadQuery(text="gadgets")).total, 2)
+        self.assertEqual(search.search(LeadQuery(text="widgets")).total, 0)
+
+    def test_text_filters_fold_case_beyond_ascii(self) -> None:
+        # Given
+        from agent.leads.query import LeadQuery
+        from agent.leads.search import LeadSearch
+
+        import_csv(self.write_csv("email,location\nola@acme.example,Łódź\n"), self.db)
+        # When
+        total = LeadSearch(self.db).search(LeadQuery(location="ŁÓDŹ")).total
+        # Then
+        self.assertEqual(total, 1)
+
+    def test_two_processes_importing_the_same_file_at_once_write_each_lead_once(self) -> None:
+        # Given: 3,000 leads, half of the companies known only by name
+        rows = ["email,first_name,company,domain"]
+        for i in range(3000):
+            domain = f"co{i % 50}.example" if i % 2 else ""
+            rows.append(f"p{i}@mail{i % 50}.example,P{i},Company {i % 50},{domain}")
+        path = self.write_csv("\n".join(rows) + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(AGENT_DATABASE_URL=self.home.settings.resolved_database_url, AGENT_SAMPLE_DATA="off")
+        code = ("import sys; from agent.leads.importer import import_csv; from agent.settings import get_settings;"
+                "from agent.storage.db import Database;"
+                "r = import_csv(sys.argv[1], Database.for_settings(get_settings()));"
+                "print(r.inserted + r.updated + r.unchanged)")
+        # When: two importers start together and both are waited for
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outputs = [p.communicate(timeout=120) for p in procs]
+        # Then: both succeed, and every lead and company exists exactly once
+        for proc, (out, errors) in zip(procs, outputs, strict=True):
+            self.assertEqual(proc.returncode, 0, errors)
+            self.assertEqual(out.strip(), "3000")
+        self.assertEqual(len(_rows(self.db, Contact)), 3000)
+        self.assertEqual(len(_rows(self.db, Company)), 50)  # 25 by domain, 25 by name only
+
+
+class SQLiteImportRobustnessTests(ImportRobustnessContract, unittest.TestCase):
+    def make_home(self) -> TempHome:
+        return TempHome()
+
+
+@requires_real_services()
+class PostgresImportRobustnessTests(ImportRobustnessContract, unittest.TestCase):
+    def make_home(self) -> TempHome:
+        schema = PostgresSchema()
+        self.addCleanup(schema.drop)
+        return TempHome(database_url=schema.url)
+
+
 class SQLiteImportTests(ImportContract, unittest.TestCase):
     def make_home(self) -> TempHome:
         return TempHome()

@@ -61,6 +61,26 @@ class LeadSearchSuite:
         acme_total = sum(n for d, n in BY_DOMAIN.items() if d.startswith("acme"))
         self.assertEqual(env["metadata"]["total_count"], acme_total)
 
+    def test_a_generic_word_matches_every_company_that_has_it(self) -> None:
+        # Given: every sample lead whose company name has the word "Group"
+        expected = sum(1 for r in SAMPLE if "group" in r["company"].lower().split())
+        self.assertGreater(expected, 25)
+        # When
+        env = self.search(company="Group", limit=5)
+        # Then: total_count counts them all, not only a first batch of companies
+        self.assertGreaterEqual(env["metadata"]["total_count"], expected)
+
+    def test_name_beside_company_is_read_as_a_person_name(self) -> None:
+        # Given: a person at Acme Corp
+        person = next(r for r in SAMPLE if r["domain"] == "acme.example")
+        # When
+        env = self.search(company="Acme Corp", name=person["first_name"], limit=100)
+        # Then: only people of that name at that company
+        self.assertGreater(len(env["records"]), 0)
+        for r in env["records"]:
+            self.assertIn(person["first_name"].lower(), r["full_name"].lower())
+            self.assertEqual(r["company"], "Acme Corp")
+
     def test_domain_lookup_accepts_urls_and_subdomains(self) -> None:
         env = self.search(domain="https://www.acme.example/about", limit=100)
         self.assertEqual(env["metadata"]["total_count"], BY_DOMAIN["acme.example"])

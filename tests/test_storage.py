@@ -55,6 +55,30 @@ class UnreachableDatabaseTest(unittest.TestCase):
         self.assertNotIn("s3cret", str(caught.exception))
 
 
+class ConcurrentFirstOpenTest(unittest.TestCase):
+    def test_processes_opening_a_fresh_store_at_once_migrate_and_seed_it_once(self) -> None:
+        # Given: an empty data directory and three processes about to open it
+        import shutil
+        import subprocess
+        import sys
+        import tempfile
+
+        home = tempfile.mkdtemp(prefix="agent-open-")
+        self.addCleanup(shutil.rmtree, home, ignore_errors=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(AGENT_HOME=home, AGENT_SAMPLE_SIZE="500")
+        code = ("from agent.storage.db import Database; from agent.storage.models import Contact;"
+                "print(Database.for_settings().count(Contact))")
+        # When
+        procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outputs = [p.communicate(timeout=120) for p in procs]
+        # Then: every process succeeds and sees the one sample load
+        for proc, (out, errors) in zip(procs, outputs, strict=True):
+            self.assertEqual(proc.returncode, 0, errors)
+            self.assertEqual(out.strip(), "500")
+
+
 class MigrationSuite:
     home: TempHome
 

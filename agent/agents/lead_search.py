@@ -14,6 +14,7 @@ from agent.errors import PayloadError
 from agent.leads.query import LeadQuery
 from agent.leads.search import LeadSearch
 from agent.storage.db import Database
+from agent.validation import first_error
 
 __all__ = ["LeadSearchAgent", "parse_lead_query"]
 
@@ -29,9 +30,7 @@ def parse_lead_query(raw: Any, *, field: str = "lead_query") -> LeadQuery:
     try:
         query = LeadQuery.model_validate(dict(raw))
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        path = ".".join(str(p) for p in first["loc"])
-        raise PayloadError(f"{field}.{path}" if path else field, first["msg"].lower()) from None
+        raise PayloadError(*first_error(exc, field)) from None
     if query.is_empty():
         raise PayloadError(field, "needs at least one of name, company, domain, email, title, "
                                   "industry, location or text")

@@ -21,16 +21,15 @@ from agent.storage.db import Database
 from agent.storage.models import Company
 from agent.storage.versions import read_version
 
-__all__ = ["CompanyNameIndex", "MAX_FUZZY_COMPANIES"]
-
-MAX_FUZZY_COMPANIES = 200
+__all__ = ["CompanyNameIndex"]
 
 
 class CompanyNameIndex:
     """Normalised company names of one tenant, for fuzzy lookup."""
 
     TOKEN_CUTOFF = 75.0
-    # A word shared by more names than this ("group", "labs") adds no candidates.
+    # A word shared by more names than this ("group", "labs") adds candidates only when
+    # the query has that very word, not a word merely close to it.
     MAX_TOKEN_FANOUT = 200
 
     def __init__(self, db: Database, tenant: str) -> None:
@@ -74,10 +73,11 @@ class CompanyNameIndex:
             for word, _, _ in process.extract(token, vocab, scorer=fuzz.ratio, processor=None,
                                               score_cutoff=self.TOKEN_CUTOFF, limit=50):
                 positions = by_token[word]
-                if len(positions) <= self.MAX_TOKEN_FANOUT:
+                # The word itself always counts; a merely similar word only if it is not generic.
+                if word == token or len(positions) <= self.MAX_TOKEN_FANOUT:
                     candidates.update(positions)
         for _, _, position in process.extract(query, names, scorer=fuzz.QRatio, processor=None,
-                                              score_cutoff=cutoff, limit=MAX_FUZZY_COMPANIES):
+                                              score_cutoff=cutoff, limit=None):
             candidates.add(position)
         scored = []
         for position in candidates:
@@ -85,4 +85,4 @@ class CompanyNameIndex:
             if score:
                 scored.append((score, position))
         scored.sort(key=lambda item: (-item[0], item[1]))
-        return {ids[position]: round(score, 1) for score, position in scored[:MAX_FUZZY_COMPANIES]}
+        return {ids[position]: round(score, 1) for score, position in scored}

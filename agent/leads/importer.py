@@ -2,38 +2,56 @@
 
 The file is decoded and parsed in full before anything is written, so a file
 that cannot be read changes nothing; bad rows are reported, never fatal.
+Rows are numbered by the physical line they start on, as an editor shows it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import InvalidInput
 from agent.leads.rows import LEAD_FIELDS, canonical_column
-from agent.leads.store import ImportReport, LeadStore
+from agent.leads.store import ImportReport, LeadStore, RejectedRow
 from agent.storage.db import Database
 
-__all__ = ["import_csv", "read_csv_rows"]
+__all__ = ["import_csv", "read_csv", "read_csv_rows", "CsvContent"]
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
-def read_csv_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
-    """Rows keyed by our field names, and the columns that were ignored."""
-    file = Path(path)
-    if not file.is_file():
-        raise InvalidInput("file", f"no such file: {file}")
-    if file.stat().st_size > MAX_FILE_BYTES:
-        raise InvalidInput("file", f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
-    data = file.read_bytes()
+@dataclass
+class CsvContent:
+    """Rows keyed by our field names, the line each starts on, and what was set aside."""
+
+    rows: list[dict[str, str]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+    ignored_columns: list[str] = field(default_factory=list)
+
+
+def _read_text(file: Path) -> str:
     try:
-        content = data.decode("utf-8-sig")
+        if not file.is_file():
+            raise InvalidInput("file", f"no such file: {file}")
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidInput("file", f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
+        data = file.read_bytes()
+    except OSError as exc:
+        raise InvalidInput("file", f"cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput("file", f"not UTF-8 text (byte {exc.start})") from None
+
+
+def read_csv(path: str | Path) -> CsvContent:
+    """Parse the whole file; file-level problems raise ``InvalidInput`` naming ``file``."""
+    content = _read_text(Path(path))
     try:
-        dialect = csv.Sniffer().sniff(content[:4096], delimiters=",;\t|")
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(content[:4096], delimiters=",;\t|")
     except csv.Error:
         dialect = csv.excel
     reader = csv.reader(io.StringIO(content, newline=""), dialect)
@@ -47,18 +65,33 @@ def read_csv_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
     if dupes:
         raise InvalidInput(sorted(dupes)[0], "column appears more than once")
     keep = [(i, c) for i, c in enumerate(columns) if c in LEAD_FIELDS]
-    ignored = [header[i] for i, c in enumerate(columns) if c not in LEAD_FIELDS]
+    out = CsvContent(ignored_columns=[header[i] for i, c in enumerate(columns) if c not in LEAD_FIELDS])
+    start = reader.line_num + 1
     try:
-        rows = [{c: values[i] for i, c in keep if i < len(values)} for values in reader]
+        for values in reader:
+            line, start = start, reader.line_num + 1
+            if not any(v.strip() for v in values):
+                continue  # a blank line is no row
+            if len(values) != len(header):
+                # A stray comma shifts every later column: refuse the row rather than guess.
+                out.rejected.append(RejectedRow(line, "row", f"has {len(values)} fields, the header has {len(header)}"))
+                continue
+            out.rows.append({c: values[i] for i, c in keep})
+            out.lines.append(line)
     except csv.Error as exc:
         raise InvalidInput("file", f"malformed CSV at line {reader.line_num}: {exc}") from None
-    return rows, ignored
+    return out
+
+
+def read_csv_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows keyed by our field names, and the columns that were ignored."""
+    content = read_csv(path)
+    return content.rows, content.ignored_columns
 
 
 def import_csv(path: str | Path, db: Database, *, tenant: str = "default") -> ImportReport:
     """Import a CSV of leads; the report says what was inserted, updated, refused."""
-    rows, ignored = read_csv_rows(path)
-    # Line numbers count the header as line 1, as a spreadsheet shows them.
-    report = LeadStore(db, tenant=tenant).upsert_rows(rows, first_line=2)
-    report.ignored_columns = ignored
+    content = read_csv(path)
+    report = LeadStore(db, tenant=tenant).upsert_rows(content.rows, lines=content.lines, rejected=content.rejected)
+    report.ignored_columns = content.ignored_columns
     return report

@@ -115,4 +115,6 @@ def clean_lead_row(raw: Mapping[str, Any]) -> dict[str, Any]:
     if row["company"] is None and domain is not None:
         row["company"] = domain.split(".", 1)[0].replace("-", " ").title()
     row["normalized_company"] = normalize_company_name(row["company"]) if row["company"] else None
+    if row["normalized_company"] is not None and len(row["normalized_company"]) > MAX_LEN["company"]:
+        raise InvalidInput("company", f"longer than {MAX_LEN['company']} characters once normalised")
     return row

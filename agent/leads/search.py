@@ -69,12 +69,14 @@ class LeadSearch:
             if q.company:
                 conditions.append(Contact.company_id.in_(list(scores or {})) if scores else false())
             if q.name:
-                # A name may be a company or a person: either matches.  The full-text
-                # index narrows the people; _ranked_by_score checks the name exactly.
+                # Alone, a name may be a company or a person; beside ``company`` it is a person.
+                # The full-text index narrows the people; _ranked_by_score checks the name exactly.
                 person = q.name.lower()
                 by_person, _ = self._full_text(q.name)
-                conditions.append(or_(Contact.company_id.in_(list(scores or {})), by_person)
-                                  if scores else by_person)
+                if q.company or not scores:
+                    conditions.append(by_person)
+                else:
+                    conditions.append(or_(Contact.company_id.in_(list(scores)), by_person))
                 strategies.append("person_name")
             if q.domain:
                 domain = registrable_domain(q.domain)
@@ -102,7 +104,8 @@ class LeadSearch:
             base = select(Contact.id).select_from(Contact).outerjoin(Company, Contact.company_id == Company.id)
             where = and_(*conditions)
             if scores is not None:
-                page_ids, score_of, total = self._ranked_by_score(conn, base, where, scores, person, q)
+                page_ids, score_of, total = self._ranked_by_score(
+                    conn, base, where, scores, person, q, person_required=bool(q.company and q.name))
             else:
                 total = conn.execute(select(func.count()).select_from(base.where(where).subquery())).scalar_one()
                 order = [rank, Contact.id] if rank is not None else [Contact.id]
@@ -128,7 +131,8 @@ class LeadSearch:
         return vector.op("@@")(tsquery), func.ts_rank(vector, tsquery).desc()
 
     def _ranked_by_score(self, conn: Any, base: Select, where: Any, scores: dict[int, float],
-                         person: str | None, q: LeadQuery) -> tuple[list[int], dict[int, float], int]:
+                         person: str | None, q: LeadQuery, *,
+                         person_required: bool) -> tuple[list[int], dict[int, float], int]:
         stmt = base.add_columns(Contact.company_id, Contact.first_name, Contact.last_name).where(where)
         scored: list[tuple[float, int]] = []
         for contact_id, company_id, first, last in conn.execute(stmt):
@@ -137,6 +141,8 @@ class LeadSearch:
                 full = f"{first or ''} {last or ''}".strip().lower()
                 if person in full:
                     score = max(score or 0.0, round(fuzz.ratio(person, full), 1), 90.0)
+                elif person_required:
+                    continue
             if score is None:
                 continue  # passed the full-text pre-filter, but neither the company nor the name matches
             scored.append((score, contact_id))

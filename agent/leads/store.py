@@ -7,6 +7,7 @@ leaves the store as it was.  Writing the same rows twice changes nothing.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -100,6 +101,8 @@ class _Writer:
                     self._error = exc
 
     def submit(self, task: Callable[[], None]) -> None:
+        if self._error is not None:  # stop preparing work that can no longer be written
+            raise self._error
         self._pending.put(task)
 
     def join(self) -> None:
@@ -117,12 +120,19 @@ class LeadStore:
         self.tenant = tenant
 
     def upsert_rows(self, rows: Iterable[Mapping[str, Any]], *, first_line: int = 1,
+                    lines: Iterable[int] | None = None, rejected: Iterable[RejectedRow] = (),
                     source_name: str | None = None) -> ImportReport:
-        """Validate, de-duplicate and upsert ``rows``; ``first_line`` numbers them."""
+        """Validate, de-duplicate and upsert ``rows``.
+
+        Rows are numbered from ``first_line``, or by ``lines`` when given;
+        ``rejected`` are rows already refused upstream, reported with the rest.
+        """
         started = time.perf_counter()
-        report = ImportReport()
+        report = ImportReport(rejected=list(rejected))
+        report.total = len(report.rejected)
         by_email: dict[str, tuple[int, dict[str, Any]]] = {}
-        for line, raw in enumerate(rows, start=first_line):
+        numbering = itertools.count(first_line) if lines is None else iter(lines)
+        for line, raw in zip(numbering, rows):
             if not any(v not in (None, "") and str(v).strip() for v in raw.values()):
                 continue  # a blank line is no row at all
             report.total += 1
@@ -139,9 +149,11 @@ class LeadStore:
                 report.duplicates.append(RejectedRow(previous[0], "email",
                                                      f"same address again on line {line}; line {line} is used"))
             by_email[row["email"]] = (line, row)
+        report.rejected.sort(key=lambda r: r.line)
         valid = [row for _, row in by_email.values()]
         if valid:
-            with self.db.connect() as conn:
+            # One importer per tenant at a time: companies and contacts are read, then written.
+            with self.db.connect(lock=f"agent:leads:{self.tenant}") as conn:
                 before = max_contact_id(conn)
                 company_ids = self._sync_companies(conn, valid, report)
                 existing = self._existing_contacts(conn, valid)
@@ -153,6 +165,8 @@ class LeadStore:
                     writer.join()
                 if report.inserted:
                     index_new_contacts(conn, before)
+                if report.companies_updated:
+                    self._refresh_search_text(conn, company_ids)
                 if report.companies_inserted or report.companies_updated:
                     bump_version(conn, self.tenant, "companies")
                 if report.inserted or report.updated:
@@ -219,7 +233,7 @@ class LeadStore:
             if any(merged[f] != match[f] for f in (*COMPANY_FIELDS, "domain")):
                 updates.append({"_id": match["id"], **{f"b_{k}": v for k, v in merged.items()},
                                 "b_updated_at": now})
-                match.update(merged)
+                match.update(merged, _changed=True)
             resolved[key] = (match["id"], {**match})
 
         if inserts:
@@ -247,6 +261,29 @@ class LeadStore:
         for key, agg in inserts:
             new_id = by_domain[agg["domain"]] if agg["domain"] else by_name[agg["normalized_name"]]
             resolved[key] = (new_id, agg)
+
+    def _refresh_search_text(self, conn: Connection,
+                             companies: dict[tuple[str, str], tuple[int, dict[str, Any]]]) -> None:
+        """Rewrite the search text of every contact whose company just changed.
+
+        Contacts absent from the file still carry their company's old industry
+        or location in ``search_text``; the update trigger re-indexes them.
+        """
+        changed = {cid: company for cid, company in companies.values() if company.get("_changed")}
+        if not changed:
+            return
+        cols = (Contact.id, Contact.company_id, Contact.first_name, Contact.last_name, Contact.title,
+                Contact.location, Contact.search_text)
+        updates = []
+        for ids in _chunks(list(changed), CHUNK):
+            for row in conn.execute(select(*cols).where(Contact.company_id.in_(ids))).mappings():
+                company = changed[row["company_id"]]
+                text = _search_text(row, company.get("name"), company.get("industry"), company.get("location"))
+                if text != row["search_text"]:
+                    updates.append({"_id": row["id"], "b_search_text": text})
+        if updates:
+            conn.execute(update(Contact).where(Contact.id == bindparam("_id"))
+                         .values(search_text=bindparam("b_search_text")), updates)
 
     def _existing_contacts(self, conn: Connection, rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Stored contacts for the rows' emails: one scan for big batches, else IN lookups."""

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +27,11 @@ __all__ = ["Database", "MIGRATIONS_DIR"]
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Transactions are begun explicitly (see _sqlite_begin), so writers can take the lock up front.
+    dbapi_conn.isolation_level = None
+    # SQLite's own lower() folds ASCII only; Python's folds every script, as PostgreSQL does.
+    dbapi_conn.create_function("lower", 1, lambda v: v.lower() if isinstance(v, str) else v, deterministic=True)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -36,6 +40,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: bulk imports stay out of the disk
     cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A writer asks for the write lock before it reads what it will write against.
+    immediate = conn.get_execution_options().get("agent_write_lock")
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """The error's class and the first line of the driver's message (no row values)."""
+    orig = getattr(exc, "orig", None)
+    first = str(orig).strip().splitlines()[0] if orig is not None and str(orig).strip() else ""
+    return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
 
 
 class Database:
@@ -51,7 +68,8 @@ class Database:
             raise ConfigurationError(f"setting database_url: not a database URL ({exc})") from None
         self.url = url
         self.dialect = parsed.get_backend_name()
-        options: dict[str, Any] = {"future": True}
+        # Row values never reach error messages or logs.
+        options: dict[str, Any] = {"future": True, "hide_parameters": True}
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
@@ -71,7 +89,8 @@ class Database:
                 "for PostgreSQL install the extra: pip install 'agent-sdr[postgres]'"
             ) from None
         if self.dialect == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -121,16 +140,16 @@ class Database:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         try:
-            with self.engine.begin() as conn:
+            # Under the write lock, so processes opening a fresh store at once migrate it once.
+            with self.connect(lock="agent:migrations") as conn:
                 if revision == "head":
                     current = MigrationContext.configure(conn).get_current_revision()
                     if current == ScriptDirectory.from_config(cfg).get_current_head():
                         return
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
-        except SQLAlchemyError as exc:
-            cause = getattr(exc, "orig", None) or exc
-            raise StorageError(f"cannot migrate {self.safe_url}: {exc.__class__.__name__}: {cause}") from exc
+        except StorageError as exc:
+            raise StorageError(f"cannot migrate {self.safe_url}: {exc}") from exc.__cause__
 
     @property
     def safe_url(self) -> str:
@@ -146,7 +165,7 @@ class Database:
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            raise StorageError(f"database error: {_describe(exc)}") from exc
         except BaseException:
             session.rollback()
             raise
@@ -154,13 +173,23 @@ class Database:
             session.close()
 
     @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        """A Core connection in a transaction (bulk paths)."""
+    def connect(self, *, lock: str | None = None) -> Iterator[Connection]:
+        """A Core connection in a transaction (bulk paths).
+
+        With ``lock``, writers that name the same lock run one at a time: on
+        SQLite the transaction begins IMMEDIATE (the database's write lock);
+        on PostgreSQL it takes a transaction-scoped advisory lock on the name.
+        """
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                if lock is not None:
+                    conn.execution_options(agent_write_lock=True)
+                with conn.begin():
+                    if lock is not None and self.dialect == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": lock})
+                    yield conn
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            raise StorageError(f"database error: {_describe(exc)}") from exc
 
     def count(self, model: Any, **filters: Any) -> int:
         with self.session() as s:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -48,6 +49,8 @@ class Company(Base):
         UniqueConstraint("tenant_id", "domain", name="uq_companies_tenant_domain"),
         Index("ix_companies_tenant_norm", "tenant_id", "normalized_name"),
         Index("ix_companies_tenant_updated", "tenant_id", "updated_at"),
+        Index("uq_companies_tenant_name_nodomain", "tenant_id", "normalized_name", unique=True,
+              sqlite_where=text("domain IS NULL"), postgresql_where=text("domain IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -18,6 +18,7 @@ from agent.errors import AgentCallError, AgentError, InvalidInput, PayloadError
 from agent.logs import get_logger
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
+from agent.validation import first_error
 
 __all__ = ["BaseOrchestrator", "is_envelope"]
 
@@ -59,6 +60,9 @@ class BaseOrchestrator:
     # -- public -----------------------------------------------------------------
     def run(self, payload: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
         """Run once and return a validated envelope; errors are ``AgentError``s."""
+        if run_id is None and is_envelope(payload) and isinstance(payload["metadata"], Mapping):  # type: ignore[index]
+            # An envelope from upstream carries its run on: lineage stays within one run.
+            run_id = payload["metadata"].get("run_id")  # type: ignore[index]
         context = RunContext(run_id=run_id or new_run_id(), flow=self.name, tenant=self.tenant,
                              settings=self.settings)
         self._hook("before_run", context=context, payload=payload)
@@ -97,9 +101,7 @@ class BaseOrchestrator:
         try:
             return self.payload_model.model_validate(dict(payload))
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
-            raise PayloadError(path or "payload", first["msg"].lower()) from None
+            raise PayloadError(*first_error(exc, "")) from None
 
     def call(self, agent: str, request: Mapping[str, Any], context: RunContext, *, node: str) -> dict[str, Any]:
         """Call an operational agent through the registry; its envelope is validated."""

@@ -33,6 +33,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "domain", name="uq_companies_tenant_domain"),
     )
     op.create_index("ix_companies_tenant_norm", "companies", ["tenant_id", "normalized_name"])
+    # Without a domain, the normalised name is the company's identity.
+    op.create_index(
+        "uq_companies_tenant_name_nodomain", "companies", ["tenant_id", "normalized_name"], unique=True,
+        sqlite_where=sa.text("domain IS NULL"), postgresql_where=sa.text("domain IS NULL"),
+    )
     op.create_index("ix_companies_tenant_updated", "companies", ["tenant_id", "updated_at"])
 
     op.create_table(
@@ -108,23 +113,21 @@ def upgrade() -> None:
 
     dialect = op.get_bind().dialect.name
     if dialect == "sqlite":
-        # External-content FTS5 index.  Updates and deletes are mirrored by triggers;
-        # inserts are indexed in bulk by agent.storage.fulltext.index_new_contacts,
-        # which is several times faster than a per-row trigger on large imports.
+        # FTS5 index keyed by contact id.  Updates and deletes are mirrored by triggers;
+        # inserts are indexed in bulk by agent.storage.fulltext.index_new_contacts, which
+        # is several times faster than a per-row trigger on large imports.  The table
+        # keeps its own copy of the text, so a row it never saw cannot corrupt it.
         op.execute(
             "CREATE VIRTUAL TABLE contacts_fts USING fts5("
-            "search_text, content='contacts', content_rowid='id', "
-            "tokenize='unicode61 remove_diacritics 2')"
+            "search_text, tokenize='unicode61 remove_diacritics 2')"
         )
         op.execute(
             "CREATE TRIGGER contacts_fts_ad AFTER DELETE ON contacts BEGIN "
-            "INSERT INTO contacts_fts(contacts_fts, rowid, search_text) "
-            "VALUES ('delete', old.id, old.search_text); END"
+            "DELETE FROM contacts_fts WHERE rowid = old.id; END"
         )
         op.execute(
             "CREATE TRIGGER contacts_fts_au AFTER UPDATE OF search_text ON contacts BEGIN "
-            "INSERT INTO contacts_fts(contacts_fts, rowid, search_text) "
-            "VALUES ('delete', old.id, old.search_text); "
+            "DELETE FROM contacts_fts WHERE rowid = old.id; "
             "INSERT INTO contacts_fts(rowid, search_text) VALUES (new.id, new.search_text); END"
         )
     elif dialect == "postgresql":
