@@ -174,6 +174,7 @@ class LeadSearchSuite:
         # Then
         self.assertTrue(env["metadata"]["passthrough"])
         self.assertEqual(env["metadata"]["upstream_run_id"], upstream["metadata"]["run_id"])
+        self.assertEqual(env["metadata"]["run_id"], upstream["metadata"]["run_id"])  # the run carries on
         self.assertEqual([r["provenance"]["hash"] for r in env["records"]],
                          [r["provenance"]["hash"] for r in upstream["records"]])
 
