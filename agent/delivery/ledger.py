@@ -2,8 +2,9 @@
 
 A send first *claims* its key (state ``sending``, Message-ID fixed), then the
 channel hands the message over, then the row becomes ``sent``.  A retry after
-a crash finds the claimed row and reuses its Message-ID; a row already
-``sent`` is never sent again.
+a crash finds the claimed row and reuses its Message-ID, but only for the same
+content (``record_hash`` and ``to_address`` are kept for that check); a row
+already ``sent`` is never sent again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from agent.errors import StorageError
 from agent.storage.db import Database
 from agent.storage.models import OutboxMessage, utcnow
 
-__all__ = ["OutboxLedger", "LedgerEntry"]
+__all__ = ["LedgerEntry", "OutboxLedger"]
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,14 @@ class LedgerEntry:
     message_id: str
     location: str | None
     sent_at: datetime | None
+    # What was claimed: a resume must be for this record to this address.
+    record_hash: str
+    to_address: str
 
 
 def _entry(row: OutboxMessage) -> LedgerEntry:
-    return LedgerEntry(row.idempotency_key, row.state, row.message_id, row.location, row.sent_at)
+    return LedgerEntry(row.idempotency_key, row.state, row.message_id, row.location, row.sent_at,
+                       row.record_hash, row.to_address)
 
 
 class OutboxLedger:
@@ -69,10 +74,3 @@ class OutboxLedger:
             values["sent_at"] = utcnow()
         with self.db.session() as session:
             session.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key == key).values(**values))
-
-    def by_message_id(self, message_id: str) -> dict[str, Any] | None:
-        with self.db.session() as session:
-            row = session.execute(select(OutboxMessage).where(OutboxMessage.message_id == message_id)).scalar_one_or_none()
-            if row is None:
-                return None
-            return {c.name: getattr(row, c.name) for c in OutboxMessage.__table__.columns}

@@ -47,14 +47,20 @@ class SuppressionList:
         return True
 
     def suppressed(self, addresses: Iterable[str]) -> dict[str, str]:
-        """address → reason, for those of ``addresses`` that are suppressed."""
+        """address → reason for those of ``addresses`` that are suppressed.
+
+        Keys are the strings exactly as given, so a caller can look up what it
+        passed in: ``Bob@X.example`` is found when ``bob@x.example`` (or
+        ``@x.example``) is suppressed.  Each address is normalised for the
+        lookup the same way ``add`` normalises what it stores.
+        """
         wanted: dict[str, list[str]] = {}
-        for address in addresses:
-            email = address.strip().lower()
-            wanted.setdefault(email, []).append(email)
+        for address in dict.fromkeys(addresses):
+            email = self._lookup_key(address)
+            wanted.setdefault(email, []).append(address)
             domain = registrable_domain(email)
             if domain:
-                wanted.setdefault(f"@{domain}", []).append(email)
+                wanted.setdefault(f"@{domain}", []).append(address)
         if not wanted:
             return {}
         stmt = select(Suppression.address, Suppression.reason).where(
@@ -62,9 +68,14 @@ class SuppressionList:
         out: dict[str, str] = {}
         with self.db.session() as session:
             for key, reason in session.execute(stmt):
-                for email in wanted[key]:
-                    out.setdefault(email, reason)
+                for address in wanted[key]:
+                    out.setdefault(address, reason)
         return out
 
-    def is_suppressed(self, address: str) -> bool:
-        return bool(self.suppressed([address]))
+    @staticmethod
+    def _lookup_key(address: str) -> str:
+        # A malformed address cannot be on the list by address, but its domain still can.
+        try:
+            return normalize_email(address, field="address")
+        except InvalidInput:
+            return address.strip().lower()

@@ -2,7 +2,10 @@
 
 The file name is the idempotency key and the file appears atomically (written
 to a temporary name, then hard-linked into place), so neither a retry nor two
-workers racing on the same key can produce a second message.
+workers racing on the same key can produce a second message.  A claim left
+in ``sending`` (or ``failed``) is finished only for the same content, and a
+file already in place counts only if it carries the claimed Message-ID;
+anything else comes back ``conflict`` and nothing is written.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
+from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +47,20 @@ def _write_once(path: Path, data: bytes) -> bool:
         return True
     finally:
         os.unlink(tmp)
+
+
+def _file_message_id(path: Path) -> str | None:
+    """The ``Message-ID`` header of the ``.eml`` at ``path``, unfolded."""
+    with path.open("rb") as handle:
+        value = BytesHeaderParser().parse(handle).get("Message-ID")
+    return "".join(str(value).split()) if value is not None else None
+
+
+def _reason(exc: Exception) -> str:
+    # Never the exception text in general: the email stack puts addresses in it.
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
 
 
 class OutboxChannel(BaseAgent):
@@ -93,18 +111,29 @@ class OutboxChannel(BaseAgent):
             step=msg["step"], channel=self.channel, message_id=new_message_id(settings.sender),
             to_address=msg["to"], subject=msg["subject"], record_hash=msg["parent_hash"],
             run_id=context.run_id, provenance=msg.get("provenance"))
-        path = directory / f"{key}.eml"
         if entry.state == "sent":
             return {"status": "duplicate", "reason": "already_sent", "message_id": entry.message_id,
                     "location": entry.location}
+        if not created and (entry.record_hash != msg["parent_hash"] or entry.to_address != msg["to"]):
+            # The key was claimed for other content: finishing it would send this message under
+            # a Message-ID (and maybe to an address) that was fixed for another.
+            return {"status": "conflict", "reason": "content_changed", "message_id": None, "location": None}
         # New claim, or a claim left in "sending" by a crash: finish it with the same Message-ID.
-        data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
-                             message_id=entry.message_id, postal_address=settings.postal_address, send_id=key)
+        path = directory / f"{key}.eml"
         try:
-            _write_once(path, data)
-        except OSError as exc:
+            data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"],
+                                 body=msg["body"], message_id=entry.message_id,
+                                 postal_address=settings.postal_address, send_id=key)
+            written = _write_once(path, data)
+            found = None if written else _file_message_id(path)
+        except Exception as exc:
             ledger.mark(key, "failed")
-            raise DeliveryError(f"cannot write {path.name}: {exc}") from exc
+            raise DeliveryError(f"outbox key {key[:12]}… could not be written: {_reason(exc)}") from exc
+        if not written and found != entry.message_id:
+            # Another message already sits under this key (say, the ledger was reset): leave the
+            # file be and mark the row "unknown" for an operator, rather than claim a send.
+            ledger.mark(key, "unknown")
+            return {"status": "conflict", "reason": "outbox_file_mismatch", "message_id": None, "location": None}
         ledger.mark(key, "sent", location=str(path))
-        return {"status": "sent", "reason": None if created else "resumed", "message_id": entry.message_id,
-                "location": str(path)}
+        return {"status": "sent", "reason": None if created and written else "resumed",
+                "message_id": entry.message_id, "location": str(path)}

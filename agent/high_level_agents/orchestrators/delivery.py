@@ -1,9 +1,13 @@
 """DeliveryOrchestrator: gates, then a channel; delivery is off unless asked for.
 
 Input is an envelope (or a bare list under ``records``) of messages: ``to``,
-``subject``, ``body``, ``lead_id`` and optionally ``campaign_id`` and
-``step``.  Every message is validated before anything is written.  Gates, in
-order: ``allow_delivery`` (off by default: every record comes back
+``subject``, ``body``, ``lead_id``, ``campaign_id`` (per message, or once for
+the payload) and optionally ``step``.  Every message is validated before
+anything is written: a recipient must be deliverable as ASCII (an IDN domain
+becomes punycode, a non-ASCII local part is refused), and a ``provenance`` on
+a bare record must carry well-formed hashes.
+
+Gates, in order: ``allow_delivery`` (off by default: every record comes back
 ``skipped``/``delivery_disabled`` and nothing is written), the suppression
 list, then the channel, which checks suppression again and writes each
 (campaign, lead, step) at most once.
@@ -14,16 +18,43 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from agent.context import RunContext
 from agent.envelope import make_envelope, record_hash, validate_envelope
+from agent.errors import PayloadError
 from agent.high_level_agents.orchestrators.base import BaseOrchestrator
-from agent.leads.normalize import normalize_email
+from agent.validation import first_error
 
 __all__ = ["DeliveryOrchestrator", "DeliveryPayload", "OutgoingMessage"]
 
 _KEY = r"^[\w.:@/-]{1,128}$"
+_HASH = r"^[0-9a-f]{64}$"
+
+
+class _ProvenanceRefs(BaseModel):
+    """The parts of a bare record's provenance that delivery trusts as lineage."""
+
+    model_config = ConfigDict(extra="allow")
+    hash: str | None = Field(default=None, pattern=_HASH)
+    parents: list[str] | None = None
+
+    @field_validator("parents")
+    @classmethod
+    def _hashes(cls, value: list[str] | None) -> list[str] | None:
+        for parent in value or ():
+            if not re.fullmatch(_HASH, parent):
+                raise ValueError(f"must be a list of sha256 hex hashes, not {parent[:16]!r}")
+        return value
 
 
 class OutgoingMessage(BaseModel):
@@ -36,6 +67,7 @@ class OutgoingMessage(BaseModel):
     lead_id: str = Field(min_length=1, max_length=128)
     campaign_id: str | None = Field(default=None, pattern=_KEY)
     step: int = Field(default=1, ge=1, le=100)
+    provenance: dict[str, Any] | None = None
     # Hash of the record as received, before normalisation and defaults: the provenance parent.
     _input_hash: str | None = PrivateAttr(default=None)
 
@@ -47,12 +79,14 @@ class OutgoingMessage(BaseModel):
     @field_validator("to")
     @classmethod
     def _address(cls, value: str) -> str:
-        from agent.errors import InvalidInput
-
+        # The form that goes on the wire: an ASCII address (punycode domain), lower-cased.  No
+        # SMTPUTF8: a non-ASCII local part cannot be put in a To: header, so refuse it here,
+        # before a ledger row is claimed for it.
         try:
-            return normalize_email(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.reason) from None
+            result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+        except EmailNotValidError as exc:
+            raise ValueError(f"not a valid email address ({exc})") from None
+        return result.ascii_email.lower()
 
     @field_validator("subject")
     @classmethod
@@ -66,9 +100,18 @@ class DeliveryPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
     records: list[OutgoingMessage]
     metadata: dict[str, Any] | None = None
-    campaign_id: str = Field(default="adhoc", pattern=_KEY)
+    # No default: a shared fallback would make unrelated ad-hoc messages to one lead collide.
+    campaign_id: str | None = Field(default=None, pattern=_KEY, validate_default=True)
     allow_delivery: bool = False
     channel: Literal["outbox"] = "outbox"
+
+    @field_validator("campaign_id")
+    @classmethod
+    def _campaign_known(cls, value: str | None, info: ValidationInfo) -> str | None:
+        records = info.data.get("records")  # absent when the records failed: that error comes first
+        if value is None and records is not None and any(r.campaign_id is None for r in records):
+            raise ValueError("is required unless every record carries its own campaign_id")
+        return value
 
 
 class DeliveryOrchestrator(BaseOrchestrator):
@@ -84,7 +127,14 @@ class DeliveryOrchestrator(BaseOrchestrator):
         if model.metadata is not None:
             # An envelope from upstream: its records and hashes must be intact.
             validate_envelope({"metadata": payload["metadata"], "records": payload["records"]})
-        for msg, raw in zip(model.records, payload["records"], strict=True):
+        for i, (msg, raw) in enumerate(zip(model.records, payload["records"], strict=True)):
+            if msg.provenance is not None:
+                # A bare record's provenance hash becomes the parent of what is sent: it must
+                # at least be a hash.  (An envelope's hashes were checked in full above.)
+                try:
+                    _ProvenanceRefs.model_validate(msg.provenance)
+                except ValidationError as exc:
+                    raise PayloadError(*first_error(exc, f"records[{i}].provenance")) from None
             msg._input_hash = record_hash(raw)
         return model
 
