@@ -28,11 +28,15 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
 
 
 def default_registry() -> Registry:
-    """The process-wide registry of built-ins (plus discovered plug-ins), made on first use."""
+    """The process-wide registry of built-ins (plus discovered plug-ins), made on first use.
+
+    Discovery is lenient: a broken or clashing plug-in is logged and skipped,
+    so one bad third-party package cannot stop every orchestrator.
+    """
     global _default
     with _lock:
         if _default is None:
             registry = register_builtins(Registry())
-            registry.discover()
+            registry.discover(strict=False)
             _default = registry
         return _default

@@ -12,16 +12,20 @@ import difflib
 import inspect
 import threading
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import DuplicateName, InvalidInput, NotFound, RegistryError
+from agent.logs import get_logger
+from agent.validation import first_error
 
 __all__ = ["Registry", "RegistryEntry", "EntryMetadata", "PLUGIN_GROUP"]
 
 PLUGIN_GROUP = "agent.plugins"
+
+log = get_logger("agent.registry")
 
 Kind = Literal["orchestrator", "agent", "tool"]
 Capability = Literal["read", "write", "send"]
@@ -89,9 +93,7 @@ class Registry:
         try:
             meta = EntryMetadata(**{**_class_defaults(obj), **metadata})
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            field = ".".join(str(p) for p in first["loc"]) or "metadata"
-            raise InvalidInput(f"metadata.{field}", first["msg"]) from None
+            raise InvalidInput(*first_error(exc, prefix="metadata")) from None
         with self._lock:
             if name in self._entries and not replace:
                 raise DuplicateName(name)
@@ -135,35 +137,46 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def discover(self, group: str = PLUGIN_GROUP, *, replace: bool = False) -> list[str]:
+    def discover(self, group: str = PLUGIN_GROUP, *, replace: bool = False, strict: bool = True) -> list[str]:
         """Load plug-ins from installed distributions' entry points.
 
         An entry point may name a class or instance (registered under the entry
         point's name) or a function ``setup(registry)`` that registers itself.
-        A plug-in that fails to load raises ``RegistryError`` naming it.
+        With ``strict`` a plug-in that fails (to load, in setup, or on a name
+        already taken) raises a ``RegistryError`` naming it; without, it is
+        logged and skipped so the other plug-ins and the built-ins still work.
         """
         added: list[str] = []
         for ep in entry_points(group=group):
             try:
-                target = ep.load()
-            except Exception as exc:  # a third party's import error, translated
-                raise RegistryError(f"plug-in {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-            if inspect.isclass(target) or hasattr(target, "run"):
-                self.register(ep.name, target, replace=replace)
-                added.append(ep.name)
-            elif callable(target):
-                before = set(self._entries)
-                try:
-                    target(self)
-                except Exception as exc:
-                    # Leave no half-registered plug-in behind.
-                    for name in set(self._entries) - before:
-                        self.unregister(name)
-                    raise RegistryError(f"plug-in {ep.name!r} setup failed: {exc}") from exc
-                added.extend(sorted(set(self._entries) - before))
-            else:
-                raise RegistryError(f"plug-in {ep.name!r} is neither a class, an instance nor a setup function")
+                added.extend(self._load_plugin(ep, replace=replace))
+            except Exception as exc:
+                if strict:
+                    raise
+                log.warning("plug-in %r skipped: %s", ep.name, exc)
+                log.debug("plug-in %r traceback", ep.name, exc_info=exc)
         return added
+
+    def _load_plugin(self, ep: EntryPoint, *, replace: bool) -> list[str]:
+        """Register one entry point; returns the names it added, or raises."""
+        try:
+            target = ep.load()
+        except Exception as exc:  # a third party's import error, translated
+            raise RegistryError(f"plug-in {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        if inspect.isclass(target) or hasattr(target, "run"):
+            self.register(ep.name, target, replace=replace)
+            return [ep.name]
+        if callable(target):
+            before = set(self._entries)
+            try:
+                target(self)
+            except Exception as exc:
+                # Leave no half-registered plug-in behind.
+                for name in set(self._entries) - before:
+                    self.unregister(name)
+                raise RegistryError(f"plug-in {ep.name!r} setup failed: {exc}") from exc
+            return sorted(set(self._entries) - before)
+        raise RegistryError(f"plug-in {ep.name!r} is neither a class, an instance nor a setup function")
 
     def _entry(self, name: str) -> RegistryEntry:
         try:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,8 +21,11 @@ from pydantic_settings import (
 )
 
 from agent.errors import ConfigurationError
+from agent.validation import first_error
 
-__all__ = ["Settings", "get_settings", "default_home"]
+__all__ = ["Settings", "get_settings", "default_home", "LogLevel"]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 def default_home() -> Path:
@@ -58,7 +61,14 @@ class Settings(BaseSettings):
     sender: str = Field(default="Outreach Team <outreach@sender.example>")
     postal_address: str = Field(default="Example Ltd, 1 Sample Street, Springfield")
     fuzzy_cutoff: float = Field(default=80.0, ge=0, le=100)
-    log_level: str = Field(default="WARNING", description="Log level of the CLI (logs are redacted).")
+    log_level: LogLevel = Field(
+        default="WARNING", description="Log level of the CLI (logs are redacted); any case is accepted."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @classmethod
     def settings_customise_sources(
@@ -97,6 +107,5 @@ def get_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigurationError(f"setting {field}: {first['msg']}") from None
+        field, reason = first_error(exc)
+        raise ConfigurationError(f"setting {field or 'settings'}: {reason}") from None

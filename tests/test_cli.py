@@ -23,9 +23,14 @@ class CliTest(unittest.TestCase):
     def tearDownClass(cls) -> None:
         shutil.rmtree(cls.home, ignore_errors=True)
 
-    def agent(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "agent.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=120)
+    def agent(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent.cli", *args], env={**self.env, **env},
+                              capture_output=True, text=True, timeout=120)
+
+    def write_csv(self, name: str, text: str) -> Path:
+        path = Path(self.home, name)
+        path.write_text(text, encoding="utf-8")
+        return path
 
     def test_run_lead_prints_a_readable_table(self) -> None:
         proc = self.agent("run", "lead", "--name", "Acme")
@@ -67,3 +72,47 @@ class CliTest(unittest.TestCase):
         proc = self.agent("schema", "envelope")
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("records", json.loads(proc.stdout)["properties"])
+
+    def test_a_lead_whose_title_looks_like_markup_is_shown_as_typed_in_search(self) -> None:
+        # Given: an imported lead whose title is a stray closing tag
+        csv = self.write_csv("markup-title.csv", "email,first_name,last_name,title,company\n"
+                                                 "zed@bracketworks.example,Zed,Bracket,[/b]CTO,Bracketworks\n")
+        self.assertEqual(self.agent("leads", "import", str(csv)).returncode, 0)
+        # When
+        proc = self.agent("leads", "search", "--company", "Bracketworks")
+        # Then
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("[/b]CTO", proc.stdout)
+
+    def test_import_prints_ignored_column_names_that_look_like_markup(self) -> None:
+        # Given: a CSV with a column the importer does not know, named like a tag
+        csv = self.write_csv("markup-column.csv", "email,[weird/]\nyan@bracketworks.example,x\n")
+        # When
+        proc = self.agent("leads", "import", str(csv))
+        # Then
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("ignored columns: [weird/]", proc.stdout)
+
+    def test_missing_file_whose_name_looks_like_markup_is_a_one_line_error_and_exits_2(self) -> None:
+        # Given: a path with a closing tag in it that does not exist
+        missing = str(Path(self.home, "[/bold].csv"))
+        # When
+        proc = self.agent("leads", "import", missing)
+        # Then
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertEqual(proc.stderr.strip().splitlines(), [f"error: file: no such file: {missing}"])
+
+    def test_bad_log_level_is_a_one_line_configuration_error_naming_it_and_exits_1(self) -> None:
+        # When
+        proc = self.agent("schema", "envelope", AGENT_LOG_LEVEL="verbose")
+        # Then
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, proc.stderr)
+        self.assertTrue(lines[0].startswith("error: setting log_level:"), lines[0])
+
+    def test_lower_case_log_level_is_accepted(self) -> None:
+        # When
+        proc = self.agent("schema", "envelope", AGENT_LOG_LEVEL="info")
+        # Then
+        self.assertEqual(proc.returncode, 0, proc.stderr)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import unittest
 
-from agent.errors import PayloadError
+from agent.errors import ConfigurationError, PayloadError
 from agent.high_level_agents.orchestrators import DeliveryOrchestrator
 from agent.logs import RedactingFilter, get_logger, redact
+from agent.settings import get_settings
 from tests.support import TempHome
 
 
@@ -57,3 +58,18 @@ class LoggerTest(unittest.TestCase):
         # Then
         self.assertTrue(captured.output)
         self.assertFalse(any("dave@" in line for line in captured.output))
+
+
+class LogLevelSettingTest(unittest.TestCase):
+    def test_lower_case_log_level_is_normalised_to_upper_case(self) -> None:
+        # Given / When
+        settings = get_settings(log_level="debug")
+        # Then
+        self.assertEqual(settings.log_level, "DEBUG")
+
+    def test_unknown_log_level_is_a_configuration_error_naming_log_level(self) -> None:
+        # When
+        with self.assertRaises(ConfigurationError) as caught:
+            get_settings(log_level="verbose")
+        # Then
+        self.assertIn("log_level", str(caught.exception))

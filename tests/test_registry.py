@@ -6,12 +6,14 @@ import importlib
 import shutil
 import sys
 import tempfile
-import textwrap
 import unittest
 import uuid
 from pathlib import Path
+from unittest import mock
 
+import agent.builtins as builtins_module
 from agent.agents.base import BaseAgent
+from agent.agents.lead_search import LeadSearchAgent
 from agent.builtins import default_registry
 from agent.errors import DuplicateName, InvalidInput, NotFound, RegistryError
 from agent.high_level_agents.orchestrators import LeadOrchestrator
@@ -418,12 +420,10 @@ NOT_A_PLUGIN = 42
 '''
 
 
-class DiscoverTests(unittest.TestCase):
-    """Plug-ins installed as real distributions (a ``.dist-info`` on ``sys.path``)."""
+class PluginInstaller:
+    """Installs plug-ins as real distributions (a ``.dist-info`` on ``sys.path``)."""
 
-    def setUp(self):
-        # A group of our own, so nothing else installed is picked up
-        self.group = f"agent.plugins.test_{uuid.uuid4().hex[:8]}"
+    group: str
 
     def install(self, module_source: str, entry_points: dict[str, str]) -> str:
         """Install a one-module distribution; return the module's name."""
@@ -448,6 +448,23 @@ class DiscoverTests(unittest.TestCase):
             sys.path.remove(root)
         sys.modules.pop(module, None)
         importlib.invalidate_caches()
+
+
+BROKEN_SOURCE = "raise ImportError('missing dependency: frobnicate')\n"
+
+FAILING_SETUP_SOURCE = '''
+def setup(registry):
+    registry.register("half_done_xyz", object())
+    raise RuntimeError("setup exploded")
+'''
+
+
+class DiscoverTests(PluginInstaller, unittest.TestCase):
+    """Plug-ins installed as real distributions (a ``.dist-info`` on ``sys.path``)."""
+
+    def setUp(self):
+        # A group of our own, so nothing else installed is picked up
+        self.group = f"agent.plugins.test_{uuid.uuid4().hex[:8]}"
 
     def test_default_group_is_agent_plugins(self):
         # Given / When / Then the entry-point group third parties use
@@ -504,7 +521,7 @@ class DiscoverTests(unittest.TestCase):
 
     def test_plugin_whose_import_fails_raises_registry_error_naming_it(self):
         # Given an installed plug-in whose module raises on import
-        self.install("raise ImportError('missing dependency: frobnicate')\n", {"broken_xyz": "Anything"})
+        self.install(BROKEN_SOURCE, {"broken_xyz": "Anything"})
 
         # When / Then discovery fails with the project's error, naming the plug-in
         with self.assertRaises(RegistryError) as caught:
@@ -513,7 +530,7 @@ class DiscoverTests(unittest.TestCase):
 
     def test_plugin_import_failure_keeps_the_original_cause(self):
         # Given an installed plug-in whose module raises on import
-        self.install("raise ImportError('missing dependency: frobnicate')\n", {"broken_xyz": "Anything"})
+        self.install(BROKEN_SOURCE, {"broken_xyz": "Anything"})
 
         # When discovery fails
         with self.assertRaises(RegistryError) as caught:
@@ -540,6 +557,69 @@ class DiscoverTests(unittest.TestCase):
         # When / Then discovery refuses to overwrite it silently
         with self.assertRaises(DuplicateName):
             registry.discover(self.group)
+
+    def test_strict_discovery_raises_registry_error_naming_the_failing_plugin(self):
+        # Given an installed plug-in whose module raises on import
+        self.install(BROKEN_SOURCE, {"broken_xyz": "Anything"})
+
+        # When / Then strict discovery (the default, asked for explicitly) fails, naming it
+        with self.assertRaises(RegistryError) as caught:
+            Registry().discover(self.group, strict=True)
+        self.assertIn("broken_xyz", str(caught.exception))
+
+    def test_lenient_discovery_skips_a_plugin_whose_import_fails_and_loads_the_others(self):
+        # Given a plug-in that cannot be imported and one that can
+        self.install(BROKEN_SOURCE, {"broken_xyz": "Anything"})
+        self.install(PLUGIN_SOURCE, {"xyz_agent": "XyzAgent"})
+        registry = Registry()
+
+        # When plug-ins are discovered leniently
+        with self.assertLogs("agent.registry", level="WARNING"):
+            added = registry.discover(self.group, strict=False)
+
+        # Then the working plug-in is registered and the broken one is not
+        self.assertEqual((added, registry.list()), (["xyz_agent"], ["xyz_agent"]))
+
+    def test_lenient_discovery_logs_the_skipped_plugin_by_name(self):
+        # Given a plug-in that cannot be imported
+        self.install(BROKEN_SOURCE, {"broken_xyz": "Anything"})
+
+        # When plug-ins are discovered leniently
+        with self.assertLogs("agent.registry", level="WARNING") as captured:
+            Registry().discover(self.group, strict=False)
+
+        # Then one warning names the plug-in and the reason
+        self.assertEqual(len(captured.records), 1)
+        self.assertIn("broken_xyz", captured.output[0])
+        self.assertIn("frobnicate", captured.output[0])
+
+    def test_lenient_discovery_skips_a_plugin_whose_setup_fails_leaving_nothing_behind(self):
+        # Given a plug-in whose setup registers a name and then raises, and a working plug-in
+        self.install(FAILING_SETUP_SOURCE, {"half_xyz": "setup"})
+        self.install(PLUGIN_SOURCE, {"xyz_agent": "XyzAgent"})
+        registry = Registry()
+
+        # When plug-ins are discovered leniently
+        with self.assertLogs("agent.registry", level="WARNING") as captured:
+            registry.discover(self.group, strict=False)
+
+        # Then only the working plug-in is registered, and the failure was logged by name
+        self.assertEqual(registry.list(), ["xyz_agent"])
+        self.assertIn("half_xyz", captured.output[0])
+
+    def test_lenient_discovery_skips_a_plugin_clashing_with_a_registered_name(self):
+        # Given a registry already holding the plug-in's name
+        self.install(PLUGIN_SOURCE, {"echo": "XyzAgent"})
+        registry = Registry()
+        registry.register("echo", EchoAgent)
+
+        # When plug-ins are discovered leniently
+        with self.assertLogs("agent.registry", level="WARNING") as captured:
+            added = registry.discover(self.group, strict=False)
+
+        # Then the first registration stands and the clash is logged
+        self.assertEqual((added, registry.get("echo")), ([], EchoAgent))
+        self.assertIn("echo", captured.output[0])
 
     def test_discover_of_an_empty_group_adds_nothing(self):
         # Given a group no installed distribution uses
@@ -579,10 +659,6 @@ class DefaultRegistryTests(unittest.TestCase):
         self.assertIs(first, second)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class FailingSetupPluginTest(unittest.TestCase):
     def test_a_setup_function_that_raises_becomes_a_registry_error_and_registers_nothing(self) -> None:
         # Given: an entry point whose setup registers one name and then fails
@@ -606,3 +682,45 @@ class FailingSetupPluginTest(unittest.TestCase):
         # Then
         self.assertIn("broken", str(caught.exception))
         self.assertNotIn("half_done", registry)
+
+
+class DefaultRegistryPluginTests(PluginInstaller, unittest.TestCase):
+    """The process-wide registry survives bad plug-ins in the real ``agent.plugins`` group."""
+
+    def setUp(self):
+        self.group = PLUGIN_GROUP
+        # A fresh default registry for this test; the cached one comes back afterwards
+        patcher = mock.patch.object(builtins_module, "_default", None)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_broken_and_clashing_plugins_leave_the_builtins_and_other_plugins_working(self):
+        # Given an unimportable plug-in, one clashing with a built-in name, and a working one
+        good = f"xyz_agent_{uuid.uuid4().hex[:8]}"
+        self.install(BROKEN_SOURCE, {f"broken_{uuid.uuid4().hex[:8]}": "Anything"})
+        self.install(PLUGIN_SOURCE, {"lead_search": "XyzAgent"})
+        self.install(PLUGIN_SOURCE, {good: "XyzAgent"})
+
+        # When the default registry is built
+        with self.assertLogs("agent.registry", level="WARNING") as captured:
+            registry = default_registry()
+
+        # Then the built-in keeps its name, the working plug-in is there, both failures are logged
+        self.assertIs(registry.get("lead_search"), LeadSearchAgent)
+        self.assertIn(good, registry)
+        self.assertEqual(len(captured.records), 2)
+
+    def test_an_orchestrator_can_be_built_despite_a_broken_plugin(self):
+        # Given an unimportable plug-in
+        self.install(BROKEN_SOURCE, {f"broken_{uuid.uuid4().hex[:8]}": "Anything"})
+
+        # When an orchestrator is built on the default registry
+        with self.assertLogs("agent.registry", level="WARNING"):
+            orchestrator = LeadOrchestrator()
+
+        # Then it has the built-ins to work with
+        self.assertIn("lead_search", orchestrator.registry)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from agent.errors import AgentError, InvalidInput
 
@@ -64,7 +66,7 @@ def db_upgrade() -> None:
     settings = get_settings()
     db = Database(settings.resolved_database_url)
     db.migrate()
-    console.print(f"schema at head: {db.safe_url}")
+    console.print(f"schema at head: {escape(db.safe_url)}")
 
 
 @leads_app.command("import")
@@ -157,10 +159,12 @@ def main() -> None:
     from agent.settings import get_settings
 
     try:
-        configure_logging(get_settings().log_level.upper())
+        configure_logging(get_settings().log_level)
         app()
     except AgentError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Messages carry user data (paths, values): never parse them as markup.
+        # soft_wrap: a long message stays one line instead of being wrapped at 80 columns.
+        err.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         raise SystemExit(2 if isinstance(exc, InvalidInput) else 1) from None
 
 

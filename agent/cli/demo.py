@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from agent.cli.render import delivery_table, leads_table
@@ -65,8 +66,8 @@ def run_demo(console: Console, *, as_json: bool = False) -> dict[str, Any]:
         return result
 
     console.print(Panel.fit(
-        f"Embedded defaults · database [bold]{db.safe_url}[/]\n"
-        f"Outbox [bold]{settings.resolved_outbox_dir}[/] (files only: nothing leaves this machine)",
+        f"Embedded defaults · database [bold]{escape(db.safe_url)}[/]\n"
+        f"Outbox [bold]{escape(str(settings.resolved_outbox_dir))}[/] (files only: nothing leaves this machine)",
         title="agent demo"))
     console.print(leads_table(leads, title='1. Leads for lead_query {"company": "Acme"}'))
     console.print(delivery_table(gated, title="2. Delivery with allow_delivery off (the default)"))
@@ -77,11 +78,11 @@ def run_demo(console: Console, *, as_json: bool = False) -> dict[str, Any]:
     first = sent["records"][0] if sent["records"] else None
     if first is not None:
         lead = leads["records"][0]
-        console.print(Panel.fit(
+        console.print(Panel.fit(escape(
             f"message {first['message_id']}\n"
             f"  ← draft {drafts['records'][0]['provenance']['hash'][:16]}… (template demo/v1)\n"
             f"  ← lead  {lead['provenance']['hash'][:16]}… = {lead['provenance']['source_id']} "
             f"({lead['full_name']}, {lead['company']})\n"
-            f"file: {first['location']}",
+            f"file: {first['location']}"),
             title="4. Lineage of the first message"))
     return result

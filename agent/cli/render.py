@@ -1,4 +1,9 @@
-"""Rich rendering of envelopes and reports for the terminal."""
+"""Rich rendering of envelopes and reports for the terminal.
+
+Data (lead fields, column names, reasons) is never read as Rich markup: it
+goes in as ``Text``, so a title such as ``[/b]CTO`` prints as typed instead of
+crashing the table.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,31 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from agent.leads.store import ImportReport
 
 __all__ = ["leads_table", "delivery_table", "import_summary"]
 
 
+def _cell(value: Any, style: str = "") -> Text:
+    """A table cell shown literally: ``None`` is empty, nothing is parsed as markup."""
+    return Text("" if value is None else str(value), style=style)
+
+
 def leads_table(envelope: dict[str, Any], *, title: str = "Leads") -> Table:
     meta = envelope["metadata"]
     shown = len(envelope["records"])
-    caption = (f"{shown} of {meta['total_count']} matches · run {meta['run_id'][:8]} · "
-               f"{meta.get('duration_ms') or 0:.1f} ms · strategies: {', '.join(meta.get('strategies', []))}")
+    caption = Text(f"{shown} of {meta['total_count']} matches · run {meta['run_id'][:8]} · "
+                   f"{meta.get('duration_ms') or 0:.1f} ms · strategies: {', '.join(meta.get('strategies', []))}")
     table = Table(title=title, caption=caption, header_style="bold")
     for column in ("#", "Name", "Title", "Company", "Domain", "Location", "Email", "Score"):
         table.add_column(column, overflow="fold")
     for record in envelope["records"]:
         score = (record.get("match") or {}).get("score")
-        table.add_row(str(record["lead_id"]), record.get("full_name") or "", record.get("title") or "",
-                      record.get("company") or "", record.get("domain") or "", record.get("location") or "",
-                      record.get("email") or "", "" if score is None else f"{score:.0f}")
+        table.add_row(*(_cell(record.get(key)) for key in
+                        ("lead_id", "full_name", "title", "company", "domain", "location", "email")),
+                      _cell(None if score is None else f"{score:.0f}"))
     return table
 
 
@@ -34,8 +45,8 @@ def delivery_table(envelope: dict[str, Any], *, title: str) -> Table:
         table.add_column(column, overflow="fold")
     for r in envelope["records"]:
         style = {"sent": "green", "duplicate": "yellow", "skipped": "dim"}.get(r["status"], "")
-        table.add_row(str(r["lead_id"]), r["to"], r["subject"], f"[{style}]{r['status']}[/]",
-                      r.get("reason") or "", r.get("message_id") or "")
+        table.add_row(_cell(r["lead_id"]), _cell(r["to"]), _cell(r["subject"]), _cell(r["status"], style),
+                      _cell(r.get("reason")), _cell(r.get("message_id")))
     return table
 
 
@@ -48,13 +59,13 @@ def import_summary(console: Console, report: ImportReport, *, limit: int = 20) -
         f"({report.duration_s:.2f} s)"
     )
     if report.ignored_columns:
-        console.print(f"ignored columns: {', '.join(report.ignored_columns)}")
+        console.print(Text(f"ignored columns: {', '.join(report.ignored_columns)}"))
     if report.rejected:
         table = Table(title="Rejected rows", header_style="bold red")
         for column in ("Line", "Field", "Reason"):
             table.add_column(column)
         for row in report.rejected[:limit]:
-            table.add_row(str(row.line), row.field, row.reason)
+            table.add_row(_cell(row.line), _cell(row.field), _cell(row.reason))
         console.print(table)
         if len(report.rejected) > limit:
             console.print(f"... and {len(report.rejected) - limit} more (use --json for all)")
