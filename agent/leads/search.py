@@ -93,7 +93,7 @@ class LeadSearch:
                 (q.location, (Contact.location, Company.location), "location"),
             ):
                 if value:
-                    conditions.append(or_(*(_word_prefix(c, value) for c in columns)))
+                    conditions.append(or_(*(_word_prefix(c, value, self.db.dialect) for c in columns)))
                     strategies.append(label)
             rank: Any = None
             if q.text:
@@ -169,9 +169,13 @@ class LeadSearch:
         return [by_id[i] for i in ids if i in by_id]
 
 
-def _word_prefix(column: Any, value: str) -> ColumnElement[bool]:
-    """``value`` starts a word of ``column``: "cto" matches "CTO", not "Director"."""
-    low = func.lower(column)
+def _word_prefix(column: Any, value: str, dialect: str) -> ColumnElement[bool]:
+    """``value`` starts a word of ``column``: "cto" matches "CTO", not "Director".
+
+    For an ASCII needle SQLite's own lower() gives the same matches and runs in
+    C; only a non-ASCII needle needs the Unicode-aware ``agent_lower``.
+    """
+    low = func.agent_lower(column) if dialect == "sqlite" and not value.isascii() else func.lower(column)
     needle = value.lower()
     return or_(low.startswith(needle, autoescape=True), low.contains(" " + needle, autoescape=True))
 

@@ -30,8 +30,10 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # Transactions are begun explicitly (see _sqlite_begin), so writers can take the lock up front.
     dbapi_conn.isolation_level = None
-    # SQLite's own lower() folds ASCII only; Python's folds every script, as PostgreSQL does.
-    dbapi_conn.create_function("lower", 1, lambda v: v.lower() if isinstance(v, str) else v, deterministic=True)
+    # SQLite's lower() folds ASCII only; agent_lower() folds every script, as PostgreSQL's does.
+    # Queries use it only for non-ASCII needles, where it matters (see agent.leads.search).
+    dbapi_conn.create_function("agent_lower", 1, lambda v: v.lower() if isinstance(v, str) else v,
+                               deterministic=True)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
