@@ -28,8 +28,8 @@ class CompanyNameIndex:
     """Normalised company names of one tenant, for fuzzy lookup."""
 
     TOKEN_CUTOFF = 75.0
-    # A word shared by more names than this ("group", "labs") adds candidates only when
-    # the query has that very word, not a word merely close to it.
+    # A word shared by more names than this ("group", "labs") is generic: it adds
+    # candidates only when the query has nothing more specific.
     MAX_TOKEN_FANOUT = 200
 
     def __init__(self, db: Database, tenant: str) -> None:
@@ -67,14 +67,17 @@ class CompanyNameIndex:
         if not query:
             return {}
         candidates: set[int] = set()
-        for token in set(query.split()):
-            if len(token) < 2:
-                continue
+        tokens = {t for t in query.split() if len(t) >= 2}
+        generic = {t for t in tokens if len(by_token.get(t, ())) > self.MAX_TOKEN_FANOUT}
+        for token in tokens:
             for word, _, _ in process.extract(token, vocab, scorer=fuzz.ratio, processor=None,
                                               score_cutoff=self.TOKEN_CUTOFF, limit=50):
                 positions = by_token[word]
-                # The word itself always counts; a merely similar word only if it is not generic.
-                if word == token or len(positions) <= self.MAX_TOKEN_FANOUT:
+                if len(positions) <= self.MAX_TOKEN_FANOUT:
+                    candidates.update(positions)
+                elif word == token and generic == tokens:
+                    # A query made only of generic words ("Group") must still find every name
+                    # that has them; beside a specific word they would only add noise.
                     candidates.update(positions)
         for _, _, position in process.extract(query, names, scorer=fuzz.QRatio, processor=None,
                                               score_cutoff=cutoff, limit=None):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rapidfuzz import fuzz
-from sqlalchemy import Select, and_, false, func, or_, select, text
+from sqlalchemy import Select, and_, bindparam, false, func, or_, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from agent.errors import PayloadError
@@ -154,14 +154,8 @@ class LeadSearch:
         """Lead records for ``ids``, in the order given."""
         if not ids:
             return []
-        stmt = (
-            select(*_RECORD_COLUMNS)
-            .select_from(Contact)
-            .outerjoin(Company, Contact.company_id == Company.id)
-            .where(Contact.id.in_(ids))
-        )
         by_id: dict[int, dict[str, Any]] = {}
-        for row in conn.execute(stmt).mappings():
+        for row in conn.execute(_LOAD_RECORDS, {"ids": ids}).mappings():
             record = dict(row)
             record["full_name"] = " ".join(p for p in (row["first_name"], row["last_name"]) if p) or None
             record["updated_at"] = row["updated_at"].isoformat() if row["updated_at"] else None
@@ -187,4 +181,10 @@ _RECORD_COLUMNS = (
     Contact.consent_source, Company.id.label("company_id"), Company.name.label("company"), Company.domain,
     Company.industry, Company.size.label("company_size"), Company.location.label("company_location"),
     Contact.updated_at,
+)
+_LOAD_RECORDS = (
+    select(*_RECORD_COLUMNS)
+    .select_from(Contact)
+    .outerjoin(Company, Contact.company_id == Company.id)
+    .where(Contact.id.in_(bindparam("ids", expanding=True)))
 )
