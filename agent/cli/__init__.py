@@ -100,49 +100,27 @@ def _run_lead(text: Optional[str], as_json: bool, **fields: Any) -> None:
         console.print(leads_table(envelope))
 
 
-def _query_options():  # type: ignore[no-untyped-def]
-    return dict(
-        name=typer.Option(None, help="Company or person name (fuzzy)."),
-        company=typer.Option(None, help="Company name (fuzzy)."),
-        domain=typer.Option(None, help="Company domain or URL."),
-        email=typer.Option(None),
-        title=typer.Option(None, help="Job title contains."),
-        industry=typer.Option(None),
-        location=typer.Option(None),
-        limit=typer.Option(25, min=1, max=500),
-        offset=typer.Option(0, min=0),
-    )
-
-
-_Q = _query_options()
-
-
-@leads_app.command("search")
-def leads_search(
-    text: Optional[str] = typer.Argument(None, help='Free text, e.g. "leads at Acme in Berlin".'),
-    name: Optional[str] = _Q["name"], company: Optional[str] = _Q["company"],
-    domain: Optional[str] = _Q["domain"], email: Optional[str] = _Q["email"],
-    title: Optional[str] = _Q["title"], industry: Optional[str] = _Q["industry"],
-    location: Optional[str] = _Q["location"], limit: int = _Q["limit"], offset: int = _Q["offset"],
-    as_json: bool = JSON_OPT,
-) -> None:
-    """Search leads by filters, fuzzy company name or free text."""
-    _run_lead(text, as_json, name=name, company=company, domain=domain, email=email, title=title,
-              industry=industry, location=location, limit=limit, offset=offset)
-
-
-@run_app.command("lead")
 def run_lead(
-    text: Optional[str] = typer.Argument(None, help="Optional free text."),
-    name: Optional[str] = _Q["name"], company: Optional[str] = _Q["company"],
-    domain: Optional[str] = _Q["domain"], email: Optional[str] = _Q["email"],
-    title: Optional[str] = _Q["title"], industry: Optional[str] = _Q["industry"],
-    location: Optional[str] = _Q["location"], limit: int = _Q["limit"], offset: int = _Q["offset"],
+    text: Optional[str] = typer.Argument(None, help='Free text, e.g. "leads at Acme in Berlin".'),
+    name: Optional[str] = typer.Option(None, help="Company or person name (fuzzy)."),
+    company: Optional[str] = typer.Option(None, help="Company name (fuzzy)."),
+    domain: Optional[str] = typer.Option(None, help="Company domain or URL."),
+    email: Optional[str] = typer.Option(None),
+    title: Optional[str] = typer.Option(None, help="Job title (word prefix)."),
+    industry: Optional[str] = typer.Option(None),
+    location: Optional[str] = typer.Option(None),
+    limit: int = typer.Option(25, min=1, max=500),
+    offset: int = typer.Option(0, min=0),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Run the LeadOrchestrator and print its envelope as a table."""
+    """Run the LeadOrchestrator: filters, fuzzy company name or free text; prints a table."""
     _run_lead(text, as_json, name=name, company=company, domain=domain, email=email, title=title,
               industry=industry, location=location, limit=limit, offset=offset)
+
+
+# One command, two names: `agent run lead` and `agent leads search`.
+run_app.command("lead")(run_lead)
+leads_app.command("search")(run_lead)
 
 
 @app.command("demo")
