@@ -66,3 +66,10 @@ class PostgresSchema:
         with self._admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE'))
         self._admin.dispose()
+
+
+def postgres_home(test: unittest.TestCase) -> TempHome:
+    """A TempHome on a fresh PostgreSQL schema, both cleaned up after ``test``."""
+    schema = PostgresSchema()
+    test.addCleanup(schema.drop)
+    return TempHome(database_url=schema.url)

@@ -21,7 +21,7 @@ from agent.envelope import make_envelope, record_hash
 from agent.errors import DeliveryError, EnvelopeError, PayloadError
 from agent.high_level_agents.orchestrators import DeliveryOrchestrator
 from agent.storage.models import OutboxMessage
-from tests.support import PostgresSchema, TempHome, requires_real_services
+from tests.support import TempHome, postgres_home, requires_real_services
 
 
 def message(lead_id: str = "lead-1", to: str = "jane@acme.example", **changes: Any) -> dict[str, Any]:
@@ -493,9 +493,7 @@ class SQLiteDeliveryTests(DeliveryContract, unittest.TestCase):
 @requires_real_services()
 class PostgresDeliveryTests(DeliveryContract, unittest.TestCase):
     def make_home(self) -> TempHome:
-        schema = PostgresSchema()
-        self.addCleanup(schema.drop)
-        return TempHome(database_url=schema.url)
+        return postgres_home(self)
 
 
 if __name__ == "__main__":

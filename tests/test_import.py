@@ -21,7 +21,7 @@ from agent.errors import InvalidInput
 from agent.leads.importer import import_csv, read_csv_rows
 from agent.storage.db import Database
 from agent.storage.models import Company, Contact
-from tests.support import PostgresSchema, TempHome, requires_real_services
+from tests.support import TempHome, postgres_home, requires_real_services
 
 GOOD_AND_BAD = """\
 email,first_name,last_name,company,domain,lead_score,lawful_basis,phone
@@ -463,9 +463,7 @@ class SQLiteImportRobustnessTests(ImportRobustnessContract, unittest.TestCase):
 @requires_real_services()
 class PostgresImportRobustnessTests(ImportRobustnessContract, unittest.TestCase):
     def make_home(self) -> TempHome:
-        schema = PostgresSchema()
-        self.addCleanup(schema.drop)
-        return TempHome(database_url=schema.url)
+        return postgres_home(self)
 
 
 class SQLiteImportTests(ImportContract, unittest.TestCase):
@@ -476,9 +474,7 @@ class SQLiteImportTests(ImportContract, unittest.TestCase):
 @requires_real_services()
 class PostgresImportTests(ImportContract, unittest.TestCase):
     def make_home(self) -> TempHome:
-        schema = PostgresSchema()
-        self.addCleanup(schema.drop)
-        return TempHome(database_url=schema.url)
+        return postgres_home(self)
 
 
 class ImportCommandTests(unittest.TestCase):
