@@ -65,6 +65,8 @@ def read_csv(path: str | Path) -> CsvContent:
     if dupes:
         raise InvalidInput(sorted(dupes)[0], "column appears more than once")
     keep = [(i, c) for i, c in enumerate(columns) if c in LEAD_FIELDS]
+    names = [c for _, c in keep]
+    keep_all = len(keep) == len(columns)  # the common case: every column is ours
     out = CsvContent(ignored_columns=[header[i] for i, c in enumerate(columns) if c not in LEAD_FIELDS])
     start = reader.line_num + 1
     try:
@@ -76,7 +78,7 @@ def read_csv(path: str | Path) -> CsvContent:
                 # A stray comma shifts every later column: refuse the row rather than guess.
                 out.rejected.append(RejectedRow(line, "row", f"has {len(values)} fields, the header has {len(header)}"))
                 continue
-            out.rows.append({c: values[i] for i, c in keep})
+            out.rows.append(dict(zip(names, values)) if keep_all else {c: values[i] for i, c in keep})
             out.lines.append(line)
     except csv.Error as exc:
         raise InvalidInput("file", f"malformed CSV at line {reader.line_num}: {exc}") from None

@@ -54,6 +54,7 @@ MAX_LEN = {"first_name": 128, "last_name": 128, "title": 255, "phone": 64, "loca
            "source": 128, "consent_source": 255}
 TEXT_FIELDS = ("title", "phone", "location", "company", "industry", "size", "company_location",
                "source", "consent_source")
+TEXT_LIMITS = tuple((f, MAX_LEN[f]) for f in TEXT_FIELDS)
 _PHONE = re.compile(r"^\+?[0-9 ()\-./]{4,40}(?:\s*(?:x|ext\.?)\s*[0-9]{1,6})?$", re.IGNORECASE)
 
 
@@ -70,10 +71,12 @@ def clean_lead_row(raw: Mapping[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"email": normalize_email(get("email") or "", field="email"),
                            "first_name": clean_person_name(get("first_name")),
                            "last_name": clean_person_name(get("last_name"))}
-    for field in TEXT_FIELDS:
-        value = clean_text(get(field))
-        if value is not None and len(value) > MAX_LEN[field]:
-            raise InvalidInput(field, f"longer than {MAX_LEN[field]} characters")
+    for field, limit in TEXT_LIMITS:
+        value = get(field)
+        if value is not None:
+            value = clean_text(value)
+            if value is not None and len(value) > limit:
+                raise InvalidInput(field, f"longer than {limit} characters")
         row[field] = value
     for field in ("first_name", "last_name"):
         if row[field] is not None and len(row[field]) > MAX_LEN[field]:

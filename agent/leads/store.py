@@ -133,7 +133,7 @@ class LeadStore:
         by_email: dict[str, tuple[int, dict[str, Any]]] = {}
         numbering = itertools.count(first_line) if lines is None else iter(lines)
         for line, raw in zip(numbering, rows):
-            if not any(v not in (None, "") and str(v).strip() for v in raw.values()):
+            if not any(raw.values()):
                 continue  # a blank line is no row at all
             report.total += 1
             try:
@@ -189,12 +189,17 @@ class LeadStore:
             key = self._company_key(row)
             if key is None:
                 continue
-            agg = wanted.setdefault(key, {"name": row["company"], "normalized_name": row["normalized_company"],
-                                          "domain": row["domain"], "industry": None, "size": None,
-                                          "location": None})
-            for target, source in (("industry", "industry"), ("size", "size"), ("location", "company_location")):
-                if row[source] is not None:
-                    agg[target] = row[source]
+            agg = wanted.get(key)
+            if agg is None:
+                agg = wanted[key] = {"name": row["company"], "normalized_name": row["normalized_company"],
+                                     "domain": row["domain"], "industry": None, "size": None, "location": None}
+            # The last value a file gives for a company field wins.
+            if row["industry"] is not None:
+                agg["industry"] = row["industry"]
+            if row["size"] is not None:
+                agg["size"] = row["size"]
+            if row["company_location"] is not None:
+                agg["location"] = row["company_location"]
 
         cols = (Company.id, Company.name, Company.normalized_name, Company.domain, *[
             getattr(Company, f) for f in COMPANY_FIELDS])
