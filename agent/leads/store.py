@@ -8,10 +8,8 @@ leaves the store as it was.  Writing the same rows twice changes nothing.
 from __future__ import annotations
 
 import itertools
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +23,7 @@ from agent.storage.db import Database
 from agent.storage.fulltext import index_new_contacts, max_contact_id
 from agent.storage.models import Company, Contact, utcnow
 from agent.storage.versions import bump_version
+from agent.storage.writer import BackgroundWriter
 
 __all__ = ["LeadStore", "ImportReport", "RejectedRow"]
 
@@ -78,40 +77,6 @@ def _search_text(values: Mapping[str, Any], company: str | None, industry: str |
                                   industry, values["location"], company_location)))
 
 
-class _Writer:
-    """Runs database writes on one background thread, in order.
-
-    SQLite steps statements without holding the GIL, so while the thread
-    executes one chunk the caller prepares the next.  The caller must not use
-    the connection until ``join()`` returns; the first error is re-raised there.
-    """
-
-    def __init__(self) -> None:
-        self._pending: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=2)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="lead-store-writer", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while (task := self._pending.get()) is not None:
-            if self._error is None:
-                try:
-                    task()
-                except BaseException as exc:  # handed to the caller in join()
-                    self._error = exc
-
-    def submit(self, task: Callable[[], None]) -> None:
-        if self._error is not None:  # stop preparing work that can no longer be written
-            raise self._error
-        self._pending.put(task)
-
-    def join(self) -> None:
-        self._pending.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 class LeadStore:
     """Writes leads for one tenant."""
 
@@ -157,7 +122,7 @@ class LeadStore:
                 before = max_contact_id(conn)
                 company_ids = self._sync_companies(conn, valid, report)
                 existing = self._existing_contacts(conn, valid)
-                writer = _Writer()
+                writer = BackgroundWriter()
                 try:
                     for chunk in _chunks(valid, CHUNK):
                         self._sync_contacts(conn, chunk, company_ids, existing, report, writer)
@@ -306,7 +271,7 @@ class LeadStore:
 
     def _sync_contacts(self, conn: Connection, rows: list[dict[str, Any]],
                        companies: dict[tuple[str, str], tuple[int, dict[str, Any]]],
-                       existing: dict[str, dict[str, Any]], report: ImportReport, writer: _Writer) -> None:
+                       existing: dict[str, dict[str, Any]], report: ImportReport, writer: BackgroundWriter) -> None:
         now = utcnow()
         inserts: list[tuple[Any, ...]] = []
         updates: list[dict[str, Any]] = []
