@@ -55,6 +55,29 @@ class UnreachableDatabaseTest(unittest.TestCase):
         self.assertNotIn("s3cret", str(caught.exception))
 
 
+class FullTextIndexTest(unittest.TestCase):
+    def test_rows_written_outside_the_lead_store_never_corrupt_the_sqlite_index(self) -> None:
+        # Given: a contact inserted by plain SQL, so never indexed in bulk
+        from sqlalchemy import text
+
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        db = home.database()
+        with db.connect() as conn:
+            conn.execute(text("INSERT INTO contacts (tenant_id, email, status, search_text, created_at, updated_at) "
+                              "VALUES ('default', 'raw@x.example', 'new', 'Raw Person', '2026-01-01 00:00:00', "
+                              "'2026-01-01 00:00:00')"))
+        # When: it is updated, then deleted, through the triggers
+        with db.connect() as conn:
+            conn.execute(text("UPDATE contacts SET search_text = 'Raw Changed' WHERE email = 'raw@x.example'"))
+            found = conn.execute(text("SELECT count(*) FROM contacts_fts WHERE contacts_fts MATCH 'changed'")).scalar()
+            conn.execute(text("DELETE FROM contacts WHERE email = 'raw@x.example'"))
+        # Then: the update indexed it, and FTS5's own integrity check passes
+        self.assertEqual(found, 1)
+        with db.connect() as conn:
+            conn.execute(text("INSERT INTO contacts_fts(contacts_fts) VALUES ('integrity-check')"))
+
+
 class ConcurrentFirstOpenTest(unittest.TestCase):
     def test_processes_opening_a_fresh_store_at_once_migrate_and_seed_it_once(self) -> None:
         # Given: an empty data directory and three processes about to open it

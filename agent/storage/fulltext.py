@@ -1,7 +1,7 @@
 """Full-text index maintenance that triggers do not cover.
 
-On SQLite the FTS5 table ``contacts_fts`` (rowid = contact id) mirrors updates
-and deletes through triggers, but new contacts are indexed here, in one statement per write
+On SQLite the external-content FTS5 table ``contacts_fts`` mirrors updates and
+deletes through triggers, but new contacts are indexed here, in one statement per write
 transaction: a per-row insert trigger made large imports several times
 slower.  Every code path that inserts contacts calls ``index_new_contacts``
 in the same transaction.  PostgreSQL indexes an expression and needs nothing.
@@ -22,7 +22,7 @@ __all__ = ["max_contact_id", "index_new_contacts"]
 _INDEX_NEW = text(
     "INSERT INTO contacts_fts(rowid, search_text) "
     "SELECT c.id, c.search_text FROM contacts AS c WHERE c.id > :after "
-    "AND NOT EXISTS (SELECT 1 FROM contacts_fts AS f WHERE f.rowid = c.id)"
+    "AND NOT EXISTS (SELECT 1 FROM contacts_fts_docsize AS d WHERE d.id = c.id)"
 )
 
 

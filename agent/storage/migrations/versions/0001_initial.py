@@ -113,21 +113,24 @@ def upgrade() -> None:
 
     dialect = op.get_bind().dialect.name
     if dialect == "sqlite":
-        # FTS5 index keyed by contact id.  Updates and deletes are mirrored by triggers;
-        # inserts are indexed in bulk by agent.storage.fulltext.index_new_contacts, which
-        # is several times faster than a per-row trigger on large imports.  The table
-        # keeps its own copy of the text, so a row it never saw cannot corrupt it.
+        # External-content FTS5 index over contacts.search_text.  Updates and deletes are
+        # mirrored by triggers; inserts are indexed in bulk by
+        # agent.storage.fulltext.index_new_contacts, several times faster than a per-row
+        # trigger on large imports.  FTS5 must never be told to delete a row it has not
+        # indexed (that corrupts it), so the triggers first ask its docsize table.
         op.execute(
             "CREATE VIRTUAL TABLE contacts_fts USING fts5("
-            "search_text, tokenize='unicode61 remove_diacritics 2')"
+            "search_text, content='contacts', content_rowid='id', "
+            "tokenize='unicode61 remove_diacritics 2')"
         )
-        op.execute(
-            "CREATE TRIGGER contacts_fts_ad AFTER DELETE ON contacts BEGIN "
-            "DELETE FROM contacts_fts WHERE rowid = old.id; END"
+        forget_old = (
+            "INSERT INTO contacts_fts(contacts_fts, rowid, search_text) "
+            "SELECT 'delete', old.id, old.search_text "
+            "WHERE EXISTS (SELECT 1 FROM contacts_fts_docsize WHERE id = old.id);"
         )
+        op.execute(f"CREATE TRIGGER contacts_fts_ad AFTER DELETE ON contacts BEGIN {forget_old} END")
         op.execute(
-            "CREATE TRIGGER contacts_fts_au AFTER UPDATE OF search_text ON contacts BEGIN "
-            "DELETE FROM contacts_fts WHERE rowid = old.id; "
+            f"CREATE TRIGGER contacts_fts_au AFTER UPDATE OF search_text ON contacts BEGIN {forget_old} "
             "INSERT INTO contacts_fts(rowid, search_text) VALUES (new.id, new.search_text); END"
         )
     elif dialect == "postgresql":
