@@ -30,6 +30,7 @@ __all__ = ["LeadStore", "ImportReport", "RejectedRow"]
 CONTACT_FIELDS = ("first_name", "last_name", "title", "phone", "location", "status", "lead_score",
                   "source", "lawful_basis", "consent_source")
 COMPANY_FIELDS = ("industry", "size", "location")
+# Column order of a new contact's row tuple (built by hand in _sync_contacts: keep in step).
 CONTACT_INSERT = ("tenant_id", "email", *CONTACT_FIELDS, "company_id", "search_text")
 COMPANY_INSERT = ("tenant_id", "name", "normalized_name", "domain", *COMPANY_FIELDS)
 CHUNK = 2000  # rows per IN (...) lookup and per write: well under every backend's parameter limit
@@ -279,14 +280,21 @@ class LeadStore:
             key = self._company_key(row)
             company_id, company = companies[key] if key else (None, {})
             old = existing.get(row["email"])
-            values = {f: row[f] if row[f] is not None else (old[f] if old else None) for f in CONTACT_FIELDS}
+            if old is None:
+                # A new contact: straight to a row tuple (the hot path of a first import).
+                text = " ".join(filter(None, (row["first_name"], row["last_name"], row["title"],
+                                              row["company"] or company.get("name"), company.get("industry"),
+                                              row["location"], company.get("location"))))
+                inserts.append((self.tenant, row["email"], row["first_name"], row["last_name"], row["title"],
+                                row["phone"], row["location"], row["status"] or "new", row["lead_score"],
+                                row["source"], row["lawful_basis"], row["consent_source"], company_id, text))
+                continue
+            values = {f: row[f] if row[f] is not None else old[f] for f in CONTACT_FIELDS}
             values["status"] = values["status"] or "new"
-            values["company_id"] = company_id if company_id is not None else (old["company_id"] if old else None)
+            values["company_id"] = company_id if company_id is not None else old["company_id"]
             values["search_text"] = _search_text(values, row["company"] or company.get("name"),
                                                  company.get("industry"), company.get("location"))
-            if old is None:
-                inserts.append((self.tenant, row["email"], *(values[f] for f in CONTACT_INSERT[2:])))
-            elif any(values[f] != old[f] for f in values):
+            if any(values[f] != old[f] for f in values):
                 updates.append({"_id": old["id"], **{f"b_{k}": v for k, v in values.items()},
                                 "b_updated_at": now})
             else:
