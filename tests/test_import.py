@@ -505,3 +505,32 @@ class ImportCommandTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PausedGcTest(unittest.TestCase):
+    def test_the_collector_is_paused_inside_and_restored_after_an_error(self) -> None:
+        # Given
+        import gc
+
+        from agent.leads.store import paused_gc
+
+        self.assertTrue(gc.isenabled())
+        # When
+        with self.assertRaises(ValueError):
+            with paused_gc():
+                inside = gc.isenabled()
+                raise ValueError("boom")
+        # Then
+        self.assertFalse(inside)
+        self.assertTrue(gc.isenabled())
+
+    def test_a_collector_already_off_stays_off(self) -> None:
+        import gc
+
+        from agent.leads.store import paused_gc
+
+        gc.disable()
+        self.addCleanup(gc.enable)
+        with paused_gc():
+            pass
+        self.assertFalse(gc.isenabled())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.errors import InvalidInput
 from agent.leads.rows import LEAD_FIELDS, canonical_column
-from agent.leads.store import ImportReport, LeadStore, RejectedRow
+from agent.leads.store import ImportReport, LeadStore, RejectedRow, paused_gc
 from agent.storage.db import Database
 
 __all__ = ["import_csv", "read_csv", "read_csv_rows", "CsvContent"]
@@ -93,7 +93,9 @@ def read_csv_rows(path: str | Path) -> tuple[list[dict[str, str]], list[str]]:
 
 def import_csv(path: str | Path, db: Database, *, tenant: str = "default") -> ImportReport:
     """Import a CSV of leads; the report says what was inserted, updated, refused."""
-    content = read_csv(path)
-    report = LeadStore(db, tenant=tenant).upsert_rows(content.rows, lines=content.lines, rejected=content.rejected)
+    with paused_gc():
+        content = read_csv(path)
+        report = LeadStore(db, tenant=tenant).upsert_rows(content.rows, lines=content.lines,
+                                                          rejected=content.rejected)
     report.ignored_columns = content.ignored_columns
     return report
