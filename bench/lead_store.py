@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from email_validator import EmailNotValidError, validate_email  # noqa: E402
 from sqlalchemy import select, text  # noqa: E402
 
-from agent.leads import normalize  # noqa: E402
+from agent.leads import normalize
+from agent.leads import rows as rows_module  # noqa: E402
 from agent.leads.importer import import_csv  # noqa: E402
 from agent.leads.query import LeadQuery  # noqa: E402
 from agent.leads.sample import generate_leads  # noqa: E402
@@ -138,6 +139,7 @@ def cold_start() -> None:
     normalize.normalize_company_name.cache_clear()
     normalize.registrable_domain.cache_clear()
     normalize._checked_domain.cache_clear()
+    rows_module._clean_field.cache_clear()
     gc.collect()
 
 

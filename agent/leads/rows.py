@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from agent.errors import InvalidInput
@@ -54,7 +55,8 @@ MAX_LEN = {"first_name": 128, "last_name": 128, "title": 255, "phone": 64, "loca
            "source": 128, "consent_source": 255}
 TEXT_FIELDS = ("title", "phone", "location", "company", "industry", "size", "company_location",
                "source", "consent_source")
-TEXT_LIMITS = tuple((f, MAX_LEN[f]) for f in TEXT_FIELDS)
+# Fields cleaned one value at a time (see _clean_field), in the order errors are found.
+CLEANED_FIELDS = ("first_name", "last_name", *TEXT_FIELDS, "status", "lawful_basis")
 _PHONE = re.compile(r"^\+?[0-9 ()\-./]{4,40}(?:\s*(?:x|ext\.?)\s*[0-9]{1,6})?$", re.IGNORECASE)
 
 
@@ -65,35 +67,40 @@ def canonical_column(header: str) -> str:
     return COLUMN_ALIASES.get(key, COLUMN_ALIASES.get(key.replace(" ", "_"), key))
 
 
+@lru_cache(maxsize=65536)
+def _clean_field(field: str, value: Any) -> Any:
+    """One field's cleaned value, or ``InvalidInput``; cached, as titles, cities and
+    industries repeat across rows far more often than they differ."""
+    if field in ("first_name", "last_name"):
+        text = clean_person_name(value)
+    else:
+        text = clean_text(value)
+    if text is None:
+        return None
+    if len(text) > MAX_LEN.get(field, 255):
+        raise InvalidInput(field, f"longer than {MAX_LEN.get(field, 255)} characters")
+    if field == "phone" and not _PHONE.match(text):
+        raise InvalidInput("phone", "not a phone number")
+    if field == "status":
+        return text.lower()
+    if field == "lawful_basis":
+        basis = text.lower().replace(" ", "_").replace("-", "_")
+        if basis not in LAWFUL_BASES:
+            raise InvalidInput("lawful_basis", f"must be one of {', '.join(sorted(LAWFUL_BASES))}")
+        return basis
+    return text
+
+
 def clean_lead_row(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Validate and normalise one row; ``InvalidInput`` names the bad field."""
     get = raw.get
-    row: dict[str, Any] = {"email": normalize_email(get("email") or "", field="email"),
-                           "first_name": clean_person_name(get("first_name")),
-                           "last_name": clean_person_name(get("last_name"))}
-    for field, limit in TEXT_LIMITS:
+    row: dict[str, Any] = {"email": normalize_email(get("email") or "", field="email")}
+    for field in CLEANED_FIELDS:
         value = get(field)
-        if value is not None:
-            value = clean_text(value)
-            if value is not None and len(value) > limit:
-                raise InvalidInput(field, f"longer than {limit} characters")
-        row[field] = value
-    for field in ("first_name", "last_name"):
-        if row[field] is not None and len(row[field]) > MAX_LEN[field]:
-            raise InvalidInput(field, f"longer than {MAX_LEN[field]} characters")
-    if row["phone"] is not None and not _PHONE.match(row["phone"]):
-        raise InvalidInput("phone", "not a phone number")
-
-    status = clean_text(raw.get("status"))
-    if status is not None and len(status) > MAX_LEN["status"]:
-        raise InvalidInput("status", f"longer than {MAX_LEN['status']} characters")
-    row["status"] = status.lower() if status else None  # None: keep what is stored
-    basis = clean_text(raw.get("lawful_basis"))
-    if basis is not None:
-        basis = basis.lower().replace(" ", "_").replace("-", "_")
-        if basis not in LAWFUL_BASES:
-            raise InvalidInput("lawful_basis", f"must be one of {', '.join(sorted(LAWFUL_BASES))}")
-    row["lawful_basis"] = basis
+        if value is None or value == "":
+            row[field] = None
+        else:
+            row[field] = _clean_field(field, value if type(value) is str else str(value))
     score = clean_text(raw.get("lead_score"))
     if score is None:
         row["lead_score"] = None
