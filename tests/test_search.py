@@ -50,6 +50,10 @@ class LeadSearchSuite:
         self.assertEqual(env["records"][0]["company"], "Acme Corp")
         self.assertGreaterEqual(env["records"][0]["match"]["score"], 80)
 
+    def test_a_name_written_as_one_word_finds_the_company_written_as_two(self) -> None:
+        env = self.search(company="AcmeRobotics")
+        self.assertEqual(env["records"][0]["company"], "Acme Robotics GmbH")
+
     def test_name_variants_match_after_normalisation(self) -> None:
         env = self.search(company="Acme Holdings GmbH", limit=100)
         self.assertEqual(env["records"][0]["company"], "ACME Holdings, Inc.")
