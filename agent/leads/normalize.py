@@ -29,6 +29,7 @@ LEGAL_FORMS = frozenset(
     ohg ug sa sas sarl sl srl spa bv nv plc pty pte oy ab as aps asa kk se""".split()
 )
 _PUNCT = re.compile(r"[^\w\s&]+", re.UNICODE)
+_HOSTNAME = re.compile(r"[a-z0-9-]{1,63}(\.[a-z0-9-]{1,63})+")
 # RFC 5322 dot-atom of plain ASCII: the shape of nearly every real local part.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _SIMPLE_LOCAL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
@@ -86,11 +87,12 @@ def registrable_domain(value: str) -> str | None:
     if "//" in text or "/" in text:
         text = urlsplit(text if "//" in text else f"//{text}").hostname or ""
     text = text.strip(".").removeprefix("www.")
-    try:
-        text = text.encode("idna").decode("ascii")
-    except UnicodeError:
-        return None
-    if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", text):
+    if not text.isascii():  # an internationalised name: compare in its punycode form
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    if not _HOSTNAME.fullmatch(text):
         return None
     return _psl().privatesuffix(text)
 
