@@ -22,7 +22,6 @@ class RunContext:
     tenant: str = "default"
     settings: Settings = field(default_factory=get_settings, repr=False)
     started: float = field(default_factory=time.perf_counter, repr=False)
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def child(self, **changes: Any) -> RunContext:
         return replace(self, **changes)
