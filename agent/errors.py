@@ -8,12 +8,17 @@ adapter boundary with ``raise X(...) from exc`` so callers catch one tree::
     ├── ConfigurationError        settings that cannot work (bad URL, bad path)
     ├── InvalidInput              bad input from a caller; names field + reason
     │   ├── EnvelopeError         an envelope that breaks the canonical contract
-    │   └── PayloadError          an orchestrator payload that fails its model
+    │   ├── PayloadError          an orchestrator payload that fails its model
+    │   └── FlowError             a flow that cannot run (unknown node, unbounded cycle...)
     ├── RegistryError
     │   ├── NotFound              lookup miss; carries close-name suggestions
     │   └── DuplicateName         name already registered (pass replace=True)
     ├── StorageError              the database refused or failed an operation
     ├── AgentCallError            an operational agent failed while running
+    │   ├── NodeTimeout           a node ran past its timeout
+    │   ├── LimitTimeout          no concurrency slot or rate token within the wait
+    │   ├── CircuitOpen           the agent's circuit breaker is open: failing fast
+    │   └── LoopLimit             a node was visited more often than its bound
     └── DeliveryError             a channel could not hand a message over
 """
 
@@ -32,6 +37,11 @@ __all__ = [
     "DuplicateName",
     "StorageError",
     "AgentCallError",
+    "NodeTimeout",
+    "LimitTimeout",
+    "CircuitOpen",
+    "LoopLimit",
+    "FlowError",
     "DeliveryError",
 ]
 
@@ -67,6 +77,12 @@ class EnvelopeError(InvalidInput):
 
 class PayloadError(InvalidInput):
     code = "invalid_payload"
+
+
+class FlowError(InvalidInput):
+    """A malformed flow, refused when built; ``field`` names the node."""
+
+    code = "invalid_flow"
 
 
 class RegistryError(AgentError):
@@ -105,6 +121,26 @@ class AgentCallError(AgentError):
     def __init__(self, agent: str, message: str) -> None:
         self.agent = agent
         super().__init__(f"agent {agent!r} failed: {message}")
+
+
+class NodeTimeout(AgentCallError, TimeoutError):
+    code = "node_timeout"
+
+
+class LimitTimeout(AgentCallError, TimeoutError):
+    """No slot or token came within ``acquire_timeout``; the caller waited, then gave up."""
+
+    code = "limit_timeout"
+
+
+class CircuitOpen(AgentCallError):
+    """The agent failed too often lately; calls fail fast until a probe succeeds."""
+
+    code = "circuit_open"
+
+
+class LoopLimit(AgentCallError):
+    code = "loop_limit"
 
 
 class DeliveryError(AgentError):

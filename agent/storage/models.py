@@ -23,7 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "utcnow"]
+__all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "EngineRun",
+           "EngineStep", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -143,3 +144,31 @@ class DataVersion(Base):
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     scope: Mapped[str] = mapped_column(String(32), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EngineRun(Base):
+    """A flow run known to the checkpoint store: its status and its input."""
+
+    __tablename__ = "engine_runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    flow: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # running|paused|succeeded|failed
+    waiting_for: Mapped[str | None] = mapped_column(String(64))
+    input_hash: Mapped[str] = mapped_column(String(64))
+    input_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class EngineStep(Base):
+    """One completed step's envelope, keyed by its stable step key (node, item, visit)."""
+
+    __tablename__ = "engine_steps"
+
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("engine_runs.run_id", ondelete="CASCADE"),
+                                        primary_key=True)
+    step: Mapped[str] = mapped_column(String(512), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    envelope_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

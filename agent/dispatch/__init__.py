@@ -1,0 +1,24 @@
+"""The Dispatcher family: per-agent concurrency, rate limits and circuit breakers.
+
+``Dispatcher`` keeps its state in the process; ``RedisDispatcher`` shares
+slots (as expiring leases) and token buckets between worker processes.
+"""
+
+from agent.dispatch.breaker import BreakerState, CircuitBreaker
+from agent.dispatch.bucket import TokenBucket
+from agent.dispatch.limits import AgentLimits, BreakerPolicy, RateLimit, parse_limits
+from agent.dispatch.local import Dispatcher, DispatchStats
+from agent.dispatch.redis import RedisDispatcher
+
+__all__ = [
+    "Dispatcher",
+    "RedisDispatcher",
+    "DispatchStats",
+    "AgentLimits",
+    "RateLimit",
+    "BreakerPolicy",
+    "parse_limits",
+    "CircuitBreaker",
+    "BreakerState",
+    "TokenBucket",
+]

@@ -1,0 +1,137 @@
+"""What a node returned, made into a valid envelope with provenance filled in.
+
+A node may return an envelope, a list of records, or None.  An envelope is
+validated in full (hashes rechecked) and a malformed one fails the node with
+an ``EnvelopeError`` naming the field.  Records without provenance get one
+whose ``parents`` follow the node's ``lineage``; a record that kept an
+upstream provenance but whose content changed gets a new hash, this node's
+name, and its old hash as parent.  ``run_id`` and ``node`` are always filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from agent.envelope import PROVENANCE, make_provenance, record_hash, utc_now_iso, validate_envelope
+from agent.errors import EnvelopeError
+
+__all__ = ["to_envelope", "build_envelope", "parents_for"]
+
+
+def build_envelope(records: list[dict[str, Any]], *, run_id: str, flow: str, node: str, source: str,
+                   duration_ms: float | None = None, total_count: int | None = None, partial: bool = False,
+                   errors: Sequence[Mapping[str, Any]] = (), **extra: Any) -> dict[str, Any]:
+    """An envelope around records that already carry valid provenance (no re-hashing)."""
+    metadata = {"run_id": run_id, "flow": flow, "node": node, "source": source,
+                "created_at": utc_now_iso(),
+                "total_count": len(records) if total_count is None else total_count,
+                "partial": partial, "errors": [dict(e) for e in errors], "duration_ms": duration_ms}
+    metadata.update(extra)
+    return {"metadata": metadata, "records": records}
+
+
+def parents_for(lineage: str | None, upstream: Sequence[Mapping[str, Any]]) -> Any:
+    """A function record -> parent hashes, for new records of a node that read ``upstream``."""
+    if lineage is None or not upstream:
+        return lambda record: []
+    if lineage == "all":
+        hashes = [r[PROVENANCE]["hash"] for r in upstream]
+        return lambda record: hashes
+    by_value: dict[Any, list[str]] = {}
+    for r in upstream:
+        value = r.get(lineage)
+        if value is not None and not isinstance(value, (dict, list)):
+            by_value.setdefault(value, []).append(r[PROVENANCE]["hash"])
+    return lambda record: by_value.get(record.get(lineage), [])
+
+
+def to_envelope(out: Any, *, run_id: str, flow: str, node: str, agent: str | None,
+                upstream: Sequence[Mapping[str, Any]], lineage: str | None,
+                duration_ms: float) -> dict[str, Any]:
+    """Normalise a node's return value; raises ``EnvelopeError`` naming the field."""
+    if out is None:
+        return build_envelope([], run_id=run_id, flow=flow, node=node, source=agent or node,
+                              duration_ms=duration_ms)
+    if isinstance(out, Mapping) and "records" in out and "metadata" in out:
+        return _from_envelope(out, run_id=run_id, flow=flow, node=node, duration_ms=duration_ms)
+    if isinstance(out, (list, tuple)):
+        return _from_records(out, run_id=run_id, flow=flow, node=node, agent=agent,
+                             parents=parents_for(lineage, upstream), duration_ms=duration_ms)
+    raise EnvelopeError("envelope", f"node {node!r} must return an envelope, a list of records or None, "
+                                    f"not {type(out).__name__}")
+
+
+def _from_envelope(out: Mapping[str, Any], *, run_id: str, flow: str, node: str,
+                   duration_ms: float) -> dict[str, Any]:
+    try:
+        validate_envelope(out)
+    except EnvelopeError as exc:
+        raise EnvelopeError(exc.field, f"{exc.reason} (in the envelope node {node!r} returned)") from None
+    records = []
+    for record in out["records"]:
+        prov = record[PROVENANCE]
+        if prov["run_id"] is None or prov["node"] is None:
+            prov = {**prov, "run_id": prov["run_id"] or run_id, "node": prov["node"] or node}
+            record = {**record, PROVENANCE: prov}
+        records.append(record)
+    metadata = dict(out["metadata"])
+    metadata.update(run_id=run_id, flow=flow, node=node)
+    if metadata["duration_ms"] is None:
+        metadata["duration_ms"] = duration_ms
+    return {"metadata": metadata, "records": records}
+
+
+def _from_records(out: Sequence[Any], *, run_id: str, flow: str, node: str, agent: str | None,
+                  parents: Any, duration_ms: float) -> dict[str, Any]:
+    source = agent or node
+    now = utc_now_iso()
+    records = []
+    for index, record in enumerate(out):
+        if not isinstance(record, Mapping):
+            raise EnvelopeError(f"records[{index}]", f"node {node!r} returned a {type(record).__name__}, "
+                                                     "not an object")
+        try:
+            prov = record.get(PROVENANCE)
+            if prov is None:
+                rec = dict(record)
+                rec[PROVENANCE] = make_provenance(rec, source=source, agent=agent, run_id=run_id, node=node,
+                                                  parents=parents(rec), retrieved_at=now)
+            elif isinstance(prov, Mapping):
+                rec = dict(record)
+                rec[PROVENANCE] = _carried(rec, prov, run_id=run_id, node=node, source=source, now=now)
+            else:
+                raise EnvelopeError(PROVENANCE, "must be an object")
+        except EnvelopeError as exc:
+            raise EnvelopeError(f"records[{index}]" + (f".{exc.field}" if exc.field != "record" else ""),
+                                f"{exc.reason} (returned by node {node!r})") from None
+        records.append(rec)
+    envelope = build_envelope(records, run_id=run_id, flow=flow, node=node, source=source,
+                              duration_ms=duration_ms)
+    try:
+        # Hashes were computed just now; the structure (a carried provenance) still gets checked.
+        validate_envelope(envelope, check_hashes=False)
+    except EnvelopeError as exc:
+        raise EnvelopeError(exc.field, f"{exc.reason} (returned by node {node!r})") from None
+    return envelope
+
+
+def _carried(record: dict[str, Any], prov: Mapping[str, Any], *, run_id: str, node: str, source: str,
+             now: str) -> dict[str, Any]:
+    """An upstream provenance kept on a record; a changed record becomes this node's, derived from its past."""
+    new_hash = record_hash(record)
+    old_hash = prov.get("hash")
+    carried = dict(prov)
+    if old_hash != new_hash:
+        carried.update(hash=new_hash, node=node, run_id=run_id, retrieved_at=now,
+                       parents=[old_hash] if isinstance(old_hash, str) else list(prov.get("parents") or []))
+    carried.setdefault("source", source)
+    carried.setdefault("source_id", None)
+    carried.setdefault("agent", None)
+    carried.setdefault("retrieved_at", now)
+    carried.setdefault("parents", [])
+    if carried.get("run_id") is None:
+        carried["run_id"] = run_id
+    if carried.get("node") is None:
+        carried["node"] = node
+    return carried

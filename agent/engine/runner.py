@@ -1,0 +1,343 @@
+"""Engine: runs a built flow, synchronously (``run``) or under asyncio (``arun``).
+
+The engine owns what orchestrators should not: envelope validation and
+provenance for every node, retries with backoff, timeouts, parallel
+branches, checkpoints and approvals, and calling agents through the
+registry and the Dispatcher.  ``sleep``/``asleep`` and ``rng`` are injected,
+so retry schedules are tested without waiting.
+
+A node with a ``timeout`` runs in its own thread under ``run`` (a thread
+cannot be killed: a timed-out call is abandoned, its result discarded) and
+is cancelled under ``arun`` when it is a coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.context import RunContext
+from agent.dispatch.local import Dispatcher
+from agent.engine.checkpoints.base import CheckpointStore
+from agent.engine.flow import Flow, FlowGraph, Node
+from agent.engine.state import FlowState, RunResult
+from agent.engine.steps import NO_APPROVAL, Call, Parallel, RunPlan, Save, Sleep, Status, fingerprint
+from agent.envelope import new_run_id
+from agent.errors import AgentCallError, AgentError, ConfigurationError, InvalidInput, NodeTimeout
+from agent.registry import Registry
+from agent.settings import Settings, get_settings
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Runs flows.  One engine can run many flows and runs at once (it is thread-safe)."""
+
+    def __init__(self, registry: Registry | None = None, *, dispatcher: Dispatcher | None = None,
+                 checkpoints: CheckpointStore | None = None, hooks: Sequence[Any] = (),
+                 settings: Settings | None = None, sleep: Callable[[float], None] = time.sleep,
+                 asleep: Callable[[float], Any] = asyncio.sleep, rng: Callable[[], float] = random.random,
+                 max_workers: int = 8) -> None:
+        self._registry = registry
+        self.dispatcher = dispatcher or Dispatcher()
+        self.checkpoints = checkpoints
+        self.hooks = tuple(hooks)
+        self.settings = settings or get_settings()
+        self.sleep = sleep
+        self.asleep = asleep
+        self.rng = rng
+        self.max_workers = max_workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._agents: dict[str, Any] = {}
+        self._checked: dict[int, FlowGraph] = {}
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from agent.builtins import default_registry
+
+            self._registry = default_registry()
+        return self._registry
+
+    # -- public ----------------------------------------------------------------------------
+    def run(self, flow: FlowGraph | Flow, input: Any = None, *, run_id: str | None = None,
+            tenant: str | None = None, approval: Any = NO_APPROVAL, context: RunContext | None = None) -> RunResult:
+        """Run ``flow`` to its end or to an approval; a failed node raises its ``AgentError``.
+
+        With a checkpoint store, a ``run_id`` seen before resumes: completed steps
+        are restored, never run again.  ``approval`` is the decision for the
+        approval node the run is waiting at (validated by that node's model).
+        """
+        plan = self._plan(flow, input, run_id, tenant, approval, context)
+        return self._finish(plan, self._drive, plan.walk())
+
+    async def arun(self, flow: FlowGraph | Flow, input: Any = None, *, run_id: str | None = None,
+                   tenant: str | None = None, approval: Any = NO_APPROVAL,
+                   context: RunContext | None = None) -> RunResult:
+        """``run`` under asyncio: async nodes are awaited, blocking agents run in threads."""
+        if self.checkpoints is not None:
+            plan = await asyncio.to_thread(self._plan, flow, input, run_id, tenant, approval, context)
+        else:
+            plan = self._plan(flow, input, run_id, tenant, approval, context)
+        try:
+            return await self._adrive(plan.walk())
+        except Exception:
+            if self.checkpoints is not None:
+                await asyncio.to_thread(self.checkpoints.set_status, plan.run_id, "failed")
+            raise
+
+    def resume(self, flow: FlowGraph | Flow, run_id: str, *, approval: Any = NO_APPROVAL) -> RunResult:
+        """Continue a checkpointed run (after a crash, or at its approval) from its stored input."""
+        if self.checkpoints is None or self.checkpoints.get_run(run_id) is None:
+            raise InvalidInput("run_id", f"no checkpointed run {run_id!r} to resume")
+        return self.run(flow, None, run_id=run_id, approval=approval)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
+    # -- planning ----------------------------------------------------------------------------
+    def _plan(self, flow: FlowGraph | Flow, input: Any, run_id: str | None, tenant: str | None,
+              approval: Any, context: RunContext | None) -> RunPlan:
+        graph = self._check(flow.build() if isinstance(flow, Flow) else flow)
+        if context is None:
+            context = RunContext(run_id=run_id or new_run_id(), flow=graph.name,
+                                 tenant=tenant or self.settings.tenant, settings=self.settings)
+        elif context.flow != graph.name:
+            context = context.child(flow=graph.name)
+        saved: dict[str, dict[str, Any]] = {}
+        store = self.checkpoints
+        if store is not None:
+            existing = store.get_run(context.run_id)
+            if existing is not None:
+                if existing.flow != graph.name:
+                    raise InvalidInput("run_id", f"belongs to flow {existing.flow!r}, not {graph.name!r}")
+                if input is None and existing.has_input:
+                    input = existing.input
+                elif fingerprint(input)[0] != existing.input_hash:
+                    raise InvalidInput("run_id", "was started with a different input; use a new run_id")
+                if approval is not NO_APPROVAL and existing.status != "paused":
+                    raise InvalidInput("approval", f"run {context.run_id} is not waiting for an approval "
+                                                   f"(it is {existing.status})")
+                saved = store.load(context.run_id)
+                store.set_status(context.run_id, "running")
+            else:
+                digest, text = fingerprint(input)
+                store.begin(context.run_id, graph.name, input_hash=digest, input_json=text)
+        return RunPlan(graph, FlowState(input, context), saved, self.hooks, self.rng, store is not None,
+                       approval=approval)
+
+    def _check(self, graph: FlowGraph) -> FlowGraph:
+        if id(graph) in self._checked:
+            return graph
+        if self.checkpoints is None and any(n.kind == "approval" for n in graph.nodes.values()):
+            raise ConfigurationError(f"flow {graph.name!r} has an approval node: give the engine a "
+                                     "checkpoint store, so a paused run can resume")
+        for agent in sorted(graph.agents):
+            self._agent(agent)  # NotFound, with close names, before anything runs
+        with self._lock:
+            self._checked[id(graph)] = graph
+        return graph
+
+    def _agent(self, name: str) -> Any:
+        instance = self._agents.get(name)
+        if instance is None:
+            instance = self.registry.resolve(name)
+            if self.dispatcher.limits_for(name) is None:
+                declared = self.registry.describe(name).get("limits")
+                if declared:
+                    self.dispatcher.configure(name, declared)
+            with self._lock:
+                instance = self._agents.setdefault(name, instance)
+        return instance
+
+    def _finish(self, plan: RunPlan, drive: Callable[[Generator[Any, Any, Any]], Any],
+                gen: Generator[Any, Any, RunResult]) -> RunResult:
+        try:
+            return drive(gen)
+        except Exception:
+            if self.checkpoints is not None:
+                self.checkpoints.set_status(plan.run_id, "failed")
+            raise
+
+    # -- sync driver -------------------------------------------------------------------------
+    def _drive(self, gen: Generator[Any, Any, Any]) -> Any:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = gen.send(value) if error is None else gen.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value = error = None
+            try:
+                kind = type(op)
+                if kind is Call:
+                    value = self._call(op)
+                elif kind is Save:
+                    self.checkpoints.save(op.run_id, op.step, op.envelope)  # type: ignore[union-attr]
+                elif kind is Sleep:
+                    self.sleep(op.seconds)
+                elif kind is Parallel:
+                    value = self._parallel(op.gens)
+                elif kind is Status:
+                    if self.checkpoints is not None:
+                        self.checkpoints.set_status(op.run_id, op.status, waiting_for=op.waiting_for)
+            except Exception as exc:
+                error = exc
+
+    def _outcome(self, gen: Generator[Any, Any, Any]) -> tuple[bool, Any]:
+        try:
+            return True, self._drive(gen)
+        except Exception as exc:
+            return False, exc
+
+    def _parallel(self, gens: list[Generator[Any, Any, Any]]) -> list[tuple[bool, Any]]:
+        pool = self._executor()
+        futures = [pool.submit(self._outcome, g) for g in gens[1:]]
+        results = [self._outcome(gens[0])]
+        # A branch nobody has picked up yet runs here, so nested fan-outs never starve the pool.
+        results.extend(self._outcome(g) if f.cancel() else f.result() for g, f in zip(gens[1:], futures))
+        return results
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="agent-engine")
+        return self._pool
+
+    def _call(self, op: Call) -> Any:
+        node = op.node
+        fn = self._callable(op)
+        if node.timeout is None:
+            out = fn()
+        else:
+            out = _with_timeout(fn, node)
+        if inspect.iscoroutine(out):
+            out = asyncio.run(out) if node.timeout is None else _with_timeout(lambda: asyncio.run(out), node)
+        return out
+
+    def _callable(self, op: Call) -> Callable[[], Any]:
+        node, state = op.node, op.state
+        if node.agent is not None:
+            return lambda: self._call_agent(node, state, op)
+        if op.has_item:
+            return lambda: node.fn(op.item, state)  # type: ignore[misc]
+        return lambda: node.fn(state)  # type: ignore[misc]
+
+    def _call_agent(self, node: Node, state: FlowState, op: Call) -> Any:
+        agent = node.agent
+        assert agent is not None
+        instance = self._agent(agent)
+        if node.request is not None:
+            request = node.request(op.item, state) if op.has_item else node.request(state)
+        else:
+            request = op.item if op.has_item else state.input
+        if isinstance(request, BaseModel):
+            request = request.model_dump()
+        elif not isinstance(request, Mapping):
+            request = {} if request is None else {"input": request}
+        key = node.limit_key(state) if node.limit_key is not None else _default_key(state)
+        context = state.context.child(node=node.name)
+        with self.dispatcher.slot(agent, key=key):
+            try:
+                return instance.run(request, context=context)
+            except AgentError:
+                raise
+            except Exception as exc:
+                raise AgentCallError(agent, f"{type(exc).__name__}: {exc}") from exc
+
+    # -- asyncio driver ----------------------------------------------------------------------
+    async def _adrive(self, gen: Generator[Any, Any, Any]) -> Any:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = gen.send(value) if error is None else gen.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value = error = None
+            try:
+                kind = type(op)
+                if kind is Call:
+                    value = await self._acall(op)
+                elif kind is Save:
+                    await asyncio.to_thread(self.checkpoints.save, op.run_id, op.step,  # type: ignore[union-attr]
+                                            op.envelope)
+                elif kind is Sleep:
+                    await self.asleep(op.seconds)
+                elif kind is Parallel:
+                    value = await asyncio.gather(*(self._aoutcome(g) for g in op.gens))
+                elif kind is Status:
+                    if self.checkpoints is not None:
+                        await asyncio.to_thread(self.checkpoints.set_status, op.run_id, op.status,
+                                                waiting_for=op.waiting_for)
+            except Exception as exc:
+                error = exc
+
+    async def _aoutcome(self, gen: Generator[Any, Any, Any]) -> tuple[bool, Any]:
+        try:
+            return True, await self._adrive(gen)
+        except Exception as exc:
+            return False, exc
+
+    async def _acall(self, op: Call) -> Any:
+        node = op.node
+        if node.agent is not None:
+            awaitable = asyncio.to_thread(self._callable(op))
+        elif inspect.iscoroutinefunction(node.fn):
+            awaitable = node.fn(op.item, op.state) if op.has_item else node.fn(op.state)  # type: ignore[misc]
+        elif node.timeout is not None:
+            awaitable = asyncio.to_thread(self._callable(op))
+        else:
+            out = self._callable(op)()
+            return await out if inspect.isawaitable(out) else out
+        if node.timeout is None:
+            return await awaitable
+        try:
+            return await asyncio.wait_for(awaitable, node.timeout)
+        except TimeoutError:
+            raise _timeout_error(node) from None
+
+
+def _default_key(state: FlowState) -> dict[str, str | None]:
+    data = state.input
+    campaign = data.get("campaign_id") if isinstance(data, Mapping) else getattr(data, "campaign_id", None)
+    return {"tenant": state.context.tenant, "campaign": campaign if isinstance(campaign, str) else None}
+
+
+def _timeout_error(node: Node) -> NodeTimeout:
+    return NodeTimeout(node.agent or f"node {node.name}", f"node {node.name!r} ran past its timeout "
+                                                          f"of {node.timeout}s")
+
+
+def _with_timeout(fn: Callable[[], Any], node: Node) -> Any:
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"agent-node-{node.name}", daemon=True).start()
+    if not done.wait(node.timeout):
+        raise _timeout_error(node)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

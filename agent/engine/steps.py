@@ -1,0 +1,397 @@
+"""The engine's operations, written once as generators (sans I/O).
+
+A step generator yields small operation values (``Call``, ``Sleep``,
+``Parallel``, ``Save``, ``Status``) and receives their results; the sync and
+asyncio drivers in ``agent.engine.runner`` carry them out.  So routing,
+retries, fan-out, checkpoints and approvals have one implementation for
+``run`` and ``arun``.
+"""
+
+from __future__ import annotations
+
+import json
+import hashlib
+import time
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from agent.engine.flow import END, FanOut, FlowGraph, Node, Route, Then
+from agent.engine.hooks import emit
+from agent.engine.outputs import build_envelope, to_envelope
+from agent.engine.state import FlowState, RunResult
+from agent.envelope import PROVENANCE
+from agent.errors import AgentCallError, AgentError, FlowError, InvalidInput, LoopLimit, PayloadError
+from agent.validation import first_error
+
+__all__ = ["Call", "Sleep", "Parallel", "Save", "Status", "RunPlan", "NO_APPROVAL", "fingerprint"]
+
+NO_APPROVAL: Any = object()
+_NO_ITEM: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    node: Node
+    state: FlowState
+    item: Any = _NO_ITEM
+
+    @property
+    def has_item(self) -> bool:
+        return self.item is not _NO_ITEM
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Parallel:
+    """Run these generators at once; the result is a list of ``(ok, value_or_error)``."""
+
+    gens: list[Generator[Any, Any, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Save:
+    run_id: str
+    step: str
+    envelope: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    run_id: str
+    status: str
+    waiting_for: str | None = None
+
+
+def fingerprint(value: Any) -> tuple[str, str]:
+    """The run input's hash and JSON text (what a checkpointed run is recognised by)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("input", f"must be JSON-serialisable when checkpoints are on ({exc})") from None
+    return hashlib.sha256(text.encode()).hexdigest(), text
+
+
+@dataclass
+class RunPlan:
+    """One run in progress: the graph, what checkpoints gave back, and what happened."""
+
+    graph: FlowGraph
+    state: FlowState
+    saved: dict[str, dict[str, Any]]
+    hooks: tuple[Any, ...]
+    rng: Any
+    checkpointed: bool
+    approval: Any = NO_APPROVAL
+    restored: list[str] = field(default_factory=list)
+    executed: list[str] = field(default_factory=list)
+    fanout: FanOut | None = None
+    branch_errors: dict[str, AgentError] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.state.context.run_id
+
+    # -- the walk ------------------------------------------------------------------------
+    def walk(self) -> Generator[Any, Any, RunResult]:
+        graph, state = self.graph, self.state
+        visits: dict[str, int] = {}
+        cursor = graph.start
+        while True:
+            node = graph.nodes[cursor]
+            step = self._visit(node, visits)
+            env = self.saved.get(step)
+            if env is not None:
+                self.restored.append(step)
+            elif node.kind == "approval":
+                if self.approval is NO_APPROVAL:
+                    yield Status(self.run_id, "paused", cursor)
+                    return self._result(state, "paused", waiting_for=cursor)
+                env = self._approval(node, state)
+                self.approval = NO_APPROVAL
+                if self.checkpointed:
+                    yield Save(self.run_id, step, env)
+                self.executed.append(step)
+            elif node.kind == "merge":
+                env = yield from self._merge(node, state, step)
+            elif node.each is not None:
+                env = yield from self._map(node, state, step)
+            else:
+                env = yield from self._task(node, state, step)
+            state = state.update(cursor, env)
+            transition = graph.transitions.get(cursor)
+            if transition is None:
+                break
+            if type(transition) is Then:
+                cursor = transition.target
+            elif type(transition) is Route:
+                cursor = self._route(cursor, transition, state)
+                if cursor == END:
+                    break
+            else:
+                state = yield from self._fan_out(transition, state, visits)
+                cursor = transition.join
+        yield Status(self.run_id, "succeeded")
+        return self._result(state, "succeeded")
+
+    def _visit(self, node: Node, visits: dict[str, int]) -> str:
+        count = visits[node.name] = visits.get(node.name, 0) + 1
+        if node.max_visits is not None and count > node.max_visits:
+            raise LoopLimit(node.name, f"node visited more than max_visits={node.max_visits} times")
+        return node.name if count == 1 else f"{node.name}@{count}"
+
+    def _route(self, source: str, transition: Route, state: FlowState) -> str:
+        label = transition.router(state)
+        try:
+            return transition.routes[label]
+        except (KeyError, TypeError):
+            raise FlowError(source, f"router returned {label!r}, which is not one of "
+                                    f"{sorted(transition.routes)}") from None
+
+    def _fan_out(self, fan: FanOut, state: FlowState, visits: dict[str, int]) -> Generator[Any, Any, FlowState]:
+        gens, names = [], []
+        results: dict[str, tuple[bool, Any]] = {}
+        for name in fan.branches:
+            node = self.graph.nodes[name]
+            step = self._visit(node, visits)
+            saved = self.saved.get(step)
+            if saved is not None:
+                self.restored.append(step)
+                results[name] = (True, saved)
+            else:
+                names.append(name)
+                gens.append(self._map(node, state, step) if node.each is not None else self._task(node, state, step))
+        if len(gens) == 1:
+            try:
+                results[names[0]] = (True, (yield from gens[0]))
+            except Exception as exc:
+                results[names[0]] = (False, exc)
+        elif gens:
+            for name, outcome in zip(names, (yield Parallel(gens)), strict=True):
+                results[name] = outcome
+        self.fanout = fan
+        self.branch_errors = {}
+        for name in fan.branches:  # declared order, never completion order
+            ok, value = results[name]
+            if ok:
+                state = state.update(name, value)
+            else:
+                self.branch_errors[name] = value
+        if self.branch_errors and self.graph.nodes[fan.join].kind != "merge":
+            raise next(iter(self.branch_errors.values()))
+        return state
+
+    # -- steps ---------------------------------------------------------------------------
+    def _task(self, node: Node, state: FlowState, step: str, item: Any = _NO_ITEM) -> Generator[Any, Any, dict]:
+        ctx = state.context
+        if item is _NO_ITEM:
+            upstream = state.records()
+        else:
+            upstream = [item] if isinstance(item, Mapping) and isinstance(item.get(PROVENANCE), Mapping) else []
+        attempt = 0
+        while True:
+            attempt += 1
+            emit(self.hooks, "node_start", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
+                 attempt=attempt, state=state)
+            started = time.perf_counter()
+            try:
+                out = yield Call(node, state, item)
+                duration = round((time.perf_counter() - started) * 1000, 3)
+                env = to_envelope(out, run_id=ctx.run_id, flow=self.graph.name, node=node.name, agent=node.agent,
+                                  upstream=upstream, lineage=node.lineage, duration_ms=duration)
+            except Exception as exc:
+                duration = round((time.perf_counter() - started) * 1000, 3)
+                will_retry = node.retry.should_retry(exc, attempt)
+                error = _translate(node, exc)
+                emit(self.hooks, "node_error", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
+                     attempt=attempt, duration_ms=duration, error=error, will_retry=will_retry, state=state)
+                if will_retry:
+                    yield Sleep(node.retry.delay(attempt, self.rng()))
+                    continue
+                if error is exc:
+                    raise
+                raise error from exc
+            emit(self.hooks, "node_end", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
+                 attempt=attempt, duration_ms=duration, envelope=env, state=state)
+            if self.checkpointed:
+                yield Save(ctx.run_id, step, env)
+            self.executed.append(step)
+            return env
+
+    def _map(self, node: Node, state: FlowState, step: str) -> Generator[Any, Any, dict]:
+        started = time.perf_counter()
+        items = list(node.each(state))  # type: ignore[misc]
+        keyed: list[tuple[str, Any]] = []
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            key = _item_key(node, item, index)
+            if key in seen:
+                raise FlowError(node.name, f"two items have the key {key!r}; item keys must be unique")
+            seen.add(key)
+            keyed.append((key, item))
+        outcomes: dict[str, tuple[bool, Any]] = {}
+        pending = []
+        for key, item in keyed:
+            saved = self.saved.get(f"{step}[{key}]")
+            if saved is not None:
+                self.restored.append(f"{step}[{key}]")
+                outcomes[key] = (True, saved)
+            else:
+                pending.append((key, item))
+        lanes = [pending[i::node.concurrency] for i in range(min(node.concurrency, len(pending)))]
+        if len(lanes) == 1:
+            outcomes.update((yield from self._lane(node, state, step, lanes[0])))
+        elif lanes:
+            for ok, value in (yield Parallel([self._lane(node, state, step, lane) for lane in lanes])):
+                if not ok:
+                    raise value
+                outcomes.update(value)
+        records: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        partial = False
+        for key, _ in keyed:
+            ok, value = outcomes[key]
+            if ok:
+                records.extend(value["records"])
+                partial = partial or value["metadata"]["partial"]
+                errors.extend(value["metadata"]["errors"])
+            elif not node.allow_partial:
+                raise value
+            else:
+                errors.append({**_error_item(value), "node": node.name, "item": key})
+        failed = sum(1 for ok, _ in outcomes.values() if not ok)
+        env = build_envelope(records, run_id=self.run_id, flow=self.graph.name, node=node.name,
+                             source=node.agent or node.name, partial=partial or bool(failed), errors=errors,
+                             duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                             items=len(keyed), failed_items=failed)
+        if self.checkpointed:
+            yield Save(self.run_id, step, env)
+        self.executed.append(step)
+        return env
+
+    def _lane(self, node: Node, state: FlowState, step: str,
+              entries: list[tuple[str, Any]]) -> Generator[Any, Any, dict[str, tuple[bool, Any]]]:
+        done: dict[str, tuple[bool, Any]] = {}
+        for key, item in entries:
+            try:
+                done[key] = (True, (yield from self._task(node, state, f"{step}[{key}]", item)))
+            except Exception as exc:
+                done[key] = (False, exc)
+        return done
+
+    def _merge(self, node: Node, state: FlowState, step: str) -> Generator[Any, Any, dict]:
+        fan = self.fanout
+        assert fan is not None and fan.join == node.name
+        failures = self.branch_errors
+        if failures and not node.allow_partial:
+            raise next(iter(failures.values()))
+        ok = [b for b in fan.branches if b in state.results and b not in failures]
+        if not ok:
+            raise next(iter(failures.values()))
+        ctx = state.context
+        emit(self.hooks, "node_start", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
+             attempt=1, state=state)
+        started = time.perf_counter()
+        envelopes = {b: state[b] for b in ok}
+        errors = [{**_error_item(err), "node": b} for b, err in failures.items()]
+        for b in ok:
+            errors.extend(envelopes[b]["metadata"]["errors"])
+        partial = bool(failures) or any(e["metadata"]["partial"] for e in envelopes.values())
+        if node.combine is not None:
+            upstream = [r for e in envelopes.values() for r in e["records"]]
+            env = to_envelope(node.combine(state, envelopes), run_id=ctx.run_id, flow=self.graph.name,
+                              node=node.name, agent=None, upstream=upstream, lineage="all", duration_ms=0.0)
+            meta = env["metadata"]
+            meta["partial"] = meta["partial"] or partial
+            meta["errors"] = meta["errors"] + errors
+        else:
+            records = _dedupe(node, [envelopes[b]["records"] for b in ok])
+            only = envelopes[ok[0]]["metadata"] if len(ok) == 1 and not failures else None
+            env = build_envelope(records, run_id=ctx.run_id, flow=self.graph.name, node=node.name,
+                                 source=node.name, partial=partial, errors=errors,
+                                 total_count=only["total_count"] if only else None,
+                                 branches={b: (len(envelopes[b]["records"]) if b in envelopes else "failed")
+                                           for b in fan.branches})
+        env["metadata"]["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        emit(self.hooks, "node_end", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
+             attempt=1, duration_ms=env["metadata"]["duration_ms"], envelope=env, state=state)
+        if self.checkpointed:
+            yield Save(ctx.run_id, step, env)
+        self.executed.append(step)
+        return env
+
+    def _approval(self, node: Node, state: FlowState) -> dict[str, Any]:
+        model = node.approval_model
+        assert model is not None
+        try:
+            decision = self.approval if isinstance(self.approval, model) else model.model_validate(self.approval)
+        except ValidationError as exc:
+            raise PayloadError(*first_error(exc, "approval")) from None
+        record = {"approval": node.name, **decision.model_dump(mode="json")}
+        return to_envelope([record], run_id=self.run_id, flow=self.graph.name, node=node.name, agent=None,
+                           upstream=state.records(), lineage="all", duration_ms=0.0)
+
+    def _result(self, state: FlowState, status: str, waiting_for: str | None = None) -> RunResult:
+        envelope = state[state.last] if state.last else None
+        if envelope is not None and status == "succeeded" and not envelope["metadata"]["partial"]:
+            upstream = [e for e in state.results.values() if e["metadata"]["partial"]]
+            if upstream:
+                meta = envelope["metadata"]
+                errors = list(meta["errors"])
+                for e in upstream:
+                    errors.extend(x for x in e["metadata"]["errors"] if x not in errors)
+                envelope = {"metadata": {**meta, "partial": True, "errors": errors}, "records": envelope["records"]}
+        return RunResult(self.run_id, self.graph.name, status, envelope, state,  # type: ignore[arg-type]
+                         waiting_for=waiting_for, restored=tuple(self.restored), executed=tuple(self.executed))
+
+
+def _translate(node: Node, exc: Exception) -> AgentError:
+    if isinstance(exc, AgentError):
+        return exc
+    return AgentCallError(node.agent or f"node {node.name}", f"{type(exc).__name__}: {exc}")
+
+
+def _error_item(error: BaseException) -> dict[str, Any]:
+    code = getattr(error, "code", None) or type(error).__name__
+    return {"code": code, "message": str(error)}
+
+
+def _item_key(node: Node, item: Any, index: int) -> str:
+    key = node.item_key
+    if key is None:
+        # Content-derived, so a re-run finds the same key whatever the order.
+        if isinstance(item, Mapping) and isinstance(item.get(PROVENANCE), Mapping) and item[PROVENANCE].get("hash"):
+            return str(item[PROVENANCE]["hash"])[:32]
+        return str(index)
+    value = key(item) if callable(key) else (item.get(key) if isinstance(item, Mapping) else getattr(item, key, None))
+    if value is None:
+        raise FlowError(node.name, f"item {index} has no key ({key!r} is missing)")
+    return str(value)
+
+
+def _dedupe(node: Node, batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    key = node.merge_key
+    seen: set[Any] = set()
+    out: list[dict[str, Any]] = []
+    for batch in batches:
+        for record in batch:
+            if key is None:
+                value = record[PROVENANCE]["hash"]
+            elif callable(key):
+                value = key(record)
+            else:
+                value = record.get(key)
+            if value is not None:
+                if value in seen:
+                    continue
+                seen.add(value)
+            out.append(record)
+    return out
