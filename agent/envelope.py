@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import os
+import random
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
+
+from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as _PydanticValidationError
@@ -106,23 +111,69 @@ class Envelope(BaseModel):
 _ENVELOPE = TypeAdapter(Envelope)
 
 
+# Run ids need to be unique, not secret: a Mersenne Twister seeded from the OS (and
+# reseeded in a forked child) is several times cheaper than uuid4 on every run.
+_ids = random.Random(os.urandom(32))
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def new_run_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits (128 random bits), like ``uuid4().hex``."""
+    return f"{_ids.getrandbits(128):032x}"
+
+
+_second: tuple[int, str] = (-1, "")
 
 
 def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """Now in UTC, ISO-8601 with microseconds and ``Z``.  The text up to the second is
+    formatted once per second (every record of every node gets a timestamp); the
+    cache is one tuple, swapped whole, so threads never see half of an update."""
+    global _second
+    now = time.time()
+    second = int(now)
+    cached = _second
+    if cached[0] == second:
+        prefix = cached[1]
+    else:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = (second, prefix)
+    return f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
+
+
+_local = threading.local()
+
+
+def _new_encoder() -> Any:
+    """The C encoder behind ``json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False, allow_nan=False)``, built once per thread: building it is
+    most of the cost of a ``dumps`` call on a small record."""
+    if _c_make_encoder is None:  # pragma: no cover - CPython always has it
+        encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return lambda value, _level: [encoder.encode(value)]
+    return _c_make_encoder({}, _no_default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+
+
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _canonical(value: Any) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    encode = getattr(_local, "encode", None)
+    if encode is None:
+        encode = _local.encode = _new_encoder()
+    try:
+        return "".join(encode(value, 0)).encode("utf-8")
+    except BaseException:
+        # A failed encoding can leave ids in the encoder's circular-reference memo.
+        _local.encode = None
+        raise
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
     """sha256 of the record's canonical JSON, its provenance left out."""
-    body = {k: v for k, v in record.items() if k != PROVENANCE}
+    body = {k: v for k, v in record.items() if k != PROVENANCE} if PROVENANCE in record else record
     try:
         return hashlib.sha256(_canonical(body)).hexdigest()
     except (TypeError, ValueError) as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agent.envelope import PROVENANCE, make_provenance, record_hash, utc_now_iso, validate_envelope
+from agent.envelope import PROVENANCE, record_hash, utc_now_iso, validate_envelope
 from agent.errors import EnvelopeError
 
 __all__ = ["to_envelope", "build_envelope", "parents_for"]
@@ -21,10 +21,11 @@ __all__ = ["to_envelope", "build_envelope", "parents_for"]
 
 def build_envelope(records: list[dict[str, Any]], *, run_id: str, flow: str, node: str, source: str,
                    duration_ms: float | None = None, total_count: int | None = None, partial: bool = False,
-                   errors: Sequence[Mapping[str, Any]] = (), **extra: Any) -> dict[str, Any]:
+                   errors: Sequence[Mapping[str, Any]] = (), created_at: str | None = None,
+                   **extra: Any) -> dict[str, Any]:
     """An envelope around records that already carry valid provenance (no re-hashing)."""
     metadata = {"run_id": run_id, "flow": flow, "node": node, "source": source,
-                "created_at": utc_now_iso(),
+                "created_at": created_at or utc_now_iso(),
                 "total_count": len(records) if total_count is None else total_count,
                 "partial": partial, "errors": [dict(e) for e in errors], "duration_ms": duration_ms}
     metadata.update(extra)
@@ -53,6 +54,9 @@ def to_envelope(out: Any, *, run_id: str, flow: str, node: str, agent: str | Non
     if out is None:
         return build_envelope([], run_id=run_id, flow=flow, node=node, source=agent or node,
                               duration_ms=duration_ms)
+    if type(out) is list or type(out) is tuple:
+        return _from_records(out, run_id=run_id, flow=flow, node=node, agent=agent,
+                             parents=parents_for(lineage, upstream), duration_ms=duration_ms)
     if isinstance(out, Mapping) and "records" in out and "metadata" in out:
         return _from_envelope(out, run_id=run_id, flow=flow, node=node, duration_ms=duration_ms)
     if isinstance(out, (list, tuple)):
@@ -86,18 +90,21 @@ def _from_records(out: Sequence[Any], *, run_id: str, flow: str, node: str, agen
                   parents: Any, duration_ms: float) -> dict[str, Any]:
     source = agent or node
     now = utc_now_iso()
+    carried_any = False
     records = []
     for index, record in enumerate(out):
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):
             raise EnvelopeError(f"records[{index}]", f"node {node!r} returned a {type(record).__name__}, "
                                                      "not an object")
         try:
             prov = record.get(PROVENANCE)
             if prov is None:
                 rec = dict(record)
-                rec[PROVENANCE] = make_provenance(rec, source=source, agent=agent, run_id=run_id, node=node,
-                                                  parents=parents(rec), retrieved_at=now)
+                rec[PROVENANCE] = {"source": source, "source_id": None, "retrieved_at": now, "agent": agent,
+                                   "run_id": run_id, "node": node, "hash": record_hash(record),
+                                   "parents": list(parents(rec))}
             elif isinstance(prov, Mapping):
+                carried_any = True
                 rec = dict(record)
                 rec[PROVENANCE] = _carried(rec, prov, run_id=run_id, node=node, source=source, now=now)
             else:
@@ -107,12 +114,14 @@ def _from_records(out: Sequence[Any], *, run_id: str, flow: str, node: str, agen
                                 f"{exc.reason} (returned by node {node!r})") from None
         records.append(rec)
     envelope = build_envelope(records, run_id=run_id, flow=flow, node=node, source=source,
-                              duration_ms=duration_ms)
-    try:
-        # Hashes were computed just now; the structure (a carried provenance) still gets checked.
-        validate_envelope(envelope, check_hashes=False)
-    except EnvelopeError as exc:
-        raise EnvelopeError(exc.field, f"{exc.reason} (returned by node {node!r})") from None
+                              duration_ms=duration_ms, created_at=now)
+    if carried_any:
+        # Provenance made here is valid by construction, and every record's content was
+        # just serialised to hash it; a provenance carried in from elsewhere is checked.
+        try:
+            validate_envelope(envelope, check_hashes=False)
+        except EnvelopeError as exc:
+            raise EnvelopeError(exc.field, f"{exc.reason} (returned by node {node!r})") from None
     return envelope
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import random
 import threading
 import time
@@ -28,8 +29,9 @@ from agent.context import RunContext
 from agent.dispatch.local import Dispatcher
 from agent.engine.checkpoints.base import CheckpointStore
 from agent.engine.flow import Flow, FlowGraph, Node
+from agent.engine.hooks import log as _engine_log
 from agent.engine.state import FlowState, RunResult
-from agent.engine.steps import NO_APPROVAL, Call, Parallel, RunPlan, Save, Sleep, Status, fingerprint
+from agent.engine.steps import _NO_ITEM, NO_APPROVAL, Call, Parallel, RunPlan, Save, Sleep, Status, fingerprint
 from agent.envelope import new_run_id
 from agent.errors import AgentCallError, AgentError, ConfigurationError, InvalidInput, NodeTimeout
 from agent.registry import Registry
@@ -119,8 +121,13 @@ class Engine:
         saved: dict[str, dict[str, Any]] = {}
         store = self.checkpoints
         if store is not None:
-            existing = store.get_run(context.run_id)
-            if existing is not None:
+            if input is None:
+                existing, created = store.get_run(context.run_id), False
+                if existing is None:
+                    existing, created = store.begin(context.run_id, graph.name, **_fingerprint_args(None))
+            else:
+                existing, created = store.begin(context.run_id, graph.name, **_fingerprint_args(input))
+            if not created:
                 if existing.flow != graph.name:
                     raise InvalidInput("run_id", f"belongs to flow {existing.flow!r}, not {graph.name!r}")
                 if input is None and existing.has_input:
@@ -132,11 +139,8 @@ class Engine:
                                                    f"(it is {existing.status})")
                 saved = store.load(context.run_id)
                 store.set_status(context.run_id, "running")
-            else:
-                digest, text = fingerprint(input)
-                store.begin(context.run_id, graph.name, input_hash=digest, input_json=text)
         return RunPlan(graph, FlowState(input, context), saved, self.hooks, self.rng, store is not None,
-                       approval=approval)
+                       approval=approval, observed=bool(self.hooks) or _engine_log.isEnabledFor(logging.DEBUG))
 
     def _check(self, graph: FlowGraph) -> FlowGraph:
         if id(graph) in self._checked:
@@ -220,11 +224,15 @@ class Engine:
 
     def _call(self, op: Call) -> Any:
         node = op.node
-        fn = self._callable(op)
         if node.timeout is None:
-            out = fn()
+            if node.agent is not None:
+                out = self._call_agent(node, op.state, op)
+            elif op.item is _NO_ITEM:
+                out = node.fn(op.state)  # type: ignore[misc]
+            else:
+                out = node.fn(op.item, op.state)  # type: ignore[misc]
         else:
-            out = _with_timeout(fn, node)
+            out = _with_timeout(self._callable(op), node)
         if inspect.iscoroutine(out):
             out = asyncio.run(out) if node.timeout is None else _with_timeout(lambda: asyncio.run(out), node)
         return out
@@ -310,6 +318,11 @@ class Engine:
             return await asyncio.wait_for(awaitable, node.timeout)
         except TimeoutError:
             raise _timeout_error(node) from None
+
+
+def _fingerprint_args(value: Any) -> dict[str, Any]:
+    digest, text = fingerprint(value)
+    return {"input_hash": digest, "input_json": text}
 
 
 def _default_key(state: FlowState) -> dict[str, str | None]:

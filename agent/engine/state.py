@@ -21,7 +21,7 @@ class FlowState(Mapping[str, dict[str, Any]]):
     copied: treat them as values and return new records instead of editing them.
     """
 
-    __slots__ = ("input", "context", "last", "_results", "_view")
+    __slots__ = ("input", "context", "last", "_results")
 
     def __init__(self, input: Any, context: RunContext, results: Mapping[str, dict[str, Any]] | None = None,
                  last: str | None = None) -> None:
@@ -29,7 +29,6 @@ class FlowState(Mapping[str, dict[str, Any]]):
         self.context = context
         self.last = last
         self._results: dict[str, dict[str, Any]] = dict(results or {})
-        self._view = MappingProxyType(self._results)
 
     # Mapping protocol over the results.
     def __getitem__(self, node: str) -> dict[str, Any]:
@@ -43,7 +42,7 @@ class FlowState(Mapping[str, dict[str, Any]]):
 
     @property
     def results(self) -> Mapping[str, dict[str, Any]]:
-        return self._view
+        return MappingProxyType(self._results)
 
     @property
     def run_id(self) -> str:
@@ -65,14 +64,13 @@ class FlowState(Mapping[str, dict[str, Any]]):
         state = FlowState.__new__(FlowState)
         state.input, state.context, state.last = self.input, self.context, node
         state._results = results
-        state._view = MappingProxyType(results)
         return state
 
     def __repr__(self) -> str:
         return f"<FlowState run_id={self.run_id!r} nodes={list(self._results)}>"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RunResult:
     """How a run ended: ``succeeded`` with its final envelope, or ``paused`` at an approval."""
 

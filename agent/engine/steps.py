@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import hashlib
 import time
+from time import perf_counter
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,41 +33,46 @@ NO_APPROVAL: Any = object()
 _NO_ITEM: Any = object()
 
 
-@dataclass(frozen=True, slots=True)
+# The operations are plain slotted classes: built on every step, so they stay cheap.
 class Call:
-    node: Node
-    state: FlowState
-    item: Any = _NO_ITEM
+    __slots__ = ("node", "state", "item")
+
+    def __init__(self, node: Node, state: FlowState, item: Any = _NO_ITEM) -> None:
+        self.node, self.state, self.item = node, state, item
 
     @property
     def has_item(self) -> bool:
         return self.item is not _NO_ITEM
 
 
-@dataclass(frozen=True, slots=True)
 class Sleep:
-    seconds: float
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
 
 
-@dataclass(frozen=True, slots=True)
 class Parallel:
     """Run these generators at once; the result is a list of ``(ok, value_or_error)``."""
 
-    gens: list[Generator[Any, Any, Any]]
+    __slots__ = ("gens",)
+
+    def __init__(self, gens: list[Generator[Any, Any, Any]]) -> None:
+        self.gens = gens
 
 
-@dataclass(frozen=True, slots=True)
 class Save:
-    run_id: str
-    step: str
-    envelope: dict[str, Any]
+    __slots__ = ("run_id", "step", "envelope")
+
+    def __init__(self, run_id: str, step: str, envelope: dict[str, Any]) -> None:
+        self.run_id, self.step, self.envelope = run_id, step, envelope
 
 
-@dataclass(frozen=True, slots=True)
 class Status:
-    run_id: str
-    status: str
-    waiting_for: str | None = None
+    __slots__ = ("run_id", "status", "waiting_for")
+
+    def __init__(self, run_id: str, status: str, waiting_for: str | None = None) -> None:
+        self.run_id, self.status, self.waiting_for = run_id, status, waiting_for
 
 
 def fingerprint(value: Any) -> tuple[str, str]:
@@ -80,7 +86,7 @@ def fingerprint(value: Any) -> tuple[str, str]:
     return hashlib.sha256(text.encode()).hexdigest(), text
 
 
-@dataclass
+@dataclass(slots=True)
 class RunPlan:
     """One run in progress: the graph, what checkpoints gave back, and what happened."""
 
@@ -91,6 +97,8 @@ class RunPlan:
     rng: Any
     checkpointed: bool
     approval: Any = NO_APPROVAL
+    # Hooks to call, or debug logging on: node_start / node_end events are worth building.
+    observed: bool = True
     restored: list[str] = field(default_factory=list)
     executed: list[str] = field(default_factory=list)
     fanout: FanOut | None = None
@@ -192,6 +200,7 @@ class RunPlan:
     # -- steps ---------------------------------------------------------------------------
     def _task(self, node: Node, state: FlowState, step: str, item: Any = _NO_ITEM) -> Generator[Any, Any, dict]:
         ctx = state.context
+        observed = self.observed
         if item is _NO_ITEM:
             upstream = state.records()
         else:
@@ -199,12 +208,13 @@ class RunPlan:
         attempt = 0
         while True:
             attempt += 1
-            emit(self.hooks, "node_start", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
-                 attempt=attempt, state=state)
-            started = time.perf_counter()
+            if observed:
+                emit(self.hooks, "node_start", run_id=ctx.run_id, flow=self.graph.name, node=node.name,
+                     step=step, attempt=attempt, state=state)
+            started = perf_counter()
             try:
                 out = yield Call(node, state, item)
-                duration = round((time.perf_counter() - started) * 1000, 3)
+                duration = (perf_counter() - started) * 1000
                 env = to_envelope(out, run_id=ctx.run_id, flow=self.graph.name, node=node.name, agent=node.agent,
                                   upstream=upstream, lineage=node.lineage, duration_ms=duration)
             except Exception as exc:
@@ -219,8 +229,9 @@ class RunPlan:
                 if error is exc:
                     raise
                 raise error from exc
-            emit(self.hooks, "node_end", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
-                 attempt=attempt, duration_ms=duration, envelope=env, state=state)
+            if observed:
+                emit(self.hooks, "node_end", run_id=ctx.run_id, flow=self.graph.name, node=node.name,
+                     step=step, attempt=attempt, duration_ms=duration, envelope=env, state=state)
             if self.checkpointed:
                 yield Save(ctx.run_id, step, env)
             self.executed.append(step)
@@ -341,7 +352,8 @@ class RunPlan:
 
     def _result(self, state: FlowState, status: str, waiting_for: str | None = None) -> RunResult:
         envelope = state[state.last] if state.last else None
-        if envelope is not None and status == "succeeded" and not envelope["metadata"]["partial"]:
+        if envelope is not None and status == "succeeded" and not envelope["metadata"]["partial"] \
+                and len(state) > 1:
             upstream = [e for e in state.results.values() if e["metadata"]["partial"]]
             if upstream:
                 meta = envelope["metadata"]

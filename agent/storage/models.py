@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -169,6 +170,6 @@ class EngineStep(Base):
     run_id: Mapped[str] = mapped_column(String(64), ForeignKey("engine_runs.run_id", ondelete="CASCADE"),
                                         primary_key=True)
     step: Mapped[str] = mapped_column(String(512), primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)
     envelope_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

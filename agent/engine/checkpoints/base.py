@@ -32,8 +32,9 @@ class CheckpointRun:
 class CheckpointStore:
     """Where the engine keeps each completed step's envelope.  Thread-safe."""
 
-    def begin(self, run_id: str, flow: str, *, input_hash: str, input_json: str | None) -> CheckpointRun:
-        """The run, created as ``running`` if new; an existing run is returned as stored."""
+    def begin(self, run_id: str, flow: str, *, input_hash: str,
+              input_json: str | None) -> tuple[CheckpointRun, bool]:
+        """``(run, created)``: the run, created as ``running`` if new, else as stored."""
         raise NotImplementedError
 
     def get_run(self, run_id: str) -> CheckpointRun | None:

@@ -21,9 +21,12 @@ class MemoryCheckpointStore(CheckpointStore):
         self._runs: dict[str, CheckpointRun] = {}
         self._steps: dict[str, dict[str, dict[str, Any]]] = {}
 
-    def begin(self, run_id: str, flow: str, *, input_hash: str, input_json: str | None) -> CheckpointRun:
+    def begin(self, run_id: str, flow: str, *, input_hash: str,
+              input_json: str | None) -> tuple[CheckpointRun, bool]:
         with self._lock:
             run = self._runs.get(run_id)
+            if run is not None:
+                return run, False
             if run is None:
                 now = self._clock()
                 run = CheckpointRun(run_id, flow, "running", input_hash,
@@ -31,7 +34,7 @@ class MemoryCheckpointStore(CheckpointStore):
                                     input_json is not None, None, now, now)
                 self._runs[run_id] = run
                 self._steps[run_id] = {}
-            return run
+            return run, True
 
     def get_run(self, run_id: str) -> CheckpointRun | None:
         with self._lock:

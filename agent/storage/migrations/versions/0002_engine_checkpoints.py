@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column("run_id", sa.String(64), sa.ForeignKey("engine_runs.run_id", ondelete="CASCADE"),
                   primary_key=True),
         sa.Column("step", sa.String(512), primary_key=True),
-        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("envelope_json", sa.Text, nullable=False),
         sa.Column("created_at", TS, nullable=False),
     )
