@@ -24,8 +24,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	USE_REAL_TESTS=$${USE_REAL_TESTS:-0} $(BIN)/python -m pytest -q tests
 
-bench: $(VENV)/.installed-dev
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@ $(VENV)/.installed $(VENV)/.installed-dev
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/lead_store.py
+	$(BIN)/python bench/engine.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,6 +7,22 @@ from agent.agents.base import BaseAgent
 from agent.builtins import default_registry, register_builtins
 from agent.context import RunContext
 from agent.delivery.suppression import SuppressionList
+from agent.dispatch import AgentLimits, BreakerPolicy, Dispatcher, RateLimit, RedisDispatcher
+from agent.engine import (
+    END,
+    CheckpointStore,
+    Engine,
+    Flow,
+    FlowGraph,
+    FlowState,
+    MemoryCheckpointStore,
+    NodeHooks,
+    Output,
+    Retry,
+    RunResult,
+    SqlCheckpointStore,
+    compute_backoff,
+)
 from agent.envelope import (
     envelope_json_schema,
     make_envelope,
@@ -18,11 +34,16 @@ from agent.envelope import (
 from agent.errors import (
     AgentCallError,
     AgentError,
+    CircuitOpen,
     ConfigurationError,
     DeliveryError,
     DuplicateName,
     EnvelopeError,
+    FlowError,
     InvalidInput,
+    LimitTimeout,
+    LoopLimit,
+    NodeTimeout,
     NotFound,
     PayloadError,
     RegistryError,
@@ -60,6 +81,26 @@ __all__ = [
     "DeliveryOrchestrator",
     "BaseAgent",
     "RunContext",
+    # engine
+    "Flow",
+    "FlowGraph",
+    "FlowState",
+    "END",
+    "Engine",
+    "RunResult",
+    "Output",
+    "Retry",
+    "compute_backoff",
+    "NodeHooks",
+    "CheckpointStore",
+    "MemoryCheckpointStore",
+    "SqlCheckpointStore",
+    # dispatcher
+    "Dispatcher",
+    "RedisDispatcher",
+    "AgentLimits",
+    "RateLimit",
+    "BreakerPolicy",
     # leads and storage
     "Database",
     "LeadQuery",
@@ -82,5 +123,10 @@ __all__ = [
     "DuplicateName",
     "StorageError",
     "AgentCallError",
+    "NodeTimeout",
+    "LimitTimeout",
+    "CircuitOpen",
+    "LoopLimit",
+    "FlowError",
     "DeliveryError",
 ]

@@ -3,6 +3,7 @@
 from agent.engine.checkpoints import CheckpointRun, CheckpointStore, MemoryCheckpointStore, SqlCheckpointStore
 from agent.engine.flow import END, Flow, FlowGraph, Node
 from agent.engine.hooks import NodeHooks
+from agent.engine.outputs import Output
 from agent.engine.policy import NO_RETRY, Retry, compute_backoff
 from agent.engine.runner import Engine
 from agent.engine.state import FlowState, RunResult
@@ -12,6 +13,7 @@ __all__ = [
     "FlowGraph",
     "Node",
     "END",
+    "Output",
     "Engine",
     "FlowState",
     "RunResult",

@@ -16,7 +16,28 @@ from typing import Any
 from agent.envelope import PROVENANCE, record_hash, utc_now_iso, validate_envelope
 from agent.errors import EnvelopeError
 
-__all__ = ["to_envelope", "build_envelope", "parents_for"]
+__all__ = ["Output", "to_envelope", "build_envelope", "parents_for"]
+
+# Set by the engine itself; a node's Output cannot override them.
+_ENGINE_KEYS = frozenset({"run_id", "flow", "node", "created_at", "duration_ms"})
+
+
+class Output:
+    """Records plus metadata, for a node that wants to say more than its records.
+
+    The records get the same treatment as a returned list (provenance filled,
+    edited records re-hashed with their old hash as parent); ``total_count``,
+    ``partial``, ``errors``, ``source`` and any extra keys go into the metadata.
+    """
+
+    __slots__ = ("records", "metadata")
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], **metadata: Any) -> None:
+        clash = _ENGINE_KEYS & set(metadata)
+        if clash:
+            raise EnvelopeError(f"metadata.{sorted(clash)[0]}", "is set by the engine")
+        self.records = records
+        self.metadata = metadata
 
 
 def build_envelope(records: list[dict[str, Any]], *, run_id: str, flow: str, node: str, source: str,
@@ -59,6 +80,19 @@ def to_envelope(out: Any, *, run_id: str, flow: str, node: str, agent: str | Non
                              parents=parents_for(lineage, upstream), duration_ms=duration_ms)
     if isinstance(out, Mapping) and "records" in out and "metadata" in out:
         return _from_envelope(out, run_id=run_id, flow=flow, node=node, duration_ms=duration_ms)
+    if isinstance(out, Output):
+        env = _from_records(list(out.records), run_id=run_id, flow=flow, node=node, agent=agent,
+                            parents=parents_for(lineage, upstream), duration_ms=duration_ms)
+        meta = env["metadata"]
+        meta.update(out.metadata)
+        if "total_count" not in out.metadata:
+            meta["total_count"] = len(env["records"])
+        meta["errors"] = [{"node": node, **dict(e)} for e in meta["errors"]]
+        try:
+            validate_envelope(env, check_hashes=False)
+        except EnvelopeError as exc:
+            raise EnvelopeError(exc.field, f"{exc.reason} (returned by node {node!r})") from None
+        return env
     if isinstance(out, (list, tuple)):
         return _from_records(out, run_id=run_id, flow=flow, node=node, agent=agent,
                              parents=parents_for(lineage, upstream), duration_ms=duration_ms)

@@ -1,8 +1,10 @@
-"""BaseOrchestrator: validate the payload, call agents, return an envelope.
+"""BaseOrchestrator: validate the payload, run a flow on the engine, return an envelope.
 
 Orchestrators are thin.  They never touch a database, a model or the network
-themselves; every side effect goes through an operational agent resolved from
-the Registry (and, later, the Dispatcher), so provenance and limits apply.
+themselves: a subclass declares its payload model and builds a flow
+(``build_flow``) whose agent nodes the engine calls through the Registry and
+the Dispatcher, so validation, provenance, retries and limits apply to every
+call.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ValidationError
 
 from agent.context import RunContext
+from agent.dispatch.local import Dispatcher
+from agent.engine.checkpoints.base import CheckpointStore
+from agent.engine.flow import FlowGraph
+from agent.engine.runner import Engine
 from agent.envelope import make_envelope, new_run_id, validate_envelope
-from agent.errors import AgentCallError, AgentError, InvalidInput, PayloadError
+from agent.errors import AgentCallError, AgentError, ConfigurationError, InvalidInput, PayloadError
 from agent.logs import get_logger
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
@@ -33,7 +39,7 @@ class BaseOrchestrator:
     """Base of the domain orchestrators.
 
     Subclasses declare ``name`` and ``payload_model`` and implement
-    ``execute(payload, context)``.  Hooks ``before_run`` / ``after_run`` /
+    ``build_flow()`` (or override ``execute(payload, context)``).  Hooks ``before_run`` / ``after_run`` /
     ``on_error`` take keyword arguments plus ``**kwargs``; a failing hook is
     logged, never propagated.
     """
@@ -48,7 +54,8 @@ class BaseOrchestrator:
     passthrough_envelopes: ClassVar[bool] = True
 
     def __init__(self, registry: Registry | None = None, *, settings: Settings | None = None,
-                 tenant: str | None = None) -> None:
+                 tenant: str | None = None, engine: Engine | None = None,
+                 dispatcher: Dispatcher | None = None, checkpoints: CheckpointStore | None = None) -> None:
         if registry is None:
             from agent.builtins import default_registry
 
@@ -56,6 +63,11 @@ class BaseOrchestrator:
         self.registry = registry
         self.settings = settings or get_settings()
         self.tenant = tenant or self.settings.tenant
+        if engine is not None and (dispatcher is not None or checkpoints is not None):
+            raise ConfigurationError("pass either engine= or dispatcher=/checkpoints=, not both")
+        self.engine = engine or Engine(registry, dispatcher=dispatcher, checkpoints=checkpoints,
+                                       settings=self.settings)
+        self._flows: dict[Any, FlowGraph] = {}
 
     # -- public -----------------------------------------------------------------
     def run(self, payload: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
@@ -88,7 +100,26 @@ class BaseOrchestrator:
         return envelope
 
     def execute(self, payload: Any, context: RunContext) -> dict[str, Any]:
+        """Run this orchestrator's flow for ``payload`` on the engine; its last envelope is the answer."""
+        result = self.engine.run(self.flow_for(payload), payload, context=context)
+        if result.envelope is None or result.status != "succeeded":
+            raise AgentCallError(self.name, f"flow stopped {result.status} at {result.waiting_for!r}")
+        return result.envelope
+
+    def build_flow(self, variant: Any = None) -> FlowGraph:
+        """The flow this orchestrator runs (``variant``: see ``flow_variant``)."""
         raise NotImplementedError
+
+    def flow_variant(self, payload: Any) -> Any:
+        """A key for flows that differ by payload (e.g. the delivery channel); None if one flow fits all."""
+        return None
+
+    def flow_for(self, payload: Any) -> FlowGraph:
+        variant = self.flow_variant(payload)
+        flow = self._flows.get(variant)
+        if flow is None:
+            flow = self._flows.setdefault(variant, self.build_flow(variant))
+        return flow
 
     def validate_payload(self, payload: Any) -> Any:
         """``payload`` checked against ``payload_model``; ``PayloadError`` names the field."""
@@ -104,15 +135,16 @@ class BaseOrchestrator:
             raise PayloadError(*first_error(exc, "")) from None
 
     def call(self, agent: str, request: Mapping[str, Any], context: RunContext, *, node: str) -> dict[str, Any]:
-        """Call an operational agent through the registry; its envelope is validated."""
+        """Call one operational agent outside a flow: through the registry and the Dispatcher."""
         instance = self.registry.resolve(agent)
         child = context.child(node=node)
-        try:
-            envelope = instance.run(request, context=child)
-        except AgentError:
-            raise
-        except Exception as exc:
-            raise AgentCallError(agent, f"{exc.__class__.__name__}: {exc}") from exc
+        with self.engine.dispatcher.slot(agent, key={"tenant": context.tenant}):
+            try:
+                envelope = instance.run(request, context=child)
+            except AgentError:
+                raise
+            except Exception as exc:
+                raise AgentCallError(agent, f"{exc.__class__.__name__}: {exc}") from exc
         try:
             return validate_envelope(envelope)
         except InvalidInput as exc:

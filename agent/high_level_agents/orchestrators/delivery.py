@@ -29,8 +29,10 @@ from pydantic import (
     field_validator,
 )
 
-from agent.context import RunContext
-from agent.envelope import make_envelope, record_hash, validate_envelope
+from agent.engine.flow import Flow, FlowGraph
+from agent.engine.outputs import Output
+from agent.engine.state import FlowState
+from agent.envelope import record_hash, validate_envelope
 from agent.errors import PayloadError
 from agent.high_level_agents.orchestrators.base import BaseOrchestrator
 from agent.validation import first_error
@@ -138,45 +140,92 @@ class DeliveryOrchestrator(BaseOrchestrator):
             msg._input_hash = record_hash(raw)
         return model
 
-    def execute(self, payload: DeliveryPayload, context: RunContext) -> dict[str, Any]:
-        messages = []
-        for msg in payload.records:
-            data = msg.model_dump()
-            prov = data.get("provenance") or {}
-            messages.append({
-                **{k: data[k] for k in ("to", "subject", "body", "lead_id", "step")},
-                "campaign_id": msg.campaign_id or payload.campaign_id,
-                "parent_hash": prov.get("hash") or msg._input_hash or record_hash(data),
-                "provenance": prov or None,
-            })
-        if not payload.allow_delivery:
-            return self._skipped(messages, context, "delivery_disabled")
+    def flow_variant(self, payload: DeliveryPayload) -> str:
+        return payload.channel
 
-        gate = self.call("suppression_gate", {"addresses": [m["to"] for m in messages]}, context, node="gate")
-        blocked = {r["address"] for r in gate["records"] if r["suppressed"]}
-        allowed = [m for m in messages if m["to"] not in blocked]
-        sent = self.call(payload.channel, {"messages": allowed}, context, node="channel") if allowed else None
-        skipped = self._skipped([m for m in messages if m["to"] in blocked], context, "suppressed")
-        # Both lists keep the input order; matching by position (not by key) keeps a key
-        # repeated in one payload from reporting its first, real send as a duplicate.
-        sent_records, skipped_records = iter(sent["records"] if sent else []), iter(skipped["records"])
-        records = [next(skipped_records) if m["to"] in blocked else next(sent_records) for m in messages]
-        counts: dict[str, int] = {}
-        for r in records:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        return make_envelope(records, source="delivery", run_id=context.run_id, flow=self.name,
-                             node="deliver", duration_ms=context.elapsed_ms(), counts=counts,
-                             channel=payload.channel, allow_delivery=True)
+    def build_flow(self, variant: Any = None) -> FlowGraph:
+        """prepare -> (delivery off: disabled) | suppression -> [channel] -> deliver."""
+        return (Flow(self.name)
+                .node("prepare", _prepare, description="the messages as sent, each tied to its input record")
+                .node("disabled", _disabled, description="delivery is off: every message is skipped")
+                .node("suppression", agent="suppression_gate", request=_suppression_request)
+                .node("channel", agent=variant or "outbox", request=_channel_request)
+                .node("deliver", _deliver, description="every message's outcome, in input order")
+                .route("prepare", _delivery_switch, {"on": "suppression", "off": "disabled"})
+                .route("suppression", _anything_allowed, {"yes": "channel", "no": "deliver"})
+                .then("channel", "deliver")
+                .build())
 
-    def _skipped(self, messages: list[dict[str, Any]], context: RunContext, reason: str) -> dict[str, Any]:
-        records = []
-        for m in messages:
-            rec = {"to": m["to"], "lead_id": m["lead_id"], "campaign_id": m["campaign_id"], "step": m["step"],
-                   "subject": m["subject"], "status": "skipped", "reason": reason, "channel": None,
-                   "message_id": None, "location": None}
-            rec["provenance"] = {"source": "delivery", "parents": [m["parent_hash"]]}
-            records.append(rec)
-        return make_envelope(records, source="delivery", run_id=context.run_id, flow=self.name,
-                             node="gate", duration_ms=context.elapsed_ms(),
-                             counts={"skipped": len(records)} if records else {},
-                             allow_delivery=reason != "delivery_disabled")
+
+def _prepare(state: FlowState) -> list[dict[str, Any]]:
+    payload: DeliveryPayload = state.input
+    messages = []
+    for msg in payload.records:
+        data = msg.model_dump()
+        prov = data.get("provenance") or {}
+        parent = prov.get("hash") or msg._input_hash or record_hash(data)
+        messages.append({
+            **{k: data[k] for k in ("to", "subject", "body", "lead_id", "step")},
+            "campaign_id": msg.campaign_id or payload.campaign_id,
+            "parent_hash": parent,
+            # The caller's own provenance, kept for the ledger (``provenance`` is this record's).
+            "origin": prov or None,
+            "provenance": {"source": "delivery", "parents": [parent]},
+        })
+    return messages
+
+
+def _delivery_switch(state: FlowState) -> str:
+    return "on" if state.input.allow_delivery else "off"
+
+
+def _suppression_request(state: FlowState) -> dict[str, Any]:
+    return {"addresses": [m["to"] for m in state.records("prepare")]}
+
+
+def _blocked(state: FlowState) -> set[str]:
+    return {r["address"] for r in state.records("suppression") if r["suppressed"]}
+
+
+def _anything_allowed(state: FlowState) -> str:
+    blocked = _blocked(state)
+    return "yes" if any(m["to"] not in blocked for m in state.records("prepare")) else "no"
+
+
+def _channel_request(state: FlowState) -> dict[str, Any]:
+    blocked = _blocked(state)
+    messages = []
+    for m in state.records("prepare"):
+        if m["to"] not in blocked:
+            message = {k: v for k, v in m.items() if k not in ("origin", "provenance")}
+            message["provenance"] = m["origin"]
+            messages.append(message)
+    return {"messages": messages}
+
+
+def _disabled(state: FlowState) -> Output:
+    records = _skipped(state.records("prepare"), "delivery_disabled")
+    return Output(records, source="delivery", counts={"skipped": len(records)} if records else {},
+                  allow_delivery=False)
+
+
+def _deliver(state: FlowState) -> Output:
+    messages = state.records("prepare")
+    blocked = _blocked(state)
+    sent = iter(state.records("channel") if "channel" in state else [])
+    skipped = iter(_skipped([m for m in messages if m["to"] in blocked], "suppressed"))
+    # Both lists keep the input order; matching by position (not by key) keeps a key
+    # repeated in one payload from reporting its first, real send as a duplicate.
+    records = [next(skipped) if m["to"] in blocked else next(sent) for m in messages]
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return Output(records, source="delivery", counts=counts, channel=state.input.channel, allow_delivery=True)
+
+
+def _skipped(messages: list[dict[str, Any]], reason: str) -> list[dict[str, Any]]:
+    return [{"to": m["to"], "lead_id": m["lead_id"], "campaign_id": m["campaign_id"], "step": m["step"],
+             "subject": m["subject"], "status": "skipped", "reason": reason, "channel": None,
+             "message_id": None, "location": None,
+             "provenance": {"source": "delivery", "parents": [m["parent_hash"]]}}
+            for m in messages]
