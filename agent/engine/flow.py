@@ -140,7 +140,7 @@ class Flow:
             raise FlowError(name, "request= only applies to an agent node")
         if key is not None and each is None:
             raise FlowError(name, "key= only applies to a map node (each=)")
-        if not (isinstance(concurrency, int) and 1 <= concurrency <= 1024):
+        if not (_integer(concurrency) and 1 <= concurrency <= 1024):
             raise FlowError(name, "concurrency must be an integer from 1 to 1024")
         self._add(Node(name=name, fn=fn, agent=agent, request=request, each=each, item_key=key,
                        concurrency=concurrency, retry=self._retry(name, retry),
@@ -276,15 +276,20 @@ class Flow:
 
     @staticmethod
     def _timeout(name: str, timeout: float | None) -> float | None:
-        if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout <= 86_400):
+        if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                                        and 0 < timeout <= 86_400):
             raise FlowError(name, "timeout must be a number of seconds above 0 (at most a day)")
         return timeout
 
     @staticmethod
     def _visits(name: str, visits: int | None) -> int | None:
-        if visits is not None and not (isinstance(visits, int) and visits >= 1):
+        if visits is not None and not (_integer(visits) and visits >= 1):
             raise FlowError(name, "max_visits must be an integer >= 1")
         return visits
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_name(name: Any, what: str) -> None:

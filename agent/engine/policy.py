@@ -28,8 +28,10 @@ def compute_backoff(attempt: int, *, base: float, multiplier: float, max_delay: 
     """
     if attempt < 1:
         raise InvalidInput("attempt", "must be 1 or more")
-    # The exponent is bounded so a huge attempt number cannot overflow a float.
-    raw = min(max_delay, base * multiplier ** min(attempt - 1, 1024 // max(1, math.ceil(multiplier))))
+    try:
+        raw = min(max_delay, base * multiplier ** (attempt - 1))
+    except OverflowError:  # far past max_delay anyway
+        raw = max_delay
     return raw * (1.0 - jitter) + raw * jitter * min(max(draw, 0.0), 1.0)
 
 

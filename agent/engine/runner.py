@@ -112,7 +112,8 @@ class Engine:
     # -- planning ----------------------------------------------------------------------------
     def _plan(self, flow: FlowGraph | Flow, input: Any, run_id: str | None, tenant: str | None,
               approval: Any, context: RunContext | None) -> RunPlan:
-        graph = self._check(flow.build() if isinstance(flow, Flow) else flow)
+        # A built graph is checked once; a builder is built (and checked) on every run.
+        graph = self._check(flow.build(), remember=False) if isinstance(flow, Flow) else self._check(flow)
         if context is None:
             context = RunContext(run_id=run_id or new_run_id(), flow=graph.name,
                                  tenant=tenant or self.settings.tenant, settings=self.settings)
@@ -142,7 +143,7 @@ class Engine:
         return RunPlan(graph, FlowState(input, context), saved, self.hooks, self.rng, store is not None,
                        approval=approval, observed=bool(self.hooks) or _engine_log.isEnabledFor(logging.DEBUG))
 
-    def _check(self, graph: FlowGraph) -> FlowGraph:
+    def _check(self, graph: FlowGraph, *, remember: bool = True) -> FlowGraph:
         if id(graph) in self._checked:
             return graph
         if self.checkpoints is None and any(n.kind == "approval" for n in graph.nodes.values()):
@@ -150,8 +151,9 @@ class Engine:
                                      "checkpoint store, so a paused run can resume")
         for agent in sorted(graph.agents):
             self._agent(agent)  # NotFound, with close names, before anything runs
-        with self._lock:
-            self._checked[id(graph)] = graph
+        if remember:
+            with self._lock:
+                self._checked[id(graph)] = graph
         return graph
 
     def _agent(self, name: str) -> Any:

@@ -19,6 +19,7 @@ from agent.dispatch.local import Dispatcher
 from agent.engine.checkpoints.base import CheckpointStore
 from agent.engine.flow import FlowGraph
 from agent.engine.runner import Engine
+from agent.engine.state import RunResult
 from agent.envelope import make_envelope, new_run_id, validate_envelope
 from agent.errors import AgentCallError, AgentError, ConfigurationError, InvalidInput, PayloadError
 from agent.logs import get_logger
@@ -72,39 +73,40 @@ class BaseOrchestrator:
     # -- public -----------------------------------------------------------------
     def run(self, payload: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
         """Run once and return a validated envelope; errors are ``AgentError``s."""
-        if run_id is None and is_envelope(payload) and isinstance(payload["metadata"], Mapping):  # type: ignore[index]
-            # An envelope from upstream carries its run on: lineage stays within one run.
-            run_id = payload["metadata"].get("run_id")  # type: ignore[index]
-        context = RunContext(run_id=run_id or new_run_id(), flow=self.name, tenant=self.tenant,
-                             settings=self.settings)
-        self._hook("before_run", context=context, payload=payload)
+        context = self._start(payload, run_id)
         try:
-            if self.passthrough_envelopes and is_envelope(payload) and payload["records"]:  # type: ignore[index]
-                envelope = self._passthrough(payload, context)  # type: ignore[arg-type]
-            else:
+            envelope = self._passthrough_or_none(payload, context)
+            if envelope is None:
                 envelope = self.execute(self.validate_payload(payload), context)
             validate_envelope(envelope)
         except AgentError as exc:
-            log.warning("run %s flow=%s failed: %s", context.run_id, self.name, exc)
-            self._hook("on_error", context=context, error=exc)
+            self._failed(context, exc)
             raise
         except Exception as exc:  # a bug or a library error below: translate, keep the cause
-            error = AgentCallError(self.name, f"{exc.__class__.__name__}: {exc}")
-            log.error("run %s flow=%s crashed: %s", context.run_id, self.name, error, exc_info=exc)
-            self._hook("on_error", context=context, error=error)
-            raise error from exc
-        meta = envelope["metadata"]
-        log.info("run %s flow=%s records=%d total=%d duration_ms=%.1f", context.run_id, self.name,
-                 len(envelope["records"]), meta["total_count"], context.elapsed_ms())
-        self._hook("after_run", context=context, envelope=envelope)
-        return envelope
+            raise self._crashed(context, exc) from exc
+        return self._succeeded(context, envelope)
+
+    async def arun(self, payload: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
+        """``run`` under asyncio: the flow runs on ``Engine.arun``."""
+        context = self._start(payload, run_id)
+        try:
+            envelope = self._passthrough_or_none(payload, context)
+            if envelope is None:
+                envelope = await self.aexecute(self.validate_payload(payload), context)
+            validate_envelope(envelope)
+        except AgentError as exc:
+            self._failed(context, exc)
+            raise
+        except Exception as exc:
+            raise self._crashed(context, exc) from exc
+        return self._succeeded(context, envelope)
 
     def execute(self, payload: Any, context: RunContext) -> dict[str, Any]:
         """Run this orchestrator's flow for ``payload`` on the engine; its last envelope is the answer."""
-        result = self.engine.run(self.flow_for(payload), payload, context=context)
-        if result.envelope is None or result.status != "succeeded":
-            raise AgentCallError(self.name, f"flow stopped {result.status} at {result.waiting_for!r}")
-        return result.envelope
+        return self._answer(self.engine.run(self.flow_for(payload), payload, context=context))
+
+    async def aexecute(self, payload: Any, context: RunContext) -> dict[str, Any]:
+        return self._answer(await self.engine.arun(self.flow_for(payload), payload, context=context))
 
     def build_flow(self, variant: Any = None) -> FlowGraph:
         """The flow this orchestrator runs (``variant``: see ``flow_variant``)."""
@@ -161,6 +163,42 @@ class BaseOrchestrator:
         """Called with the error about to be raised."""
 
     # -- helpers -------------------------------------------------------------------
+    def _start(self, payload: Any, run_id: str | None) -> RunContext:
+        if run_id is None and is_envelope(payload) and isinstance(payload["metadata"], Mapping):
+            # An envelope from upstream carries its run on: lineage stays within one run.
+            run_id = payload["metadata"].get("run_id")
+        context = RunContext(run_id=run_id or new_run_id(), flow=self.name, tenant=self.tenant,
+                             settings=self.settings)
+        self._hook("before_run", context=context, payload=payload)
+        return context
+
+    def _passthrough_or_none(self, payload: Any, context: RunContext) -> dict[str, Any] | None:
+        if self.passthrough_envelopes and is_envelope(payload) and payload["records"]:
+            return self._passthrough(payload, context)
+        return None
+
+    def _answer(self, result: RunResult) -> dict[str, Any]:
+        if result.envelope is None or result.status != "succeeded":
+            raise AgentCallError(self.name, f"flow stopped {result.status} at {result.waiting_for!r}")
+        return result.envelope
+
+    def _failed(self, context: RunContext, error: AgentError) -> None:
+        log.warning("run %s flow=%s failed: %s", context.run_id, self.name, error)
+        self._hook("on_error", context=context, error=error)
+
+    def _crashed(self, context: RunContext, exc: Exception) -> AgentCallError:
+        error = AgentCallError(self.name, f"{exc.__class__.__name__}: {exc}")
+        log.error("run %s flow=%s crashed: %s", context.run_id, self.name, error, exc_info=exc)
+        self._hook("on_error", context=context, error=error)
+        return error
+
+    def _succeeded(self, context: RunContext, envelope: dict[str, Any]) -> dict[str, Any]:
+        meta = envelope["metadata"]
+        log.info("run %s flow=%s records=%d total=%d duration_ms=%.1f", context.run_id, self.name,
+                 len(envelope["records"]), meta["total_count"], context.elapsed_ms())
+        self._hook("after_run", context=context, envelope=envelope)
+        return envelope
+
     def _passthrough(self, envelope: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
         validate_envelope(envelope)
         meta = envelope["metadata"]
