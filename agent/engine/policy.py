@@ -30,8 +30,8 @@ def compute_backoff(attempt: int, *, base: float, multiplier: float, max_delay: 
         raise InvalidInput("attempt", "must be 1 or more")
     try:
         raw = min(max_delay, base * multiplier ** (attempt - 1))
-    except OverflowError:  # far past max_delay anyway
-        raw = max_delay
+    except OverflowError:  # far past max_delay anyway (a zero base stays zero)
+        raw = max_delay if base > 0 else 0.0
     return raw * (1.0 - jitter) + raw * jitter * min(max(draw, 0.0), 1.0)
 
 
