@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
