@@ -23,7 +23,7 @@ from agent.dispatch.limits import AgentLimits, RateLimit, parse_limits
 from agent.errors import InvalidInput, LimitTimeout
 from agent.logs import get_logger
 
-__all__ = ["Dispatcher", "DispatchStats"]
+__all__ = ["Dispatcher", "DispatchStats", "default_dispatcher"]
 
 log = get_logger("agent.dispatch")
 
@@ -189,3 +189,20 @@ def _bucket_key(rate: RateLimit, key: Mapping[str, str | None] | None) -> tuple[
         return ()
     key = key or {}
     return tuple(f"{part}={key.get(part) or '-'}" for part in rate.by)
+
+
+_default: Dispatcher | None = None
+_default_lock = threading.Lock()
+
+
+def default_dispatcher() -> Dispatcher:
+    """The process-wide in-process Dispatcher, made on first use.
+
+    Engines made without a dispatcher share it, so an agent's limits hold for
+    the whole process, not per orchestrator instance.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Dispatcher()
+        return _default

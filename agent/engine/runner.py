@@ -26,12 +26,23 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.context import RunContext
-from agent.dispatch.local import Dispatcher
+from agent.dispatch.local import Dispatcher, default_dispatcher
 from agent.engine.checkpoints.base import CheckpointStore
 from agent.engine.flow import Flow, FlowGraph, Node
 from agent.engine.hooks import log as _engine_log
 from agent.engine.state import FlowState, RunResult
-from agent.engine.steps import _NO_ITEM, NO_APPROVAL, Call, Parallel, RunPlan, Save, Sleep, Status, fingerprint
+from agent.engine.steps import (
+    _NO_ITEM,
+    NO_APPROVAL,
+    Call,
+    Parallel,
+    RunPlan,
+    Save,
+    Sleep,
+    Status,
+    fingerprint,
+    validate_approval,
+)
 from agent.envelope import new_run_id
 from agent.errors import AgentCallError, AgentError, ConfigurationError, InvalidInput, NodeTimeout
 from agent.registry import Registry
@@ -49,7 +60,7 @@ class Engine:
                  asleep: Callable[[float], Any] = asyncio.sleep, rng: Callable[[], float] = random.random,
                  max_workers: int = 8) -> None:
         self._registry = registry
-        self.dispatcher = dispatcher or Dispatcher()
+        self.dispatcher = dispatcher or default_dispatcher()
         self.checkpoints = checkpoints
         self.hooks = tuple(hooks)
         self.settings = settings or get_settings()
@@ -135,9 +146,13 @@ class Engine:
                     input = existing.input
                 elif fingerprint(input)[0] != existing.input_hash:
                     raise InvalidInput("run_id", "was started with a different input; use a new run_id")
-                if approval is not NO_APPROVAL and existing.status != "paused":
-                    raise InvalidInput("approval", f"run {context.run_id} is not waiting for an approval "
-                                                   f"(it is {existing.status})")
+                if approval is not NO_APPROVAL:
+                    # Checked before the run changes state: a refused decision leaves it paused.
+                    waiting = graph.nodes.get(existing.waiting_for or "")
+                    if existing.status != "paused" or waiting is None or waiting.kind != "approval":
+                        raise InvalidInput("approval", f"run {context.run_id} is not waiting for an approval "
+                                                       f"(it is {existing.status})")
+                    approval = validate_approval(waiting, approval)
                 saved = store.load(context.run_id)
                 store.set_status(context.run_id, "running")
         return RunPlan(graph, FlowState(input, context), saved, self.hooks, self.rng, store is not None,

@@ -27,7 +27,8 @@ from agent.envelope import PROVENANCE
 from agent.errors import AgentCallError, AgentError, FlowError, InvalidInput, LoopLimit, PayloadError
 from agent.validation import first_error
 
-__all__ = ["Call", "Sleep", "Parallel", "Save", "Status", "RunPlan", "NO_APPROVAL", "fingerprint"]
+__all__ = ["Call", "Sleep", "Parallel", "Save", "Status", "RunPlan", "NO_APPROVAL", "fingerprint",
+           "validate_approval"]
 
 NO_APPROVAL: Any = object()
 _NO_ITEM: Any = object()
@@ -340,12 +341,7 @@ class RunPlan:
         return env
 
     def _approval(self, node: Node, state: FlowState) -> dict[str, Any]:
-        model = node.approval_model
-        assert model is not None
-        try:
-            decision = self.approval if isinstance(self.approval, model) else model.model_validate(self.approval)
-        except ValidationError as exc:
-            raise PayloadError(*first_error(exc, "approval")) from None
+        decision = validate_approval(node, self.approval)
         record = {"approval": node.name, **decision.model_dump(mode="json")}
         return to_envelope([record], run_id=self.run_id, flow=self.graph.name, node=node.name, agent=None,
                            upstream=state.records(), lineage="all", duration_ms=0.0)
@@ -363,6 +359,18 @@ class RunPlan:
                 envelope = {"metadata": {**meta, "partial": True, "errors": errors}, "records": envelope["records"]}
         return RunResult(self.run_id, self.graph.name, status, envelope, state,  # type: ignore[arg-type]
                          waiting_for=waiting_for, restored=tuple(self.restored), executed=tuple(self.executed))
+
+
+def validate_approval(node: Node, value: Any) -> BaseModel:
+    """``value`` as an instance of the approval node's model; ``PayloadError`` names the field."""
+    model = node.approval_model
+    assert model is not None
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise PayloadError(*first_error(exc, "approval")) from None
 
 
 def _translate(node: Node, exc: Exception) -> AgentError:

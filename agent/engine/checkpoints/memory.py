@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus
+from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus, _utc_clock, as_utc
 
 __all__ = ["MemoryCheckpointStore"]
 
@@ -16,7 +16,7 @@ class MemoryCheckpointStore(CheckpointStore):
     """Keeps runs and steps in dicts; ``clock`` is injectable for prune tests."""
 
     def __init__(self, *, clock: Any = None) -> None:
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = _utc_clock(clock)
         self._lock = threading.Lock()
         self._runs: dict[str, CheckpointRun] = {}
         self._steps: dict[str, dict[str, dict[str, Any]]] = {}
@@ -63,7 +63,7 @@ class MemoryCheckpointStore(CheckpointStore):
 
     def prune(self, *, older_than: timedelta, now: datetime | None = None,
               statuses: tuple[RunStatus, ...] = ("succeeded", "failed")) -> int:
-        cutoff = (now or self._clock()) - older_than
+        cutoff = as_utc(now or self._clock()) - older_than
         with self._lock:
             old = [r.run_id for r in self._runs.values()
                    if r.status in statuses and r.updated_at is not None and r.updated_at < cutoff]

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus
+from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus, _utc_clock, as_utc
 from agent.errors import StorageError
 from agent.storage.db import Database
 from agent.storage.models import EngineRun, EngineStep
@@ -35,7 +35,7 @@ class SqlCheckpointStore(CheckpointStore):
     def __init__(self, db: Database | str, *, clock: Any = None) -> None:
         self.db = Database(db) if isinstance(db, str) else db
         self.db.migrate()
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = _utc_clock(clock)
         # SQLite has one writer at a time: threads of this process queue on a lock here
         # rather than in SQLite's busy handler, which sleeps in steps of milliseconds.
         self._sqlite = self.db.dialect == "sqlite"
@@ -109,7 +109,7 @@ class SqlCheckpointStore(CheckpointStore):
 
     def prune(self, *, older_than: timedelta, now: datetime | None = None,
               statuses: tuple[RunStatus, ...] = ("succeeded", "failed")) -> int:
-        cutoff = (now or self._clock()) - older_than
+        cutoff = as_utc(now or self._clock()) - older_than
         old = select(_RUNS.c.run_id).where(_RUNS.c.updated_at < cutoff, _RUNS.c.status.in_(statuses))
         with self._writing() as conn:
             conn.execute(delete(_STEPS).where(_STEPS.c.run_id.in_(old)))
