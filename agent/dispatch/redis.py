@@ -29,13 +29,16 @@ __all__ = ["RedisDispatcher"]
 log = get_logger("agent.dispatch.redis")
 
 # KEYS[1] leases (zset); ARGV limit, lease_ms, token.  -1 = acquired, else ms until the next expiry.
+# The set itself expires a second after its latest lease, so one worker's short lease never cuts
+# another's long one short.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]) + 1000)
   return -1
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -50,7 +53,8 @@ local renewed = 0
 for i = 2, #ARGV do
   renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i])
 end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', KEYS[1], tonumber(last[2]) + 1000) end
 return renewed
 """
 

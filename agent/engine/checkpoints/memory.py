@@ -46,7 +46,9 @@ class MemoryCheckpointStore(CheckpointStore):
 
     def save(self, run_id: str, step: str, envelope: dict[str, Any]) -> None:
         with self._lock:
-            self._steps.setdefault(run_id, {}).setdefault(step, envelope)
+            # A JSON copy: later edits to the caller's dict never reach the checkpoint, and what
+            # comes back is what a SQL store would give back.
+            self._steps.setdefault(run_id, {}).setdefault(step, json.loads(json.dumps(envelope)))
 
     def set_status(self, run_id: str, status: RunStatus, *, waiting_for: str | None = None) -> None:
         with self._lock:
