@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.engine import Engine, Flow, SqlCheckpointStore  # noqa: E402
 from agent.registry import Registry  # noqa: E402
+from bench.common import cpu_reference  # noqa: E402
 
 BRANCHES = 5
 
@@ -117,9 +118,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=400)
     args = parser.parse_args()
-    import langgraph
+    from importlib.metadata import version
 
-    print(f"python {sys.version.split()[0]}; langgraph {getattr(langgraph, '__version__', '?')}")
+    print(f"python {sys.version.split()[0]}; langgraph {version('langgraph')}; "
+          f"langgraph-checkpoint-sqlite {version('langgraph-checkpoint-sqlite')}; sqlite {sqlite3.sqlite_version}")
+    print(f"cpu_ref_start_s={cpu_reference():.3f}")
     ours, theirs = our_flows(), lg_flows()
     engine = Engine(Registry())
     ratios: dict[str, float] = {}
@@ -151,6 +154,7 @@ def main() -> None:
                   f"ratio {ratio:.3f}  {'PASS' if ratio <= 0.5 else 'FAIL'} (<= 0.5)")
         conn.close()
     engine.close()
+    print(f"cpu_ref_end_s={cpu_reference():.3f}")
     print(f"engine_vs_langgraph_ratio={max(ratios.values()):.3f}")
 
 

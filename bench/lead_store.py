@@ -41,6 +41,7 @@ from email_validator import EmailNotValidError, validate_email  # noqa: E402
 from sqlalchemy import select, text  # noqa: E402
 
 from agent.leads import normalize
+from bench.common import cpu_reference  # noqa: E402
 from agent.leads import rows as rows_module  # noqa: E402
 from agent.leads.importer import import_csv  # noqa: E402
 from agent.leads.query import LeadQuery  # noqa: E402
@@ -73,15 +74,6 @@ NAIVE_SQL = text(
     "ORDER BY c.id LIMIT :limit"
 )
 NAIVE_SQL_PG = text(str(NAIVE_SQL).replace(" LIKE ", " ILIKE "))
-
-
-def cpu_reference() -> float:
-    """Seconds for a fixed pure-Python loop: the machine's speed right now."""
-    started = time.perf_counter()
-    total = 0
-    for i in range(10_000_000):
-        total += i
-    return round(time.perf_counter() - started, 3)
 
 
 def emit(key: str, value: Any) -> None:
