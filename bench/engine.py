@@ -12,7 +12,9 @@ contract against LangGraph's bare minimum.  Then both again with SQLite
 checkpoints (ours: SqlCheckpointStore; LangGraph: SqliteSaver), one fresh
 run (thread) per invocation.
 
-Prints per-run times, the ratios, PASS/FAIL against the targets (<= 0.1
+Rounds of ours and LangGraph's alternate, so the machine's changes of speed
+fall on both sides alike; each figure is a median over the rounds, and each
+ratio the median of the per-round ratios.  Prints per-run times, the ratios, PASS/FAIL against the targets (<= 0.1
 without checkpoints, <= 0.5 with), and last `engine_vs_langgraph_ratio=`,
 the worst of the two ratios without checkpoints.
 
@@ -99,19 +101,29 @@ def lg_flows(checkpointer: Any = None) -> dict[str, Any]:
 
 
 # -- timing ------------------------------------------------------------------------------------
-def per_run_us(call: Callable[[int], Any], runs: int, repeats: int = 5) -> float:
-    """Median over ``repeats`` of the mean time per run, in microseconds (after a warm-up)."""
-    for i in range(max(5, runs // 10)):
-        call(-1 - i)
-    samples = []
-    counter = 0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(runs):
-            call(counter)
-            counter += 1
-        samples.append((time.perf_counter() - started) / runs * 1e6)
-    return statistics.median(samples)
+def mean_us(call: Callable[[int], Any], runs: int, start: int) -> float:
+    started = time.perf_counter()
+    for i in range(runs):
+        call(start + i)
+    return (time.perf_counter() - started) / runs * 1e6
+
+
+def compare(ours: Callable[[int], Any], theirs: Callable[[int], Any], runs: int,
+            rounds: int = 7) -> tuple[float, float, float]:
+    """Median time per run of each (µs) and the median of the per-round ratios.
+
+    Rounds alternate between the two, so a change in the machine's speed (these
+    machines swing a lot) falls on both sides of the ratio alike.
+    """
+    for i in range(max(5, runs // 10)):  # warm-up
+        ours(-1 - i)
+        theirs(-1 - i)
+    mine, peer, ratios = [], [], []
+    for r in range(rounds):
+        mine.append(mean_us(ours, runs, r * runs))
+        peer.append(mean_us(theirs, runs, r * runs))
+        ratios.append(mine[-1] / peer[-1])
+    return statistics.median(mine), statistics.median(peer), statistics.median(ratios)
 
 
 def main() -> None:
@@ -130,9 +142,8 @@ def main() -> None:
         graph, compiled = ours[name], theirs[name]
         check = engine.run(graph, {"records": []})
         assert check.status == "succeeded" and check.envelope and check.envelope["records"]
-        us = per_run_us(lambda i: engine.run(graph, {"records": []}), args.runs)
-        lg = per_run_us(lambda i: compiled.invoke({"records": []}), args.runs)
-        ratios[name] = us / lg
+        us, lg, ratios[name] = compare(lambda i: engine.run(graph, {"records": []}),
+                                       lambda i: compiled.invoke({"records": []}), args.runs)
         print(f"{name:6} no checkpoints: ours {us:9.1f} us/run   langgraph {lg:9.1f} us/run   "
               f"ratio {ratios[name]:.3f}  {'PASS' if ratios[name] <= 0.1 else 'FAIL'} (<= 0.1)")
 
@@ -146,10 +157,10 @@ def main() -> None:
         cp_runs = max(20, args.runs // 8)
         for name in ("chain", "fan"):
             graph, compiled = ours[name], saved[name]
-            us = per_run_us(lambda i: durable.run(graph, {"records": []}, run_id=f"{name}-{i}"), cp_runs)
-            lg = per_run_us(lambda i: compiled.invoke({"records": []},
-                                                       {"configurable": {"thread_id": f"{name}-{i}"}}), cp_runs)
-            ratio = us / lg
+            us, lg, ratio = compare(
+                lambda i: durable.run(graph, {"records": []}, run_id=f"{name}-{i}"),
+                lambda i: compiled.invoke({"records": []}, {"configurable": {"thread_id": f"{name}-{i}"}}),
+                cp_runs, rounds=5)
             print(f"{name:6} sqlite checkpoints: ours {us:9.1f} us/run   langgraph {lg:9.1f} us/run   "
                   f"ratio {ratio:.3f}  {'PASS' if ratio <= 0.5 else 'FAIL'} (<= 0.5)")
         conn.close()
