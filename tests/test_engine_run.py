@@ -10,7 +10,7 @@ from typing import Any
 from agent.agents.base import BaseAgent
 from agent.context import RunContext
 from agent.engine import END, Engine, Flow, FlowState, Retry
-from agent.envelope import make_envelope, record_hash
+from agent.envelope import make_envelope, make_provenance, record_hash
 from agent.errors import AgentCallError, EnvelopeError, FlowError, LoopLimit, NotFound
 from agent.registry import Registry
 
@@ -310,6 +310,24 @@ class AgentNodeTest(EngineTestCase):
         [(request, context)] = agent.calls
         self.assertEqual((request, context.node, context.run_id), ({"q": "acme"}, "lookup", result.run_id))
         self.assertEqual(result.envelope["records"][0]["asked"], {"q": "acme"})
+
+    def test_an_agents_derived_records_get_parents_and_stored_rows_stay_origins(self) -> None:
+        # Given an agent answering with one derived record and one stored row
+        class Mixed(BaseAgent):
+            def run(self, request: Mapping[str, Any], *, context: RunContext) -> dict[str, Any]:
+                row = {"id": 7}
+                row["provenance"] = make_provenance(row, source="db", source_id="contacts/7")
+                return make_envelope([{"summary": "x"}, row], source="mixed", run_id=context.run_id)
+
+        registry = Registry()
+        registry.register("mixed", Mixed())
+        flow = Flow("mix").node("read", rows(1, 2)).node("ask", agent="mixed").then("read", "ask")
+        # When
+        result = self.engine(registry=registry).run(flow)
+        # Then the derived record's parents are what the node read; the row names no parent
+        read = [r["provenance"]["hash"] for r in result.state.records("read")]
+        derived, stored = result.envelope["records"]
+        self.assertEqual((derived["provenance"]["parents"], stored["provenance"]["parents"]), (read, []))
 
     def test_an_unknown_agent_raises_not_found_before_any_node_runs(self) -> None:
         # Given

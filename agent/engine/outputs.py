@@ -1,8 +1,9 @@
 """What a node returned, made into a valid envelope with provenance filled in.
 
-A node may return an envelope, a list of records, or None.  An envelope is
-validated in full (hashes rechecked) and a malformed one fails the node with
-an ``EnvelopeError`` naming the field.  Records without provenance get one
+A node may return an envelope, a list of records, an ``Output`` or None.  An
+envelope is validated in full (hashes rechecked) and a malformed one fails
+the node with an ``EnvelopeError`` naming the field; its records that name
+neither a stored row (``source_id``) nor parents get parents by lineage.  Records without provenance get one
 whose ``parents`` follow the node's ``lineage``; a record that kept an
 upstream provenance but whose content changed gets a new hash, this node's
 name, and its old hash as parent.  ``run_id`` and ``node`` are always filled.
@@ -79,7 +80,8 @@ def to_envelope(out: Any, *, run_id: str, flow: str, node: str, agent: str | Non
         return _from_records(out, run_id=run_id, flow=flow, node=node, agent=agent,
                              parents=parents_for(lineage, upstream), duration_ms=duration_ms)
     if isinstance(out, Mapping) and "records" in out and "metadata" in out:
-        return _from_envelope(out, run_id=run_id, flow=flow, node=node, duration_ms=duration_ms)
+        return _from_envelope(out, run_id=run_id, flow=flow, node=node, duration_ms=duration_ms,
+                              parents=parents_for(lineage, upstream))
     if isinstance(out, Output):
         env = _from_records(list(out.records), run_id=run_id, flow=flow, node=node, agent=agent,
                             parents=parents_for(lineage, upstream), duration_ms=duration_ms)
@@ -101,7 +103,7 @@ def to_envelope(out: Any, *, run_id: str, flow: str, node: str, agent: str | Non
 
 
 def _from_envelope(out: Mapping[str, Any], *, run_id: str, flow: str, node: str,
-                   duration_ms: float) -> dict[str, Any]:
+                   duration_ms: float, parents: Any) -> dict[str, Any]:
     try:
         validate_envelope(out)
     except EnvelopeError as exc:
@@ -109,8 +111,13 @@ def _from_envelope(out: Mapping[str, Any], *, run_id: str, flow: str, node: str,
     records = []
     for record in out["records"]:
         prov = record[PROVENANCE]
-        if prov["run_id"] is None or prov["node"] is None:
+        # A record that names no stored row (no source_id) and no parents was derived from
+        # something: from what the node read, as its lineage says.  A row's origin stays bare.
+        derived = not prov["parents"] and prov.get("source_id") is None
+        if prov["run_id"] is None or prov["node"] is None or derived:
             prov = {**prov, "run_id": prov["run_id"] or run_id, "node": prov["node"] or node}
+            if derived:
+                prov["parents"] = list(parents(record))
             record = {**record, PROVENANCE: prov}
         records.append(record)
     metadata = dict(out["metadata"])
