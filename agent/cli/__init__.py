@@ -32,6 +32,15 @@ app.add_typer(run_app, name="run")
 app.add_typer(schema_app, name="schema")
 app.add_typer(db_app, name="db")
 
+
+def _add_flow_commands() -> None:
+    from agent.cli.flows import flow_app
+
+    app.add_typer(flow_app, name="flow")
+
+
+_add_flow_commands()
+
 console = Console()
 err = Console(stderr=True)
 

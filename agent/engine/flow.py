@@ -97,6 +97,45 @@ class FlowGraph:
     def node(self, name: str) -> Node:
         return self.nodes[name]
 
+    def describe(self) -> dict[str, Any]:
+        """The graph as plain data: nodes with their policy, and each node's way out."""
+        nodes = []
+        for node in self.nodes.values():
+            out = self.transitions.get(node.name)
+            entry: dict[str, Any] = {
+                "name": node.name, "kind": "map" if node.each is not None else node.kind,
+                "agent": node.agent, "description": node.description,
+                "retry": node.retry.max_attempts, "timeout": node.timeout, "allow_partial": node.allow_partial,
+                "max_visits": node.max_visits,
+            }
+            if isinstance(out, Then):
+                entry["then"] = out.target
+            elif isinstance(out, Route):
+                entry["routes"] = dict(out.routes)
+            elif isinstance(out, FanOut):
+                entry["fan_out"] = {"branches": list(out.branches), "join": out.join}
+            nodes.append(entry)
+        return {"flow": self.name, "start": self.start, "nodes": nodes}
+
+    def to_mermaid(self) -> str:
+        """A Mermaid ``flowchart`` of the graph (paste it into any Markdown that renders Mermaid)."""
+        lines = ["flowchart TD"]
+        shapes = {"merge": ("{{", "}}"), "approval": ("[/", "/]")}
+        for node in self.nodes.values():
+            left, right = shapes.get(node.kind, ("[", "]"))
+            label = f"{node.name}<br/>agent: {node.agent}" if node.agent else node.name
+            lines.append(f'    {_mermaid_id(node.name)}{left}"{label}"{right}')
+        for source, out in self.transitions.items():
+            if isinstance(out, Then):
+                lines.append(f"    {_mermaid_id(source)} --> {_mermaid_id(out.target)}")
+            elif isinstance(out, Route):
+                for label, target in out.routes.items():
+                    lines.append(f"    {_mermaid_id(source)} -- {label} --> {_mermaid_id(target)}")
+            else:
+                for branch in out.branches:
+                    lines.append(f"    {_mermaid_id(source)} -.-> {_mermaid_id(branch)}")
+        return "\n".join(lines)
+
 
 class Flow:
     """Builder of a ``FlowGraph``; every method returns the builder."""
@@ -286,6 +325,10 @@ class Flow:
         if visits is not None and not (_integer(visits) and visits >= 1):
             raise FlowError(name, "max_visits must be an integer >= 1")
         return visits
+
+
+def _mermaid_id(name: str) -> str:
+    return "END" if name == END else "n_" + re.sub(r"[^\w]", "_", name)
 
 
 def _integer(value: Any) -> bool:
