@@ -7,7 +7,7 @@ slots (as expiring leases) and token buckets between worker processes.
 from agent.dispatch.breaker import BreakerState, CircuitBreaker
 from agent.dispatch.bucket import TokenBucket
 from agent.dispatch.limits import AgentLimits, BreakerPolicy, RateLimit, parse_limits
-from agent.dispatch.local import Dispatcher, DispatchStats, default_dispatcher
+from agent.dispatch.local import Dispatcher, DispatchStats, Ticket, default_dispatcher
 from agent.dispatch.redis import RedisDispatcher
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "default_dispatcher",
     "RedisDispatcher",
     "DispatchStats",
+    "Ticket",
     "AgentLimits",
     "RateLimit",
     "BreakerPolicy",

@@ -61,8 +61,11 @@ class CircuitBreaker:
             if probe:
                 self._probes = max(0, self._probes - 1)
             if ok:
-                self._failures = 0
-                self._opened_at = None
+                # Only a probe closes an open breaker: a call let in before it opened that
+                # happens to succeed late proves nothing about the agent now.
+                if probe or self._opened_at is None:
+                    self._failures = 0
+                    self._opened_at = None
                 return
             self._failures += 1
             if probe or self._failures >= self.policy.failures:

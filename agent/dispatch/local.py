@@ -23,11 +23,48 @@ from agent.dispatch.limits import AgentLimits, RateLimit, parse_limits
 from agent.errors import InvalidInput, LimitTimeout
 from agent.logs import get_logger
 
-__all__ = ["Dispatcher", "DispatchStats", "default_dispatcher"]
+__all__ = ["Dispatcher", "DispatchStats", "Ticket", "default_dispatcher"]
 
 log = get_logger("agent.dispatch")
 
 Observer = Callable[..., None]
+
+
+class Ticket:
+    """One admitted call: its slot (if the agent has a concurrency limit) and its breaker turn.
+
+    ``settle`` tells the breaker how the call went (once); ``free`` gives the
+    slot back (once).  They are apart because a call abandoned at its timeout
+    counts as a failure at once but keeps its slot until it really returns.
+    """
+
+    __slots__ = ("dispatcher", "agent", "token", "breaker", "probe", "_settled", "_freed")
+
+    def __init__(self, dispatcher: Dispatcher, agent: str, token: Any, breaker: CircuitBreaker | None,
+                 probe: bool) -> None:
+        self.dispatcher, self.agent, self.token, self.breaker, self.probe = dispatcher, agent, token, breaker, probe
+        self._settled = self._freed = False
+
+    def settle(self, error: BaseException | None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        if self.breaker is None:
+            return
+        if error is None:
+            self.breaker.record(True, probe=self.probe)
+        elif isinstance(error, InvalidInput):
+            # The caller's mistake says nothing about the agent's health.
+            self.breaker.cancel_probe(self.probe)
+        else:
+            self.breaker.record(False, probe=self.probe)
+
+    def free(self) -> None:
+        if self._freed:
+            return
+        self._freed = True
+        if self.token is not None:
+            self.dispatcher._release(self.agent, self.token)
 
 
 @dataclass(frozen=True)
@@ -55,7 +92,8 @@ class Dispatcher:
         self._limits: dict[str, AgentLimits] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._buckets: dict[tuple[str, int, tuple[str, ...]], TokenBucket] = {}
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: an observer told of a "wait" may call stats() from inside the wait.
+        self._cond = threading.Condition(threading.RLock())
         self._in_use: dict[str, int] = {}
         self._waiting: dict[str, int] = {}
         for agent, value in (limits or {}).items():
@@ -67,6 +105,8 @@ class Dispatcher:
         with self._lock:
             self._limits[agent] = parsed
             self._breakers.pop(agent, None)
+            for bucket in [b for b in self._buckets if b[0] == agent]:
+                del self._buckets[bucket]
         return parsed
 
     def limits_for(self, agent: str) -> AgentLimits | None:
@@ -89,42 +129,51 @@ class Dispatcher:
                                  breaker.state if breaker else "closed")
 
     # -- the call path ------------------------------------------------------------------
+    def acquire(self, agent: str, *, key: Mapping[str, str | None] | None = None,
+                timeout: float | None = None) -> Ticket | None:
+        """Admit one call of ``agent`` (None when it has no limits), waiting up to the deadline.
+
+        The slot comes first, then the rate tokens, so tokens are not spent while a
+        caller is still queued for a slot.  The caller must ``settle`` the ticket
+        with the call's outcome and ``free`` it when the call is over.
+        """
+        limits = self._limits.get(agent)
+        if limits is None:
+            return None
+        breaker = self.breaker(agent)
+        probe = breaker.before_call() if breaker else False
+        deadline = self.clock() + (limits.acquire_timeout if timeout is None else timeout)
+        token = None
+        try:
+            if limits.concurrency:
+                token = self._acquire(agent, limits.concurrency, deadline)
+            for index, rate in enumerate(limits.rates):
+                self._take_token(agent, index, rate, _bucket_key(rate, key), deadline)
+        except BaseException:
+            if token is not None:
+                self._release(agent, token)
+            if breaker:
+                breaker.cancel_probe(probe)
+            raise
+        return Ticket(self, agent, token, breaker, probe)
+
     @contextmanager
     def slot(self, agent: str, *, key: Mapping[str, str | None] | None = None,
              timeout: float | None = None) -> Iterator[None]:
         """Hold a slot of ``agent`` for one call; the body's outcome feeds the breaker."""
-        limits = self._limits.get(agent)
-        if limits is None:
+        ticket = self.acquire(agent, key=key, timeout=timeout)
+        if ticket is None:
             yield
             return
-        breaker = self.breaker(agent)
-        probe = breaker.before_call() if breaker else False
-        deadline = self.clock() + (limits.acquire_timeout if timeout is None else timeout)
-        try:
-            for index, rate in enumerate(limits.rates):
-                self._take_token(agent, index, rate, _bucket_key(rate, key), deadline)
-            token = self._acquire(agent, limits.concurrency, deadline) if limits.concurrency else None
-        except BaseException:
-            if breaker:
-                breaker.cancel_probe(probe)
-            raise
         try:
             yield
-        except InvalidInput:
-            # The caller's mistake says nothing about the agent's health.
-            if breaker:
-                breaker.cancel_probe(probe)
-            raise
-        except BaseException:
-            if breaker:
-                breaker.record(False, probe=probe)
+        except BaseException as exc:
+            ticket.settle(exc)
             raise
         else:
-            if breaker:
-                breaker.record(True, probe=probe)
+            ticket.settle(None)
         finally:
-            if token is not None:
-                self._release(agent, token)
+            ticket.free()
 
     def call(self, agent: str, fn: Callable[..., Any], *args: Any,
              key: Mapping[str, str | None] | None = None, **kwargs: Any) -> Any:

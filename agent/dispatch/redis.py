@@ -172,19 +172,26 @@ class RedisDispatcher(Dispatcher):
     # -- helpers -------------------------------------------------------------------------
     def _start_renewer(self) -> None:
         if self._renewer is None or not self._renewer.is_alive():
-            self._renewer = threading.Thread(target=self._renew_loop, name="agent-lease-renewer", daemon=True)
+            # The thread holds the dispatcher weakly, so dropping the dispatcher ends it.
+            self._renewer = threading.Thread(target=_renew_loop, args=(weakref.ref(self), self._stopped,
+                                                                       self.lease / 3),
+                                             name="agent-lease-renewer", daemon=True)
             self._renewer.start()
 
-    def _renew_loop(self) -> None:
+    def _renew_once(self) -> None:
         lease_ms = int(self.lease * 1000)
-        while not self._stopped.wait(self.lease / 3):
-            with self._held_lock:
-                held = {agent: list(tokens) for agent, tokens in self._held.items() if tokens}
-            for agent, tokens in held.items():
-                try:
-                    self._scripts["renew"](keys=[self._key("slots", agent)], args=[lease_ms, *tokens])
-                except self._errors as exc:
-                    log.warning("could not renew %s leases: %s", agent, type(exc).__name__)
+        with self._held_lock:
+            held = {agent: list(tokens) for agent, tokens in self._held.items() if tokens}
+        for agent, tokens in held.items():
+            try:
+                renewed = int(self._scripts["renew"](keys=[self._key("slots", agent)], args=[lease_ms, *tokens]))
+            except self._errors as exc:
+                log.warning("could not renew %s leases: %s", agent, type(exc).__name__)
+                continue
+            if renewed < len(tokens):
+                log.warning("%d of %d %s leases had expired before renewal (Redis unreachable for longer "
+                            "than a lease?): another worker may hold those slots too",
+                            len(tokens) - renewed, len(tokens), agent)
 
     def _now_ms(self) -> int:
         seconds, micros = self.client.time()
@@ -198,3 +205,12 @@ class RedisDispatcher(Dispatcher):
             return call()
         except self._errors as exc:
             raise StorageError(f"redis error: {type(exc).__name__}: {exc}") from exc
+
+
+def _renew_loop(ref: Any, stopped: threading.Event, every: float) -> None:
+    while not stopped.wait(every):
+        dispatcher = ref()
+        if dispatcher is None:
+            return
+        dispatcher._renew_once()
+        del dispatcher
