@@ -14,25 +14,23 @@ is cancelled under ``arun`` when it is a coroutine.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pydantic import BaseModel
 
 from agent.context import RunContext
 from agent.dispatch.local import Dispatcher, default_dispatcher
+from agent.engine.calls import NodeCaller
 from agent.engine.checkpoints.base import CheckpointStore
-from agent.engine.flow import Flow, FlowGraph, Node
+from agent.engine.flow import Flow, FlowGraph
 from agent.engine.hooks import log as _engine_log
 from agent.engine.state import FlowState, RunResult
 from agent.engine.steps import (
-    _NO_ITEM,
     NO_APPROVAL,
     Call,
     Parallel,
@@ -44,14 +42,14 @@ from agent.engine.steps import (
     validate_approval,
 )
 from agent.envelope import new_run_id
-from agent.errors import AgentCallError, AgentError, ConfigurationError, InvalidInput, NodeTimeout
+from agent.errors import ConfigurationError, InvalidInput
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
 
 __all__ = ["Engine"]
 
 
-class Engine:
+class Engine(NodeCaller):
     """Runs flows.  One engine can run many flows and runs at once (it is thread-safe)."""
 
     def __init__(self, registry: Registry | None = None, *, dispatcher: Dispatcher | None = None,
@@ -239,51 +237,6 @@ class Engine:
                     self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="agent-engine")
         return self._pool
 
-    def _call(self, op: Call) -> Any:
-        node = op.node
-        if node.timeout is None:
-            if node.agent is not None:
-                out = self._call_agent(node, op.state, op)
-            elif op.item is _NO_ITEM:
-                out = node.fn(op.state)  # type: ignore[misc]
-            else:
-                out = node.fn(op.item, op.state)  # type: ignore[misc]
-        else:
-            out = _with_timeout(self._callable(op), node)
-        if inspect.iscoroutine(out):
-            out = asyncio.run(out) if node.timeout is None else _with_timeout(lambda: asyncio.run(out), node)
-        return out
-
-    def _callable(self, op: Call) -> Callable[[], Any]:
-        node, state = op.node, op.state
-        if node.agent is not None:
-            return lambda: self._call_agent(node, state, op)
-        if op.has_item:
-            return lambda: node.fn(op.item, state)  # type: ignore[misc]
-        return lambda: node.fn(state)  # type: ignore[misc]
-
-    def _call_agent(self, node: Node, state: FlowState, op: Call) -> Any:
-        agent = node.agent
-        assert agent is not None
-        instance = self._agent(agent)
-        if node.request is not None:
-            request = node.request(op.item, state) if op.has_item else node.request(state)
-        else:
-            request = op.item if op.has_item else state.input
-        if isinstance(request, BaseModel):
-            request = request.model_dump()
-        elif not isinstance(request, Mapping):
-            request = {} if request is None else {"input": request}
-        key = node.limit_key(state) if node.limit_key is not None else _default_key(state)
-        context = state.context.child(node=node.name)
-        with self.dispatcher.slot(agent, key=key):
-            try:
-                return instance.run(request, context=context)
-            except AgentError:
-                raise
-            except Exception as exc:
-                raise AgentCallError(agent, f"{type(exc).__name__}: {exc}") from exc
-
     # -- asyncio driver ----------------------------------------------------------------------
     async def _adrive(self, gen: Generator[Any, Any, Any]) -> Any:
         value: Any = None
@@ -318,56 +271,7 @@ class Engine:
         except Exception as exc:
             return False, exc
 
-    async def _acall(self, op: Call) -> Any:
-        node = op.node
-        if node.agent is not None:
-            awaitable = asyncio.to_thread(self._callable(op))
-        elif inspect.iscoroutinefunction(node.fn):
-            awaitable = node.fn(op.item, op.state) if op.has_item else node.fn(op.state)  # type: ignore[misc]
-        elif node.timeout is not None:
-            awaitable = asyncio.to_thread(self._callable(op))
-        else:
-            out = self._callable(op)()
-            return await out if inspect.isawaitable(out) else out
-        if node.timeout is None:
-            return await awaitable
-        try:
-            return await asyncio.wait_for(awaitable, node.timeout)
-        except TimeoutError:
-            raise _timeout_error(node) from None
-
 
 def _fingerprint_args(value: Any) -> dict[str, Any]:
     digest, text = fingerprint(value)
     return {"input_hash": digest, "input_json": text}
-
-
-def _default_key(state: FlowState) -> dict[str, str | None]:
-    data = state.input
-    campaign = data.get("campaign_id") if isinstance(data, Mapping) else getattr(data, "campaign_id", None)
-    return {"tenant": state.context.tenant, "campaign": campaign if isinstance(campaign, str) else None}
-
-
-def _timeout_error(node: Node) -> NodeTimeout:
-    return NodeTimeout(node.agent or f"node {node.name}", f"node {node.name!r} ran past its timeout "
-                                                          f"of {node.timeout}s")
-
-
-def _with_timeout(fn: Callable[[], Any], node: Node) -> Any:
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller below
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=target, name=f"agent-node-{node.name}", daemon=True).start()
-    if not done.wait(node.timeout):
-        raise _timeout_error(node)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
