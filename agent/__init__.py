@@ -34,6 +34,7 @@ from agent.envelope import (
 from agent.errors import (
     AgentCallError,
     AgentError,
+    CheckpointError,
     CircuitOpen,
     ConfigurationError,
     DeliveryError,
@@ -122,6 +123,7 @@ __all__ = [
     "NotFound",
     "DuplicateName",
     "StorageError",
+    "CheckpointError",
     "AgentCallError",
     "NodeTimeout",
     "LimitTimeout",

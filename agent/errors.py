@@ -14,6 +14,7 @@ adapter boundary with ``raise X(...) from exc`` so callers catch one tree::
     │   ├── NotFound              lookup miss; carries close-name suggestions
     │   └── DuplicateName         name already registered (pass replace=True)
     ├── StorageError              the database refused or failed an operation
+    │   └── CheckpointError       a completed step could not be saved
     ├── AgentCallError            an operational agent failed while running
     │   ├── NodeTimeout           a node ran past its timeout
     │   ├── LimitTimeout          no concurrency slot or rate token within the wait
@@ -36,6 +37,7 @@ __all__ = [
     "NotFound",
     "DuplicateName",
     "StorageError",
+    "CheckpointError",
     "AgentCallError",
     "NodeTimeout",
     "LimitTimeout",
@@ -111,6 +113,12 @@ class DuplicateName(RegistryError):
 
 class StorageError(AgentError):
     code = "storage_error"
+
+
+class CheckpointError(StorageError):
+    """A step ran but its envelope could not be saved: the run stops (it must not look done)."""
+
+    code = "checkpoint_error"
 
 
 class AgentCallError(AgentError):

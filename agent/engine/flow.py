@@ -93,6 +93,8 @@ class FlowGraph:
     nodes: Mapping[str, Node]
     transitions: Mapping[str, Transition]
     agents: frozenset[str] = field(default=frozenset())
+    # The run input's model: a stored input (JSON) is validated back into it on resume.
+    input_model: type[BaseModel] | None = None
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -140,9 +142,12 @@ class FlowGraph:
 class Flow:
     """Builder of a ``FlowGraph``; every method returns the builder."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, input_model: type[BaseModel] | None = None) -> None:
         _check_name(name, "flow")
+        if input_model is not None and not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
+            raise FlowError(name, "input_model must be a pydantic model class")
         self.name = name
+        self.input_model = input_model
         self._nodes: dict[str, Node] = {}
         self._transitions: dict[str, Transition] = {}
         self._start: str | None = None
@@ -267,18 +272,39 @@ class Flow:
         for node in self._nodes.values():
             if node.kind == "merge" and node.name not in joins:
                 raise FlowError(node.name, "a merge node must be the join of a fan_out()")
+        self._check_fan_outs()
         reachable = self._reachable(start)
         for name in self._nodes:
             if name not in reachable:
                 raise FlowError(name, f"is not reachable from the start node {start!r}")
-        for component in _cycles(self._nodes, self._transitions):
-            if not any(self._nodes[n].max_visits for n in component):
-                raise FlowError(component[0], "is on a cycle without a bound: set max_visits= on a node "
-                                              f"of the loop ({' -> '.join(component)})")
+        # Every cycle needs a bounded node: with the bounded nodes taken out, no cycle may remain.
+        unbounded = {n: node for n, node in self._nodes.items() if not node.max_visits}
+        for component in _cycles(unbounded, self._transitions):
+            raise FlowError(component[0], "is on a cycle without a bound: set max_visits= on a node "
+                                          f"of the loop ({' -> '.join(component)})")
         agents = frozenset(n.agent for n in self._nodes.values() if n.agent)
-        return FlowGraph(self.name, start, dict(self._nodes), dict(self._transitions), agents)
+        return FlowGraph(self.name, start, dict(self._nodes), dict(self._transitions), agents, self.input_model)
 
     # -- helpers ---------------------------------------------------------------------------
+    def _check_fan_outs(self) -> None:
+        """A branch is a task reached only from its fan-out; a join only from its branches."""
+        arrivals: dict[str, set[str]] = {}
+        for source, transition in self._transitions.items():
+            for target in _targets(transition):
+                arrivals.setdefault(target, set()).add(source)
+        for source, transition in self._transitions.items():
+            if not isinstance(transition, FanOut):
+                continue
+            for branch in transition.branches:
+                if self._nodes[branch].kind != "task":
+                    raise FlowError(branch, "a fan-out branch must be a task (a function or an agent)")
+                if arrivals.get(branch, set()) != {source}:
+                    raise FlowError(branch, f"is a branch of the fan-out after {source!r}, so no other "
+                                            "node may lead to it")
+            if self._nodes[transition.join].kind == "merge" and \
+                    arrivals.get(transition.join, set()) - set(transition.branches) - {source}:
+                raise FlowError(transition.join, "a merge is reached only from its fan-out's branches")
+
     def _add(self, node: Node) -> None:
         _check_name(node.name, "node")
         if node.name == END:
@@ -350,7 +376,7 @@ def _targets(transition: Transition) -> tuple[str, ...]:
 
 def _cycles(nodes: Mapping[str, Node], transitions: Mapping[str, Transition]) -> list[list[str]]:
     """The strongly connected components that hold a cycle (Tarjan, iterative)."""
-    edges = {n: [t for t in _targets(transitions[n]) if t != END] if n in transitions else [] for n in nodes}
+    edges = {n: [t for t in _targets(transitions[n]) if t in nodes] if n in transitions else [] for n in nodes}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -9,6 +9,7 @@ that raises is logged, never propagated.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -33,16 +34,24 @@ class NodeHooks:
         """Called when a step ends, with its ``envelope`` or its ``error``."""
 
 
+def loggable_step(node: str, step: str) -> str:
+    """A step key fit for logs: a map item's key may be personal data (an email), so it is
+    shown as a short digest; hooks get the real key."""
+    if step.startswith(node + "["):
+        return f"{node}[#{hashlib.sha256(step.encode()).hexdigest()[:10]}]"
+    return step
+
+
 def emit(hooks: Sequence[Any], event: str, **kwargs: Any) -> None:
     if event == "node_error":
         if log.isEnabledFor(logging.WARNING):
             error = kwargs["error"]
             log.warning("run %s flow=%s step=%s attempt=%d %s: %s: %s", kwargs["run_id"], kwargs["flow"],
-                        kwargs["step"], kwargs["attempt"], "will retry" if kwargs.get("will_retry") else "failed",
-                        type(error).__name__, error)
+                        loggable_step(kwargs["node"], kwargs["step"]), kwargs["attempt"],
+                        "will retry" if kwargs.get("will_retry") else "failed", type(error).__name__, error)
     elif log.isEnabledFor(logging.DEBUG):
-        log.debug("run %s flow=%s step=%s attempt=%d %s", kwargs["run_id"], kwargs["flow"], kwargs["step"],
-                  kwargs["attempt"], event)
+        log.debug("run %s flow=%s step=%s attempt=%d %s", kwargs["run_id"], kwargs["flow"],
+                  loggable_step(kwargs["node"], kwargs["step"]), kwargs["attempt"], event)
     if not hooks:
         return
     method = "before_node" if event == "node_start" else "after_node"

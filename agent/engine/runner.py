@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import random
 import threading
 import time
@@ -23,10 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
+from pydantic import BaseModel, ValidationError
+
 from agent.context import RunContext
 from agent.dispatch.local import Dispatcher, default_dispatcher
 from agent.engine.calls import NodeCaller
-from agent.engine.checkpoints.base import CheckpointStore
+from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.hooks import log as _engine_log
 from agent.engine.state import FlowState, RunResult
@@ -42,8 +45,9 @@ from agent.engine.steps import (
     validate_approval,
 )
 from agent.envelope import new_run_id
-from agent.errors import ConfigurationError, InvalidInput
+from agent.errors import CheckpointError, ConfigurationError, InvalidInput, PayloadError, StorageError
 from agent.registry import Registry
+from agent.validation import first_error
 from agent.settings import Settings, get_settings
 
 __all__ = ["Engine"]
@@ -102,8 +106,7 @@ class Engine(NodeCaller):
         try:
             return await self._adrive(plan.walk())
         except Exception:
-            if self.checkpoints is not None:
-                await asyncio.to_thread(self.checkpoints.set_status, plan.run_id, "failed")
+            await asyncio.to_thread(self._mark_failed, plan)
             raise
 
     def resume(self, flow: FlowGraph | Flow, run_id: str, *, approval: Any = NO_APPROVAL) -> RunResult:
@@ -128,33 +131,52 @@ class Engine(NodeCaller):
                                  tenant=tenant or self.settings.tenant, settings=self.settings)
         elif context.flow != graph.name:
             context = context.child(flow=graph.name)
+        if run_id is not None and not _RUN_ID.match(run_id):
+            raise InvalidInput("run_id", "must be 1 to 64 letters, digits or _ . : -")
+        if graph.input_model is not None and input is not None:
+            input = _as_model(graph.input_model, input)
         saved: dict[str, dict[str, Any]] = {}
         store = self.checkpoints
+        existing = store.get_run(context.run_id) if store is not None else None
+        if approval is not NO_APPROVAL and (existing is None or existing.status != "paused"):
+            raise InvalidInput("approval", f"run {context.run_id} is not waiting for an approval "
+                                           f"({'it is ' + existing.status if existing else 'no such run'})")
         if store is not None:
-            if input is None:
-                existing, created = store.get_run(context.run_id), False
-                if existing is None:
-                    existing, created = store.begin(context.run_id, graph.name, **_fingerprint_args(None))
-            else:
+            if existing is None:
                 existing, created = store.begin(context.run_id, graph.name, **_fingerprint_args(input))
+            else:
+                created = False
             if not created:
-                if existing.flow != graph.name:
-                    raise InvalidInput("run_id", f"belongs to flow {existing.flow!r}, not {graph.name!r}")
-                if input is None and existing.has_input:
-                    input = existing.input
-                elif fingerprint(input)[0] != existing.input_hash:
-                    raise InvalidInput("run_id", "was started with a different input; use a new run_id")
-                if approval is not NO_APPROVAL:
-                    # Checked before the run changes state: a refused decision leaves it paused.
-                    waiting = graph.nodes.get(existing.waiting_for or "")
-                    if existing.status != "paused" or waiting is None or waiting.kind != "approval":
-                        raise InvalidInput("approval", f"run {context.run_id} is not waiting for an approval "
-                                                       f"(it is {existing.status})")
-                    approval = validate_approval(waiting, approval)
+                input, approval = self._resuming(graph, existing, input, approval)
                 saved = store.load(context.run_id)
-                store.set_status(context.run_id, "running")
         return RunPlan(graph, FlowState(input, context), saved, self.hooks, self.rng, store is not None,
                        approval=approval, observed=bool(self.hooks) or _engine_log.isEnabledFor(logging.DEBUG))
+
+    def _resuming(self, graph: FlowGraph, existing: CheckpointRun, input: Any, approval: Any) -> tuple[Any, Any]:
+        """Checks before a known run continues, and its claim; returns its input and approval."""
+        store = self.checkpoints
+        assert store is not None
+        if existing.flow != graph.name:
+            raise InvalidInput("run_id", f"belongs to flow {existing.flow!r}, not {graph.name!r}")
+        if input is None and existing.has_input:
+            input = existing.input
+            if graph.input_model is not None:
+                input = _as_model(graph.input_model, input)
+        elif fingerprint(input)[0] != existing.input_hash:
+            raise InvalidInput("run_id", "was started with a different input; use a new run_id")
+        if approval is not NO_APPROVAL:
+            # Checked before the run changes state: a refused decision leaves it paused.
+            waiting = graph.nodes.get(existing.waiting_for or "")
+            if waiting is None or waiting.kind != "approval":
+                raise InvalidInput("approval", f"run {existing.run_id} waits at {existing.waiting_for!r}, "
+                                               "which is not an approval node of this flow")
+            approval = validate_approval(waiting, approval)
+            # One decision wins: of two callers resuming at once, the second is refused.
+            if not store.claim(existing.run_id, status="paused", waiting_for=waiting.name):
+                raise InvalidInput("approval", f"run {existing.run_id} was resumed by another caller")
+        elif existing.status == "failed" and not store.claim(existing.run_id, status="failed"):
+            raise InvalidInput("run_id", f"run {existing.run_id} was resumed by another caller")
+        return input, approval
 
     def _check(self, graph: FlowGraph, *, remember: bool = True) -> FlowGraph:
         if id(graph) in self._checked:
@@ -186,9 +208,17 @@ class Engine(NodeCaller):
         try:
             return drive(gen)
         except Exception:
-            if self.checkpoints is not None:
-                self.checkpoints.set_status(plan.run_id, "failed")
+            self._mark_failed(plan)
             raise
+
+    def _mark_failed(self, plan: RunPlan) -> None:
+        if self.checkpoints is None:
+            return
+        try:
+            self.checkpoints.set_status(plan.run_id, "failed")
+        except Exception:
+            # The node's error is the one to raise; this one is only logged.
+            _engine_log.exception("run %s: could not record its failure", plan.run_id)
 
     # -- sync driver -------------------------------------------------------------------------
     def _drive(self, gen: Generator[Any, Any, Any]) -> Any:
@@ -205,7 +235,7 @@ class Engine(NodeCaller):
                 if kind is Call:
                     value = self._call(op)
                 elif kind is Save:
-                    self.checkpoints.save(op.run_id, op.step, op.envelope)  # type: ignore[union-attr]
+                    _save(self.checkpoints, op)
                 elif kind is Sleep:
                     self.sleep(op.seconds)
                 elif kind is Parallel:
@@ -252,8 +282,7 @@ class Engine(NodeCaller):
                 if kind is Call:
                     value = await self._acall(op)
                 elif kind is Save:
-                    await asyncio.to_thread(self.checkpoints.save, op.run_id, op.step,  # type: ignore[union-attr]
-                                            op.envelope)
+                    await asyncio.to_thread(_save, self.checkpoints, op)
                 elif kind is Sleep:
                     await self.asleep(op.seconds)
                 elif kind is Parallel:
@@ -275,3 +304,22 @@ class Engine(NodeCaller):
 def _fingerprint_args(value: Any) -> dict[str, Any]:
     digest, text = fingerprint(value)
     return {"input_hash": digest, "input_json": text}
+
+
+def _save(store: CheckpointStore | None, op: Save) -> None:
+    try:
+        store.save(op.run_id, op.step, op.envelope)  # type: ignore[union-attr]
+    except StorageError as exc:
+        raise CheckpointError(f"step {op.step!r} of run {op.run_id} ran but could not be saved: {exc}") from exc
+
+
+_RUN_ID = re.compile(r"^[\w.:-]{1,64}$")
+
+
+def _as_model(model: type[BaseModel], value: Any) -> BaseModel:
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise PayloadError(*first_error(exc, "input")) from None

@@ -23,8 +23,16 @@ from agent.engine.flow import END, FanOut, FlowGraph, Node, Route, Then
 from agent.engine.hooks import emit
 from agent.engine.outputs import build_envelope, to_envelope
 from agent.engine.state import FlowState, RunResult
-from agent.envelope import PROVENANCE
-from agent.errors import AgentCallError, AgentError, FlowError, InvalidInput, LoopLimit, PayloadError
+from agent.envelope import PROVENANCE, _canonical
+from agent.errors import (
+    AgentCallError,
+    AgentError,
+    CheckpointError,
+    FlowError,
+    InvalidInput,
+    LoopLimit,
+    PayloadError,
+)
 from agent.validation import first_error
 
 __all__ = ["Call", "Sleep", "Parallel", "Save", "Status", "RunPlan", "NO_APPROVAL", "fingerprint",
@@ -134,7 +142,7 @@ class RunPlan:
             elif node.each is not None:
                 env = yield from self._map(node, state, step)
             else:
-                env = yield from self._task(node, state, step)
+                env = yield from self._task(node, state, step, upstream=self._join_upstream(cursor, state))
             state = state.update(cursor, env)
             transition = graph.transitions.get(cursor)
             if transition is None:
@@ -158,16 +166,27 @@ class RunPlan:
         return node.name if count == 1 else f"{node.name}@{count}"
 
     def _route(self, source: str, transition: Route, state: FlowState) -> str:
-        label = transition.router(state)
+        label = _user_code(self.graph.nodes[source], "router", transition.router, state)
         try:
             return transition.routes[label]
         except (KeyError, TypeError):
             raise FlowError(source, f"router returned {label!r}, which is not one of "
                                     f"{sorted(transition.routes)}") from None
 
+    def _join_upstream(self, node: str, state: FlowState) -> list[dict[str, Any]] | None:
+        """What a task that joins a fan-out read: every branch's records, not just the last one's."""
+        fan = self.fanout
+        if fan is None or fan.join != node:
+            return None
+        return [r for b in fan.branches if b in state for r in state[b]["records"]]
+
     def _fan_out(self, fan: FanOut, state: FlowState, visits: dict[str, int]) -> Generator[Any, Any, FlowState]:
         gens, names = [], []
         results: dict[str, tuple[bool, Any]] = {}
+        # A join restored from a checkpoint settled the branches: one that failed then is not
+        # run again now (its result would disagree with the saved join).
+        join_visit = visits.get(fan.join, 0) + 1
+        join_done = (fan.join if join_visit == 1 else f"{fan.join}@{join_visit}") in self.saved
         for name in fan.branches:
             node = self.graph.nodes[name]
             step = self._visit(node, visits)
@@ -175,6 +194,8 @@ class RunPlan:
             if saved is not None:
                 self.restored.append(step)
                 results[name] = (True, saved)
+            elif join_done:
+                results[name] = (False, None)
             else:
                 names.append(name)
                 gens.append(self._map(node, state, step) if node.each is not None else self._task(node, state, step))
@@ -190,19 +211,24 @@ class RunPlan:
         self.branch_errors = {}
         for name in fan.branches:  # declared order, never completion order
             ok, value = results[name]
+            if isinstance(value, CheckpointError):
+                raise value  # the branch worked; keeping its result did not: that is no branch failure
             if ok:
                 state = state.update(name, value)
-            else:
+            elif value is not None:
                 self.branch_errors[name] = value
         if self.branch_errors and self.graph.nodes[fan.join].kind != "merge":
             raise next(iter(self.branch_errors.values()))
         return state
 
     # -- steps ---------------------------------------------------------------------------
-    def _task(self, node: Node, state: FlowState, step: str, item: Any = _NO_ITEM) -> Generator[Any, Any, dict]:
+    def _task(self, node: Node, state: FlowState, step: str, item: Any = _NO_ITEM,
+              upstream: list[dict[str, Any]] | None = None) -> Generator[Any, Any, dict]:
         ctx = state.context
         observed = self.observed
-        if item is _NO_ITEM:
+        if upstream is not None:
+            pass
+        elif item is _NO_ITEM:
             upstream = state.records()
         else:
             upstream = [item] if isinstance(item, Mapping) and isinstance(item.get(PROVENANCE), Mapping) else []
@@ -240,14 +266,19 @@ class RunPlan:
 
     def _map(self, node: Node, state: FlowState, step: str) -> Generator[Any, Any, dict]:
         started = time.perf_counter()
-        items = list(node.each(state))  # type: ignore[misc]
+        items = _user_code(node, "each", lambda s: list(node.each(s)), state)  # type: ignore[misc]
         keyed: list[tuple[str, Any]] = []
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for index, item in enumerate(items):
             key = _item_key(node, item, index)
             if key in seen:
-                raise FlowError(node.name, f"two items have the key {key!r}; item keys must be unique")
-            seen.add(key)
+                if node.item_key is not None:
+                    raise FlowError(node.name, f"two items have the key {key!r}; item keys must be unique")
+                # Equal content, no key given: the n-th occurrence is a step of its own.
+                seen[key] += 1
+                key = f"{key}#{seen[key]}"
+            else:
+                seen[key] = 1
             keyed.append((key, item))
         outcomes: dict[str, tuple[bool, Any]] = {}
         pending = []
@@ -295,6 +326,8 @@ class RunPlan:
         for key, item in entries:
             try:
                 done[key] = (True, (yield from self._task(node, state, f"{step}[{key}]", item)))
+            except CheckpointError:
+                raise
             except Exception as exc:
                 done[key] = (False, exc)
         return done
@@ -319,13 +352,14 @@ class RunPlan:
         partial = bool(failures) or any(e["metadata"]["partial"] for e in envelopes.values())
         if node.combine is not None:
             upstream = [r for e in envelopes.values() for r in e["records"]]
-            env = to_envelope(node.combine(state, envelopes), run_id=ctx.run_id, flow=self.graph.name,
+            combined = _user_code(node, "combine", node.combine, state, envelopes)
+            env = to_envelope(combined, run_id=ctx.run_id, flow=self.graph.name,
                               node=node.name, agent=None, upstream=upstream, lineage="all", duration_ms=0.0)
             meta = env["metadata"]
             meta["partial"] = meta["partial"] or partial
             meta["errors"] = meta["errors"] + errors
         else:
-            records = _dedupe(node, [envelopes[b]["records"] for b in ok])
+            records = _user_code(node, "key", _dedupe, node, [envelopes[b]["records"] for b in ok])
             only = envelopes[ok[0]]["metadata"] if len(ok) == 1 and not failures else None
             env = build_envelope(records, run_id=ctx.run_id, flow=self.graph.name, node=node.name,
                                  source=node.name, partial=partial, errors=errors,
@@ -387,14 +421,32 @@ def _error_item(error: BaseException) -> dict[str, Any]:
 def _item_key(node: Node, item: Any, index: int) -> str:
     key = node.item_key
     if key is None:
-        # Content-derived, so a re-run finds the same key whatever the order.
+        # Derived from the content, so a re-run finds the same key whatever order the items
+        # come in (a list position would restore another item's result).
         if isinstance(item, Mapping) and isinstance(item.get(PROVENANCE), Mapping) and item[PROVENANCE].get("hash"):
             return str(item[PROVENANCE]["hash"])[:32]
-        return str(index)
-    value = key(item) if callable(key) else (item.get(key) if isinstance(item, Mapping) else getattr(item, key, None))
+        try:
+            return hashlib.sha256(_canonical(item)).hexdigest()[:32]
+        except (TypeError, ValueError):
+            raise FlowError(node.name, f"item {index} is not JSON; give the map node a key= "
+                                       "so each item has a stable step key") from None
+    value = _user_code(node, "key", lambda i: key(i) if callable(key) else (
+        i.get(key) if isinstance(i, Mapping) else getattr(i, key, None)), item)
     if value is None:
         raise FlowError(node.name, f"item {index} has no key ({key!r} is missing)")
-    return str(value)
+    text = str(value)
+    # Step keys are stored (512 characters at most): a long key is kept as its digest.
+    return text if len(text) <= 200 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _user_code(node: Node, what: str, fn: Any, *args: Any) -> Any:
+    """Call a router / each / combine / key function; its errors become the project's."""
+    try:
+        return fn(*args)
+    except AgentError:
+        raise
+    except Exception as exc:
+        raise AgentCallError(f"node {node.name}", f"{what} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _dedupe(node: Node, batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

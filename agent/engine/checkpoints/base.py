@@ -52,6 +52,11 @@ class CheckpointStore:
     def set_status(self, run_id: str, status: RunStatus, *, waiting_for: str | None = None) -> None:
         raise NotImplementedError
 
+    def claim(self, run_id: str, *, status: RunStatus, waiting_for: str | None = None) -> bool:
+        """Atomically set the run ``running`` if it is in ``status`` (and waits at ``waiting_for``,
+        when given); False if another caller got there first or the run is elsewhere."""
+        raise NotImplementedError
+
     def delete(self, run_id: str) -> None:
         raise NotImplementedError
 

@@ -58,6 +58,15 @@ class MemoryCheckpointStore(CheckpointStore):
                     run.run_id, run.flow, status, run.input_hash, run.input, run.has_input,
                     waiting_for, run.created_at, self._clock())
 
+    def claim(self, run_id: str, *, status: RunStatus, waiting_for: str | None = None) -> bool:
+        with self._lock:
+            run = self._runs.get(run_id)
+            if run is None or run.status != status or (waiting_for is not None and run.waiting_for != waiting_for):
+                return False
+            self._runs[run_id] = CheckpointRun(run.run_id, run.flow, "running", run.input_hash, run.input,
+                                               run.has_input, None, run.created_at, self._clock())
+            return True
+
     def delete(self, run_id: str) -> None:
         with self._lock:
             self._runs.pop(run_id, None)

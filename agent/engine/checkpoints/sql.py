@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus, _utc_clock, as_utc
-from agent.errors import StorageError
+from agent.errors import ConfigurationError, StorageError
 from agent.storage.db import Database
 from agent.storage.models import EngineRun, EngineStep
 
@@ -31,6 +31,8 @@ _STEPS = EngineStep.__table__
 _INSERT_STEP = insert(_STEPS)
 _INSERT_RUN = insert(_RUNS)
 _SET_STATUS = update(_RUNS).where(_RUNS.c.run_id == bindparam("target_run_id"))
+_CLAIM = _SET_STATUS.where(_RUNS.c.status == bindparam("expected_status"))
+_CLAIM_WAITING = _CLAIM.where(_RUNS.c.waiting_for == bindparam("expected_waiting_for"))
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -43,6 +45,10 @@ class SqlCheckpointStore(CheckpointStore):
 
     def __init__(self, db: Database | str, *, clock: Any = None) -> None:
         self.db = Database(db) if isinstance(db, str) else db
+        if self.db.dialect == "sqlite" and self.db.engine.url.database in (None, "", ":memory:"):
+            # Each connection of an in-memory SQLite database is a database of its own.
+            raise ConfigurationError("SqlCheckpointStore needs a SQLite file (or PostgreSQL); "
+                                     "for checkpoints in memory use MemoryCheckpointStore")
         self.db.migrate()
         self._clock = _utc_clock(clock)
         # SQLite has one writer at a time: threads of this process queue on a lock here
@@ -66,7 +72,7 @@ class SqlCheckpointStore(CheckpointStore):
         created = self._write(_INSERT_RUN, {"run_id": run_id, "flow": flow, "status": "running",
                                             "waiting_for": None, "input_hash": input_hash,
                                             "input_json": input_json, "created_at": now, "updated_at": now})
-        if not created:
+        if created is None:
             run = self.get_run(run_id)
             if run is None:  # deleted in between: try once more
                 return self.begin(run_id, flow, input_hash=input_hash, input_json=input_json)
@@ -102,26 +108,32 @@ class SqlCheckpointStore(CheckpointStore):
         self._write(_SET_STATUS, {"target_run_id": run_id, "status": status, "waiting_for": waiting_for,
                                   "updated_at": self._clock()})
 
-    def _write(self, statement: Any, params: dict[str, Any]) -> bool:
-        """One statement in its own transaction; False when it broke a unique key."""
+    def claim(self, run_id: str, *, status: RunStatus, waiting_for: str | None = None) -> bool:
+        params = {"target_run_id": run_id, "expected_status": status, "status": "running", "waiting_for": None,
+                  "updated_at": self._clock()}
+        if waiting_for is None:
+            return self._write(_CLAIM, params) == 1
+        return self._write(_CLAIM_WAITING, {**params, "expected_waiting_for": waiting_for}) == 1
+
+    def _write(self, statement: Any, params: dict[str, Any]) -> int | None:
+        """One statement in its own transaction: the rows it changed, None when it broke a unique key."""
         if self._sqlite:
             return self._sqlite_write(statement, params)
         try:
             with self.db.connect() as conn:
-                conn.execute(statement, params)
+                return int(conn.execute(statement, params).rowcount)
         except StorageError as exc:
             if isinstance(exc.__cause__, IntegrityError):
-                return False
+                return None
             raise
-        return True
 
-    def _sqlite_write(self, statement: Any, params: dict[str, Any]) -> bool:
+    def _sqlite_write(self, statement: Any, params: dict[str, Any]) -> int | None:
         # The hot path of every step on the embedded default: the driver directly, with the
         # statement compiled once, is three times faster than a Core round trip here.
         cache_key = (statement, tuple(params))
         compiled = self._compiled.get(cache_key)
         if compiled is None:
-            columns = [k for k in params if k in statement.table.c]
+            columns = [k for k in params if k in statement.table.c]  # the rest are WHERE parameters
             done = statement.compile(dialect=self.db.engine.dialect, column_keys=columns)
             compiled = self._compiled.setdefault(cache_key, (str(done), tuple(done.positiontup or ())))
         sql, order = compiled
@@ -133,14 +145,15 @@ class SqlCheckpointStore(CheckpointStore):
                 cursor.execute("BEGIN IMMEDIATE")
                 try:
                     cursor.execute(sql, values)
+                    changed = cursor.rowcount
                 except sqlite3.IntegrityError:
                     cursor.execute("ROLLBACK")
-                    return False
+                    return None
                 except BaseException:
                     cursor.execute("ROLLBACK")
                     raise
                 cursor.execute("COMMIT")
-                return True
+                return changed
             except sqlite3.Error as exc:
                 raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
             finally:

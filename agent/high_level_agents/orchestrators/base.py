@@ -164,8 +164,11 @@ class BaseOrchestrator:
 
     # -- helpers -------------------------------------------------------------------
     def _start(self, payload: Any, run_id: str | None) -> RunContext:
-        if run_id is None and is_envelope(payload) and isinstance(payload["metadata"], Mapping):
-            # An envelope from upstream carries its run on: lineage stays within one run.
+        if run_id is None and is_envelope(payload) and isinstance(payload["metadata"], Mapping) \
+                and self.engine.checkpoints is None:
+            # An envelope from upstream carries its run on: lineage stays within one run.  With
+            # checkpoints a run_id names this flow's steps, so this run gets its own (lineage
+            # still runs through the records' parents).
             run_id = payload["metadata"].get("run_id")
         context = RunContext(run_id=run_id or new_run_id(), flow=self.name, tenant=self.tenant,
                              settings=self.settings)

@@ -145,7 +145,7 @@ class DeliveryOrchestrator(BaseOrchestrator):
 
     def build_flow(self, variant: Any = None) -> FlowGraph:
         """prepare -> (delivery off: disabled) | suppression -> [channel] -> deliver."""
-        return (Flow(self.name)
+        return (Flow(self.name, input_model=DeliveryPayload)
                 .node("prepare", _prepare, description="the messages as sent, each tied to its input record")
                 .node("disabled", _disabled, description="delivery is off: every message is skipped")
                 .node("suppression", agent="suppression_gate", request=_suppression_request)

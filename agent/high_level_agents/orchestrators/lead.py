@@ -71,7 +71,7 @@ class LeadOrchestrator(BaseOrchestrator):
 
     def build_flow(self, variant: Any = None) -> FlowGraph:
         branches = [f"search_{name}" for name in self.search_strategies()]
-        flow = Flow(self.name).node("parse", _parse, lineage=None,
+        flow = Flow(self.name, input_model=LeadPayload).node("parse", _parse, lineage=None,
                                     description="check the query once, before any search")
         for branch, agent in zip(branches, self.search_strategies().values(), strict=True):
             flow.node(branch, agent=agent, request=_search_request, description=f"search with {agent}")
