@@ -137,15 +137,19 @@ class Engine(NodeCaller):
             input = _as_model(graph.input_model, input)
         saved: dict[str, dict[str, Any]] = {}
         store = self.checkpoints
-        existing = store.get_run(context.run_id) if store is not None else None
-        if approval is not NO_APPROVAL and (existing is None or existing.status != "paused"):
-            raise InvalidInput("approval", f"run {context.run_id} is not waiting for an approval "
-                                           f"({'it is ' + existing.status if existing else 'no such run'})")
+        existing = None
+        if approval is not NO_APPROVAL:
+            existing = store.get_run(context.run_id) if store is not None else None
+            if existing is None or existing.status != "paused":
+                raise InvalidInput("approval", f"run {context.run_id} is not waiting for an approval "
+                                               f"({'it is ' + existing.status if existing else 'no such run'})")
         if store is not None:
+            created = False
+            if existing is None and input is None:
+                existing = store.get_run(context.run_id)
             if existing is None:
+                # A new run is one INSERT; a known run_id answers with the stored run.
                 existing, created = store.begin(context.run_id, graph.name, **_fingerprint_args(input))
-            else:
-                created = False
             if not created:
                 input, approval = self._resuming(graph, existing, input, approval)
                 saved = store.load(context.run_id)
