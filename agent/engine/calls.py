@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from agent.dispatch.local import Dispatcher, Ticket
 from agent.engine.flow import Node
 from agent.engine.state import FlowState
-from agent.engine.steps import Call
+from agent.engine.ops import Call
 from agent.errors import AgentCallError, AgentError, NodeTimeout
 
 __all__ = ["NodeCaller"]

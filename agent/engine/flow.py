@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from agent.engine.graph import FanOut, Route, Then, Transition, cycles, targets
 from agent.engine.policy import NO_RETRY, Retry
 from agent.errors import FlowError
 
@@ -64,24 +65,6 @@ class Node:
     description: str = ""
 
 
-@dataclass(frozen=True)
-class Then:
-    target: str
-
-
-@dataclass(frozen=True)
-class Route:
-    router: Callable[[Any], str]
-    routes: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class FanOut:
-    branches: tuple[str, ...]
-    join: str
-
-
-Transition = Then | Route | FanOut
 
 
 @dataclass(frozen=True)
@@ -264,7 +247,7 @@ class Flow:
         for source, transition in self._transitions.items():
             if source not in self._nodes:
                 raise FlowError(source, "has a transition but is not a defined node")
-            for target in _targets(transition):
+            for target in targets(transition):
                 if target != END and target not in self._nodes:
                     raise FlowError(source, f"transition to unknown node {target!r}")
             if isinstance(transition, FanOut) and self._nodes[transition.join].kind == "approval":
@@ -279,7 +262,7 @@ class Flow:
                 raise FlowError(name, f"is not reachable from the start node {start!r}")
         # Every cycle needs a bounded node: with the bounded nodes taken out, no cycle may remain.
         unbounded = {n: node for n, node in self._nodes.items() if not node.max_visits}
-        for component in _cycles(unbounded, self._transitions):
+        for component in cycles(unbounded, self._transitions):
             raise FlowError(component[0], "is on a cycle without a bound: set max_visits= on a node "
                                           f"of the loop ({' -> '.join(component)})")
         agents = frozenset(n.agent for n in self._nodes.values() if n.agent)
@@ -290,7 +273,7 @@ class Flow:
         """A branch is a task reached only from its fan-out; a join only from its branches."""
         arrivals: dict[str, set[str]] = {}
         for source, transition in self._transitions.items():
-            for target in _targets(transition):
+            for target in targets(transition):
                 arrivals.setdefault(target, set()).add(source)
         for source, transition in self._transitions.items():
             if not isinstance(transition, FanOut):
@@ -325,7 +308,7 @@ class Flow:
         seen, todo = {start}, [start]
         while todo:
             transition = self._transitions.get(todo.pop())
-            for target in _targets(transition) if transition else ():
+            for target in targets(transition) if transition else ():
                 if target != END and target not in seen:
                     seen.add(target)
                     todo.append(target)
@@ -364,59 +347,3 @@ def _integer(value: Any) -> bool:
 def _check_name(name: Any, what: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise FlowError(str(name), f"is not a valid {what} name (letters, digits, _ . -; at most 64)")
-
-
-def _targets(transition: Transition) -> tuple[str, ...]:
-    if isinstance(transition, Then):
-        return (transition.target,)
-    if isinstance(transition, Route):
-        return tuple(transition.routes.values())
-    return (*transition.branches, transition.join)
-
-
-def _cycles(nodes: Mapping[str, Node], transitions: Mapping[str, Transition]) -> list[list[str]]:
-    """The strongly connected components that hold a cycle (Tarjan, iterative)."""
-    edges = {n: [t for t in _targets(transitions[n]) if t in nodes] if n in transitions else [] for n in nodes}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-    counter = 0
-    for root in nodes:
-        if root in index:
-            continue
-        work = [(root, 0)]
-        while work:
-            node, i = work.pop()
-            if i == 0:
-                index[node] = low[node] = counter
-                counter += 1
-                stack.append(node)
-                on_stack.add(node)
-            recurse = False
-            for j in range(i, len(edges[node])):
-                target = edges[node][j]
-                if target not in index:
-                    work.append((node, j + 1))
-                    work.append((target, 0))
-                    recurse = True
-                    break
-                if target in on_stack:
-                    low[node] = min(low[node], index[target])
-            if recurse:
-                continue
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1 or node in edges[node]:
-                    found.append(component[::-1])
-            if work:
-                parent = work[-1][0]
-                low[parent] = min(low[parent], low[node])
-    return found

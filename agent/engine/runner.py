@@ -33,17 +33,8 @@ from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.hooks import log as _engine_log
 from agent.engine.state import FlowState, RunResult
-from agent.engine.steps import (
-    NO_APPROVAL,
-    Call,
-    Parallel,
-    RunPlan,
-    Save,
-    Sleep,
-    Status,
-    fingerprint,
-    validate_approval,
-)
+from agent.engine.ops import NO_APPROVAL, Call, Parallel, Save, Sleep, Status
+from agent.engine.steps import RunPlan, fingerprint, validate_approval
 from agent.envelope import new_run_id
 from agent.errors import CheckpointError, ConfigurationError, InvalidInput, PayloadError, StorageError
 from agent.registry import Registry

@@ -1,8 +1,8 @@
-"""The engine's operations, written once as generators (sans I/O).
+"""The engine's steps, written once as generators (sans I/O).
 
-A step generator yields small operation values (``Call``, ``Sleep``,
-``Parallel``, ``Save``, ``Status``) and receives their results; the sync and
-asyncio drivers in ``agent.engine.runner`` carry them out.  So routing,
+A step generator yields small operation values (``agent.engine.ops``:
+``Call``, ``Sleep``, ``Parallel``, ``Save``, ``Status``) and receives their
+results; the sync and asyncio drivers in ``agent.engine.runner`` carry them out.  So routing,
 retries, fan-out, checkpoints and approvals have one implementation for
 ``run`` and ``arun``.
 """
@@ -21,9 +21,11 @@ from pydantic import BaseModel, ValidationError
 
 from agent.engine.flow import END, FanOut, FlowGraph, Node, Route, Then
 from agent.engine.hooks import emit
+from agent.engine.keys import dedupe, item_key, user_code
+from agent.engine.ops import NO_APPROVAL, NO_ITEM, Call, Parallel, Save, Sleep, Status
 from agent.engine.outputs import build_envelope, to_envelope
 from agent.engine.state import FlowState, RunResult
-from agent.envelope import PROVENANCE, _canonical
+from agent.envelope import PROVENANCE
 from agent.errors import (
     AgentCallError,
     AgentError,
@@ -35,54 +37,7 @@ from agent.errors import (
 )
 from agent.validation import first_error
 
-__all__ = ["Call", "Sleep", "Parallel", "Save", "Status", "RunPlan", "NO_APPROVAL", "fingerprint",
-           "validate_approval"]
-
-NO_APPROVAL: Any = object()
-_NO_ITEM: Any = object()
-
-
-# The operations are plain slotted classes: built on every step, so they stay cheap.
-class Call:
-    __slots__ = ("node", "state", "item")
-
-    def __init__(self, node: Node, state: FlowState, item: Any = _NO_ITEM) -> None:
-        self.node, self.state, self.item = node, state, item
-
-    @property
-    def has_item(self) -> bool:
-        return self.item is not _NO_ITEM
-
-
-class Sleep:
-    __slots__ = ("seconds",)
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-
-class Parallel:
-    """Run these generators at once; the result is a list of ``(ok, value_or_error)``."""
-
-    __slots__ = ("gens",)
-
-    def __init__(self, gens: list[Generator[Any, Any, Any]]) -> None:
-        self.gens = gens
-
-
-class Save:
-    __slots__ = ("run_id", "step", "envelope")
-
-    def __init__(self, run_id: str, step: str, envelope: dict[str, Any]) -> None:
-        self.run_id, self.step, self.envelope = run_id, step, envelope
-
-
-class Status:
-    __slots__ = ("run_id", "status", "waiting_for")
-
-    def __init__(self, run_id: str, status: str, waiting_for: str | None = None) -> None:
-        self.run_id, self.status, self.waiting_for = run_id, status, waiting_for
-
+__all__ = ["RunPlan", "fingerprint", "validate_approval"]
 
 def fingerprint(value: Any) -> tuple[str, str]:
     """The run input's hash and JSON text (what a checkpointed run is recognised by)."""
@@ -166,7 +121,7 @@ class RunPlan:
         return node.name if count == 1 else f"{node.name}@{count}"
 
     def _route(self, source: str, transition: Route, state: FlowState) -> str:
-        label = _user_code(self.graph.nodes[source], "router", transition.router, state)
+        label = user_code(self.graph.nodes[source], "router", transition.router, state)
         try:
             return transition.routes[label]
         except (KeyError, TypeError):
@@ -222,13 +177,13 @@ class RunPlan:
         return state
 
     # -- steps ---------------------------------------------------------------------------
-    def _task(self, node: Node, state: FlowState, step: str, item: Any = _NO_ITEM,
+    def _task(self, node: Node, state: FlowState, step: str, item: Any = NO_ITEM,
               upstream: list[dict[str, Any]] | None = None) -> Generator[Any, Any, dict]:
         ctx = state.context
         observed = self.observed
         if upstream is not None:
             pass
-        elif item is _NO_ITEM:
+        elif item is NO_ITEM:
             upstream = state.records()
         else:
             upstream = [item] if isinstance(item, Mapping) and isinstance(item.get(PROVENANCE), Mapping) else []
@@ -266,11 +221,11 @@ class RunPlan:
 
     def _map(self, node: Node, state: FlowState, step: str) -> Generator[Any, Any, dict]:
         started = time.perf_counter()
-        items = _user_code(node, "each", lambda s: list(node.each(s)), state)  # type: ignore[misc]
+        items = user_code(node, "each", lambda s: list(node.each(s)), state)  # type: ignore[misc]
         keyed: list[tuple[str, Any]] = []
         seen: dict[str, int] = {}
         for index, item in enumerate(items):
-            key = _item_key(node, item, index)
+            key = item_key(node, item, index)
             if key in seen:
                 if node.item_key is not None:
                     raise FlowError(node.name, f"two items have the key {key!r}; item keys must be unique")
@@ -352,14 +307,14 @@ class RunPlan:
         partial = bool(failures) or any(e["metadata"]["partial"] for e in envelopes.values())
         if node.combine is not None:
             upstream = [r for e in envelopes.values() for r in e["records"]]
-            combined = _user_code(node, "combine", node.combine, state, envelopes)
+            combined = user_code(node, "combine", node.combine, state, envelopes)
             env = to_envelope(combined, run_id=ctx.run_id, flow=self.graph.name,
                               node=node.name, agent=None, upstream=upstream, lineage="all", duration_ms=0.0)
             meta = env["metadata"]
             meta["partial"] = meta["partial"] or partial
             meta["errors"] = meta["errors"] + errors
         else:
-            records = _user_code(node, "key", _dedupe, node, [envelopes[b]["records"] for b in ok])
+            records = user_code(node, "key", dedupe, node, [envelopes[b]["records"] for b in ok])
             only = envelopes[ok[0]]["metadata"] if len(ok) == 1 and not failures else None
             env = build_envelope(records, run_id=ctx.run_id, flow=self.graph.name, node=node.name,
                                  source=node.name, partial=partial, errors=errors,
@@ -416,54 +371,3 @@ def _translate(node: Node, exc: Exception) -> AgentError:
 def _error_item(error: BaseException) -> dict[str, Any]:
     code = getattr(error, "code", None) or type(error).__name__
     return {"code": code, "message": str(error)}
-
-
-def _item_key(node: Node, item: Any, index: int) -> str:
-    key = node.item_key
-    if key is None:
-        # Derived from the content, so a re-run finds the same key whatever order the items
-        # come in (a list position would restore another item's result).
-        if isinstance(item, Mapping) and isinstance(item.get(PROVENANCE), Mapping) and item[PROVENANCE].get("hash"):
-            return str(item[PROVENANCE]["hash"])[:32]
-        try:
-            return hashlib.sha256(_canonical(item)).hexdigest()[:32]
-        except (TypeError, ValueError):
-            raise FlowError(node.name, f"item {index} is not JSON; give the map node a key= "
-                                       "so each item has a stable step key") from None
-    value = _user_code(node, "key", lambda i: key(i) if callable(key) else (
-        i.get(key) if isinstance(i, Mapping) else getattr(i, key, None)), item)
-    if value is None:
-        raise FlowError(node.name, f"item {index} has no key ({key!r} is missing)")
-    text = str(value)
-    # Step keys are stored (512 characters at most): a long key is kept as its digest.
-    return text if len(text) <= 200 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def _user_code(node: Node, what: str, fn: Any, *args: Any) -> Any:
-    """Call a router / each / combine / key function; its errors become the project's."""
-    try:
-        return fn(*args)
-    except AgentError:
-        raise
-    except Exception as exc:
-        raise AgentCallError(f"node {node.name}", f"{what} raised {type(exc).__name__}: {exc}") from exc
-
-
-def _dedupe(node: Node, batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    key = node.merge_key
-    seen: set[Any] = set()
-    out: list[dict[str, Any]] = []
-    for batch in batches:
-        for record in batch:
-            if key is None:
-                value = record[PROVENANCE]["hash"]
-            elif callable(key):
-                value = key(record)
-            else:
-                value = record.get(key)
-            if value is not None:
-                if value in seen:
-                    continue
-                seen.add(value)
-            out.append(record)
-    return out
