@@ -153,8 +153,8 @@ class ResumeTest(unittest.TestCase):
         flow = orch.build_flow("outbox")
         model = orch.validate_payload(payload)
         store.begin("r1", flow.name, input_hash="x", input_json=model.model_dump_json())
-        # When the engine resumes it from the stored JSON alone
-        result = orch.engine.resume(flow, "r1")
+        # When the engine takes it over from the stored JSON alone (its process is gone)
+        result = orch.engine.resume(flow, "r1", force=True)
         # Then the routers read the model's attributes and the run ends skipped
         self.assertEqual(result.envelope["records"][0]["reason"], "delivery_disabled")
 
@@ -199,7 +199,97 @@ class ResumeTest(unittest.TestCase):
         self.assertEqual(caught.exception.field, "run_id")
 
 
+class MoreResumeTest(unittest.TestCase):
+    def test_a_run_still_marked_running_is_refused_unless_taken_over(self) -> None:
+        # Given a run whose process died mid-run (its row says running)
+        store = MemoryCheckpointStore()
+        flow = Flow("f").node("a", lambda s: [{"x": 1}]).build()
+        store.begin("r1", "f", input_hash="h", input_json="{}")
+        engine = Engine(Registry(), checkpoints=store)
+        # When / Then a plain resume is refused, naming run_id; force takes it over
+        with self.assertRaises(InvalidInput) as caught:
+            engine.resume(flow, "r1")
+        self.assertEqual(caught.exception.field, "run_id")
+        self.assertEqual(engine.resume(flow, "r1", force=True).status, "succeeded")
+
+    def test_an_edited_record_is_keyed_by_its_content_not_its_stale_hash(self) -> None:
+        # Given records edited from one upstream record (same stale provenance hash)
+        base = make_envelope([{"lang": "en"}], source="t")["records"][0]
+        items = [{**base, "lang": lang} for lang in ("fr", "en", "de")]
+        flow = Flow("m").node("t", lambda item, s: [{"lang": item["lang"]}], each=lambda s: items).build()
+        # When
+        result = Engine(Registry(), checkpoints=MemoryCheckpointStore()).run(flow, {})
+        # Then each got a step of its own, and none was mistaken for another
+        self.assertEqual([r["lang"] for r in result.envelope["records"]], ["fr", "en", "de"])
+        self.assertNotIn("#", " ".join(result.executed))
+
+    def test_a_step_whose_run_row_is_gone_is_a_checkpoint_error_not_a_silent_drop(self) -> None:
+        # Given a SQLite store whose run was deleted under a running flow
+        store = SqlCheckpointStore(f"sqlite:///{tempfile.mkdtemp()}/cp.db")
+        flow = Flow("f").node("a", lambda s: store.delete(s.run_id) or [{"x": 1}]).build()
+        # When / Then
+        with self.assertRaises(CheckpointError):
+            Engine(Registry(), checkpoints=store).run(flow, {}, run_id="r1")
+
+    def test_a_context_run_id_is_checked_too(self) -> None:
+        with self.assertRaises(InvalidInput):
+            Engine(Registry()).run(Flow("f").node("a", lambda s: None).build(), {},
+                                   context=RunContext(run_id="x" * 80))
+
+
+class AsyncLimitsTest(unittest.TestCase):
+    def test_more_runs_than_worker_threads_all_get_their_turn_at_a_limited_agent(self) -> None:
+        # Given an agent allowed two calls at a time, and more runs than asyncio's default pool
+        class Quick(BaseAgent):
+            def run(self, request: Mapping[str, Any], *, context: RunContext) -> dict[str, Any]:
+                return make_envelope([{"ok": True}], source="quick", run_id=context.run_id)
+
+        registry = Registry()
+        registry.register("quick", Quick())
+        engine = Engine(registry, dispatcher=Dispatcher({"quick": {"concurrency": 2, "acquire_timeout": 5}}))
+        flow = Flow("f").node("a", agent="quick").build()
+
+        async def many() -> list[Any]:
+            return await asyncio.gather(*(engine.arun(flow, {}) for _ in range(40)))
+
+        # When / Then every run succeeds (none starves waiting for a thread)
+        results = asyncio.run(asyncio.wait_for(many(), GUARD * 3))
+        self.assertEqual({r.status for r in results}, {"succeeded"})
+
+    def test_a_cancelled_arun_gives_its_slot_back(self) -> None:
+        # Given a limited agent that blocks, and an arun cancelled while the call is in flight
+        agent, registry = Blocking(), Registry()
+        registry.register("slow", agent)
+        released = threading.Event()
+        dispatcher = Dispatcher({"slow": {"concurrency": 1}},
+                                observer=lambda event, agent, **_: event == "released" and released.set())
+        engine = Engine(registry, dispatcher=dispatcher)
+        flow = Flow("f").node("a", agent="slow").build()
+
+        async def cancel_it() -> None:
+            task = asyncio.ensure_future(engine.arun(flow, {}))
+            while dispatcher.stats("slow").in_use == 0:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+            # When the abandoned call returns
+            agent.release.set()
+            self.assertTrue(await asyncio.to_thread(released.wait, GUARD))
+
+        asyncio.run(cancel_it())
+        # Then the slot is free again, and the breaker holds no verdict against the agent
+        self.assertEqual((dispatcher.stats("slow").in_use, dispatcher.breaker("slow").state), (0, "closed"))
+
+
 class BuildTest(unittest.TestCase):
+    def test_a_flow_cannot_start_at_a_fan_out_branch(self) -> None:
+        flow = (Flow("f").node("s", lambda s: None).node("b", lambda s: None).merge("m")
+                .fan_out("s", ["b"], join="m").start("b"))
+        with self.assertRaises(FlowError) as caught:
+            flow.build()
+        self.assertEqual(caught.exception.field, "b")
+
     def test_a_cycle_inside_a_bounded_loop_still_needs_a_bound(self) -> None:
         # Given a -> b -> c -> b with only a bounded
         flow = (Flow("f").node("a", lambda s: None, max_visits=3).node("b", lambda s: None)

@@ -59,6 +59,13 @@ class Ticket:
         else:
             self.breaker.record(False, probe=self.probe)
 
+    def abstain(self) -> None:
+        """Settle without a verdict: the call was given up before it said anything about the agent."""
+        if not self._settled:
+            self._settled = True
+            if self.breaker is not None:
+                self.breaker.cancel_probe(self.probe)
+
     def free(self) -> None:
         if self._freed:
             return

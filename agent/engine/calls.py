@@ -86,9 +86,7 @@ class NodeCaller:
     async def _acall(self, op: Call) -> Any:
         node = op.node
         if node.agent is not None:
-            instance, request, key, context = await asyncio.to_thread(self._agent_request, op)
-            ticket = await asyncio.to_thread(self.dispatcher.acquire, node.agent, key=key)  # type: ignore[arg-type]
-            return await _in_worker(lambda: _run_agent(node, instance, request, context), node, ticket)
+            return await self._acall_agent(op)
         if _is_async(node.fn):
             coro = _awaited(node.fn(op.item, op.state) if op.has_item else node.fn(op.state))  # type: ignore[misc]
             if node.timeout is None:
@@ -97,10 +95,65 @@ class NodeCaller:
                 return await asyncio.wait_for(coro, node.timeout)
             except TimeoutError:
                 raise _timeout_error(node) from None
-        out = await _in_worker(lambda: _function(op), node, None)
+        out = await _in_worker(lambda: _function(op), node)
         if inspect.isawaitable(out):
-            out = await (asyncio.wait_for(_awaited(out), node.timeout) if node.timeout else _awaited(out))
+            if node.timeout is None:
+                return await _awaited(out)
+            try:
+                return await asyncio.wait_for(_awaited(out), node.timeout)
+            except TimeoutError:
+                raise _timeout_error(node) from None
         return out
+
+    async def _acall_agent(self, op: Call) -> Any:
+        """Slot and call in one worker job, so waiters for a slot never starve its holder of a
+        thread.  The job is shielded: a caller that gives up (timeout, cancellation) leaves it
+        to free its own slot, and a job that gets its slot after that does not call the agent."""
+        node = op.node
+        instance, request, key, context = self._agent_request(op)
+        lock = threading.Lock()
+        shared: dict[str, Any] = {"ticket": None, "abandoned": False}
+
+        def job() -> Any:
+            ticket = self.dispatcher.acquire(node.agent, key=key)  # type: ignore[arg-type]
+            with lock:
+                shared["ticket"] = ticket
+                abandoned = shared["abandoned"]
+            try:
+                if abandoned:
+                    if ticket is not None:
+                        ticket.abstain()
+                    return None
+                try:
+                    out = _run_agent(node, instance, request, context)
+                except BaseException as exc:
+                    _settle(ticket, exc)
+                    raise
+                _settle(ticket, None)
+                return out
+            finally:
+                if ticket is not None:
+                    ticket.free()
+
+        future = asyncio.get_running_loop().run_in_executor(None, job)
+        try:
+            if node.timeout is None:
+                return await asyncio.shield(future)
+            return await asyncio.wait_for(asyncio.shield(future), node.timeout)
+        except BaseException as exc:
+            if future.done():
+                raise  # the job's own outcome (LimitTimeout, the agent's error...)
+            with lock:
+                shared["abandoned"] = True
+                ticket = shared["ticket"]
+            if isinstance(exc, TimeoutError):
+                error = _timeout_error(node)
+                if ticket is not None:
+                    ticket.settle(error)
+                raise error from None
+            if ticket is not None:
+                ticket.abstain()  # cancelled by our caller: no verdict on the agent
+            raise
 
 
 def _function(op: Call) -> Any:
@@ -163,7 +216,13 @@ def _in_thread(fn: Callable[[], Any], node: Node, ticket: Ticket | None) -> Any:
         if ticket is not None:
             ticket.free()
         raise
-    if not done.wait(node.timeout):
+    try:
+        finished = done.wait(node.timeout)
+    except BaseException:
+        if ticket is not None:
+            ticket.abstain()  # interrupted (KeyboardInterrupt): no verdict; the thread frees the slot
+        raise
+    if not finished:
         error = _timeout_error(node)
         _settle(ticket, error)
         raise error
@@ -173,29 +232,17 @@ def _in_thread(fn: Callable[[], Any], node: Node, ticket: Ticket | None) -> Any:
     return box["value"]
 
 
-async def _in_worker(fn: Callable[[], Any], node: Node, ticket: Ticket | None) -> Any:
-    """``fn()`` on a worker thread, awaited up to the node's timeout; same ticket rules as above."""
-
-    def target() -> Any:
-        try:
-            return fn()
-        finally:
-            if ticket is not None:
-                ticket.free()
-
-    future = asyncio.get_running_loop().run_in_executor(None, target)
+async def _in_worker(fn: Callable[[], Any], node: Node) -> Any:
+    """A plain sync function on a worker thread, awaited up to the node's timeout."""
+    future = asyncio.get_running_loop().run_in_executor(None, fn)
     try:
         if node.timeout is None:
             out = await future
         else:
-            # shield: at the timeout the call is abandoned, and its thread frees the slot later.
+            # shield: at the timeout the call is abandoned (its thread runs on), not cancelled.
             out = await asyncio.wait_for(asyncio.shield(future), node.timeout)
     except TimeoutError:
-        error = _timeout_error(node)
-        _settle(ticket, error)
-        raise error from None
-    except BaseException as exc:
-        _settle(ticket, exc)
-        raise
-    _settle(ticket, None)
+        if future.done():
+            raise  # the function's own TimeoutError
+        raise _timeout_error(node) from None
     return out

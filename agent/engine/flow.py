@@ -36,7 +36,7 @@ from agent.errors import FlowError
 __all__ = ["Flow", "FlowGraph", "Node", "Then", "Route", "FanOut", "END"]
 
 END = "__end__"
-_NAME = re.compile(r"^[A-Za-z_][\w.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z_][\w.-]{0,63}", re.ASCII)
 
 NodeKind = Literal["task", "merge", "approval"]
 
@@ -256,6 +256,9 @@ class Flow:
             if node.kind == "merge" and node.name not in joins:
                 raise FlowError(node.name, "a merge node must be the join of a fan_out()")
         self._check_fan_outs()
+        if start in {b for t in self._transitions.values() if isinstance(t, FanOut) for b in t.branches} \
+                or self._nodes[start].kind == "merge":
+            raise FlowError(start, "a fan-out's branch or merge cannot be where the flow starts")
         reachable = self._reachable(start)
         for name in self._nodes:
             if name not in reachable:
@@ -345,5 +348,5 @@ def _integer(value: Any) -> bool:
 
 
 def _check_name(name: Any, what: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise FlowError(str(name), f"is not a valid {what} name (letters, digits, _ . -; at most 64)")

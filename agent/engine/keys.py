@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.engine.flow import Node
-from agent.envelope import PROVENANCE, _canonical
+from agent.envelope import PROVENANCE, _canonical, record_hash
 from agent.errors import AgentCallError, AgentError, FlowError
 
 __all__ = ["item_key", "dedupe", "user_code"]
@@ -18,8 +18,11 @@ def item_key(node: Node, item: Any, index: int) -> str:
     if key is None:
         # Derived from the content, so a re-run finds the same key whatever order the items
         # come in (a list position would restore another item's result).
-        if isinstance(item, Mapping) and isinstance(item.get(PROVENANCE), Mapping) and item[PROVENANCE].get("hash"):
-            return str(item[PROVENANCE]["hash"])[:32]
+        if isinstance(item, Mapping) and isinstance(item.get(PROVENANCE), Mapping):
+            claimed = item[PROVENANCE].get("hash")
+            # Only a hash that still matches the content: an edited record is keyed by what it is now.
+            if isinstance(claimed, str) and claimed == _content_hash(item):
+                return claimed[:32]
         try:
             return hashlib.sha256(_canonical(item)).hexdigest()[:32]
         except (TypeError, ValueError):
@@ -32,6 +35,13 @@ def item_key(node: Node, item: Any, index: int) -> str:
     text = str(value)
     # Step keys are stored (512 characters at most): a long key is kept as its digest.
     return text if len(text) <= 200 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _content_hash(item: Mapping[str, Any]) -> str | None:
+    try:
+        return record_hash(item)
+    except AgentError:
+        return None
 
 
 def user_code(node: Node, what: str, fn: Any, *args: Any) -> Any:

@@ -76,35 +76,38 @@ class Engine(NodeCaller):
 
     # -- public ----------------------------------------------------------------------------
     def run(self, flow: FlowGraph | Flow, input: Any = None, *, run_id: str | None = None,
-            tenant: str | None = None, approval: Any = NO_APPROVAL, context: RunContext | None = None) -> RunResult:
+            tenant: str | None = None, approval: Any = NO_APPROVAL, context: RunContext | None = None,
+            force: bool = False) -> RunResult:
         """Run ``flow`` to its end or to an approval; a failed node raises its ``AgentError``.
 
         With a checkpoint store, a ``run_id`` seen before resumes: completed steps
         are restored, never run again.  ``approval`` is the decision for the
-        approval node the run is waiting at (validated by that node's model).
+        approval node the run is waiting at (validated by that node's model).  A run
+        still marked ``running`` is refused unless ``force`` says its process is gone.
         """
-        plan = self._plan(flow, input, run_id, tenant, approval, context)
+        plan = self._plan(flow, input, run_id, tenant, approval, context, force)
         return self._finish(plan, self._drive, plan.walk())
 
     async def arun(self, flow: FlowGraph | Flow, input: Any = None, *, run_id: str | None = None,
                    tenant: str | None = None, approval: Any = NO_APPROVAL,
-                   context: RunContext | None = None) -> RunResult:
+                   context: RunContext | None = None, force: bool = False) -> RunResult:
         """``run`` under asyncio: async nodes are awaited, blocking agents run in threads."""
         if self.checkpoints is not None:
-            plan = await asyncio.to_thread(self._plan, flow, input, run_id, tenant, approval, context)
+            plan = await asyncio.to_thread(self._plan, flow, input, run_id, tenant, approval, context, force)
         else:
-            plan = self._plan(flow, input, run_id, tenant, approval, context)
+            plan = self._plan(flow, input, run_id, tenant, approval, context, force)
         try:
             return await self._adrive(plan.walk())
         except Exception:
             await asyncio.to_thread(self._mark_failed, plan)
             raise
 
-    def resume(self, flow: FlowGraph | Flow, run_id: str, *, approval: Any = NO_APPROVAL) -> RunResult:
+    def resume(self, flow: FlowGraph | Flow, run_id: str, *, approval: Any = NO_APPROVAL,
+               force: bool = False) -> RunResult:
         """Continue a checkpointed run (after a crash, or at its approval) from its stored input."""
         if self.checkpoints is None or self.checkpoints.get_run(run_id) is None:
             raise InvalidInput("run_id", f"no checkpointed run {run_id!r} to resume")
-        return self.run(flow, None, run_id=run_id, approval=approval)
+        return self.run(flow, None, run_id=run_id, approval=approval, force=force)
 
     def close(self) -> None:
         with self._lock:
@@ -114,7 +117,7 @@ class Engine(NodeCaller):
 
     # -- planning ----------------------------------------------------------------------------
     def _plan(self, flow: FlowGraph | Flow, input: Any, run_id: str | None, tenant: str | None,
-              approval: Any, context: RunContext | None) -> RunPlan:
+              approval: Any, context: RunContext | None, force: bool = False) -> RunPlan:
         # A built graph is checked once; a builder is built (and checked) on every run.
         graph = self._check(flow.build(), remember=False) if isinstance(flow, Flow) else self._check(flow)
         if context is None:
@@ -122,7 +125,7 @@ class Engine(NodeCaller):
                                  tenant=tenant or self.settings.tenant, settings=self.settings)
         elif context.flow != graph.name:
             context = context.child(flow=graph.name)
-        if run_id is not None and not _RUN_ID.match(run_id):
+        if not (isinstance(context.run_id, str) and _RUN_ID.fullmatch(context.run_id)):
             raise InvalidInput("run_id", "must be 1 to 64 letters, digits or _ . : -")
         if graph.input_model is not None and input is not None:
             input = _as_model(graph.input_model, input)
@@ -142,12 +145,13 @@ class Engine(NodeCaller):
                 # A new run is one INSERT; a known run_id answers with the stored run.
                 existing, created = store.begin(context.run_id, graph.name, **_fingerprint_args(input))
             if not created:
-                input, approval = self._resuming(graph, existing, input, approval)
+                input, approval = self._resuming(graph, existing, input, approval, force)
                 saved = store.load(context.run_id)
         return RunPlan(graph, FlowState(input, context), saved, self.hooks, self.rng, store is not None,
                        approval=approval, observed=bool(self.hooks) or _engine_log.isEnabledFor(logging.DEBUG))
 
-    def _resuming(self, graph: FlowGraph, existing: CheckpointRun, input: Any, approval: Any) -> tuple[Any, Any]:
+    def _resuming(self, graph: FlowGraph, existing: CheckpointRun, input: Any, approval: Any,
+                  force: bool) -> tuple[Any, Any]:
         """Checks before a known run continues, and its claim; returns its input and approval."""
         store = self.checkpoints
         assert store is not None
@@ -171,6 +175,10 @@ class Engine(NodeCaller):
                 raise InvalidInput("approval", f"run {existing.run_id} was resumed by another caller")
         elif existing.status == "failed" and not store.claim(existing.run_id, status="failed"):
             raise InvalidInput("run_id", f"run {existing.run_id} was resumed by another caller")
+        elif existing.status == "running" and not force:
+            # Live elsewhere, or its process died mid-run: only the caller can know which.
+            raise InvalidInput("run_id", f"run {existing.run_id} is running; if its process is gone, "
+                                         "take it over with force=True")
         return input, approval
 
     def _check(self, graph: FlowGraph, *, remember: bool = True) -> FlowGraph:
@@ -308,7 +316,7 @@ def _save(store: CheckpointStore | None, op: Save) -> None:
         raise CheckpointError(f"step {op.step!r} of run {op.run_id} ran but could not be saved: {exc}") from exc
 
 
-_RUN_ID = re.compile(r"^[\w.:-]{1,64}$")
+_RUN_ID = re.compile(r"[\w.:-]{1,64}", re.ASCII)
 
 
 def _as_model(model: type[BaseModel], value: Any) -> BaseModel:

@@ -98,6 +98,8 @@ class RunPlan:
                 env = yield from self._map(node, state, step)
             else:
                 env = yield from self._task(node, state, step, upstream=self._join_upstream(cursor, state))
+            if self.fanout is not None and self.fanout.join == cursor:
+                self.fanout = None  # the join is done: reached again later, it reads its own input
             state = state.update(cursor, env)
             transition = graph.transitions.get(cursor)
             if transition is None:
@@ -211,11 +213,11 @@ class RunPlan:
                 if error is exc:
                     raise
                 raise error from exc
+            if self.checkpointed:
+                yield Save(ctx.run_id, step, env)  # a CheckpointError here is no node_end
             if observed:
                 emit(self.hooks, "node_end", run_id=ctx.run_id, flow=self.graph.name, node=node.name,
                      step=step, attempt=attempt, duration_ms=duration, envelope=env, state=state)
-            if self.checkpointed:
-                yield Save(ctx.run_id, step, env)
             self.executed.append(step)
             return env
 
@@ -300,6 +302,24 @@ class RunPlan:
         emit(self.hooks, "node_start", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
              attempt=1, state=state)
         started = time.perf_counter()
+        try:
+            env = self._merged(node, state, fan, failures, ok)
+        except Exception as exc:
+            emit(self.hooks, "node_error", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
+                 attempt=1, duration_ms=round((time.perf_counter() - started) * 1000, 3), error=exc,
+                 will_retry=False, state=state)
+            raise
+        env["metadata"]["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        if self.checkpointed:
+            yield Save(ctx.run_id, step, env)
+        emit(self.hooks, "node_end", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
+             attempt=1, duration_ms=env["metadata"]["duration_ms"], envelope=env, state=state)
+        self.executed.append(step)
+        return env
+
+    def _merged(self, node: Node, state: FlowState, fan: FanOut, failures: dict[str, AgentError],
+                ok: list[str]) -> dict[str, Any]:
+        ctx = state.context
         envelopes = {b: state[b] for b in ok}
         errors = [{**_error_item(err), "node": b} for b, err in failures.items()]
         for b in ok:
@@ -313,21 +333,14 @@ class RunPlan:
             meta = env["metadata"]
             meta["partial"] = meta["partial"] or partial
             meta["errors"] = meta["errors"] + errors
-        else:
-            records = user_code(node, "key", dedupe, node, [envelopes[b]["records"] for b in ok])
-            only = envelopes[ok[0]]["metadata"] if len(ok) == 1 and not failures else None
-            env = build_envelope(records, run_id=ctx.run_id, flow=self.graph.name, node=node.name,
-                                 source=node.name, partial=partial, errors=errors,
-                                 total_count=only["total_count"] if only else None,
-                                 branches={b: (len(envelopes[b]["records"]) if b in envelopes else "failed")
-                                           for b in fan.branches})
-        env["metadata"]["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        emit(self.hooks, "node_end", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
-             attempt=1, duration_ms=env["metadata"]["duration_ms"], envelope=env, state=state)
-        if self.checkpointed:
-            yield Save(ctx.run_id, step, env)
-        self.executed.append(step)
-        return env
+            return env
+        records = user_code(node, "key", dedupe, node, [envelopes[b]["records"] for b in ok])
+        only = envelopes[ok[0]]["metadata"] if len(ok) == 1 and not failures else None
+        return build_envelope(records, run_id=ctx.run_id, flow=self.graph.name, node=node.name,
+                              source=node.name, partial=partial, errors=errors,
+                              total_count=only["total_count"] if only else None,
+                              branches={b: (len(envelopes[b]["records"]) if b in envelopes else "failed")
+                                        for b in fan.branches})
 
     def _approval(self, node: Node, state: FlowState) -> dict[str, Any]:
         decision = validate_approval(node, self.approval)

@@ -123,7 +123,9 @@ class SqlCheckpointStore(CheckpointStore):
             with self.db.connect() as conn:
                 return int(conn.execute(statement, params).rowcount)
         except StorageError as exc:
-            if isinstance(exc.__cause__, IntegrityError):
+            cause = exc.__cause__
+            # Only a duplicate key means "there already"; a missing run (foreign key) is an error.
+            if isinstance(cause, IntegrityError) and getattr(cause.orig, "sqlstate", None) == "23505":
                 return None
             raise
 
@@ -146,9 +148,11 @@ class SqlCheckpointStore(CheckpointStore):
                 try:
                     cursor.execute(sql, values)
                     changed = cursor.rowcount
-                except sqlite3.IntegrityError:
+                except sqlite3.IntegrityError as exc:
                     cursor.execute("ROLLBACK")
-                    return None
+                    if "UNIQUE" in str(exc):
+                        return None
+                    raise
                 except BaseException:
                     cursor.execute("ROLLBACK")
                     raise
