@@ -31,6 +31,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/lead_store.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/job_queue.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

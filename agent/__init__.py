@@ -4,7 +4,9 @@ The public surface is listed in ``__all__`` (kept honest by a test).
 """
 
 from agent.agents.base import BaseAgent
+from agent.audit import AuditStore, InMemoryAuditStore, SqlAuditStore
 from agent.builtins import default_registry, register_builtins
+from agent.campaigns import Campaign, CampaignManager, load_campaign
 from agent.context import RunContext
 from agent.delivery.suppression import SuppressionList
 from agent.dispatch import AgentLimits, BreakerPolicy, Dispatcher, RateLimit, RedisDispatcher
@@ -59,9 +61,11 @@ from agent.leads.importer import import_csv
 from agent.leads.query import LeadQuery
 from agent.leads.sample import generate_leads
 from agent.leads.store import ImportReport, LeadStore
+from agent.queues import InMemoryQueue, Job, Queue
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
 from agent.storage.db import Database
+from agent.workers import Worker, execute_job
 
 __version__ = "0.1.0"
 
@@ -96,6 +100,18 @@ __all__ = [
     "CheckpointStore",
     "MemoryCheckpointStore",
     "SqlCheckpointStore",
+    # campaigns, queues, workers, audit
+    "CampaignManager",
+    "Campaign",
+    "load_campaign",
+    "Queue",
+    "InMemoryQueue",
+    "Job",
+    "Worker",
+    "execute_job",
+    "AuditStore",
+    "InMemoryAuditStore",
+    "SqlAuditStore",
     # dispatcher
     "Dispatcher",
     "RedisDispatcher",

@@ -25,7 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "EngineRun",
-           "EngineStep", "utcnow"]
+           "EngineStep", "AuditRunRow", "AuditEnvelopeRow", "AuditRecordRow", "AuditFailureRow",
+           "AuditDeliveryRow", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -172,4 +173,95 @@ class EngineStep(Base):
     step: Mapped[str] = mapped_column(String(512), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     envelope_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditRunRow(Base):
+    """A run in the audit trail: its orchestrator, state and attempts."""
+
+    __tablename__ = "audit_runs"
+    __table_args__ = (
+        Index("ix_audit_runs_state_updated", "state", "updated_at"),
+        Index("ix_audit_runs_campaign_created", "campaign_id", "created_at"),
+        Index("ix_audit_runs_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), unique=True)
+    orchestrator: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))  # queued|running|succeeded|failed|dead
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    campaign_id: Mapped[str | None] = mapped_column(String(128))
+    tenant_id: Mapped[str] = mapped_column(String(64), default="default")
+    meta_json: Mapped[str] = mapped_column(Text, default="{}")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEnvelopeRow(Base):
+    """An envelope a run's node returned, once per (run, content hash)."""
+
+    __tablename__ = "audit_envelopes"
+    __table_args__ = (UniqueConstraint("run_id", "envelope_hash", name="uq_audit_envelopes_run_hash"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("audit_runs.run_id", ondelete="CASCADE"))
+    node: Mapped[str | None] = mapped_column(Text)
+    flow: Mapped[str | None] = mapped_column(Text)
+    envelope_hash: Mapped[str] = mapped_column(String(64))
+    envelope_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditRecordRow(Base):
+    """One record of a saved envelope, indexed for lineage and lookups by lead and message."""
+
+    __tablename__ = "audit_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("audit_runs.run_id", ondelete="CASCADE"),
+                                        index=True)
+    node: Mapped[str | None] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(String(64), index=True)
+    lead_id: Mapped[str | None] = mapped_column(Text, index=True)
+    message_id: Mapped[str | None] = mapped_column(Text, index=True)
+    parents_json: Mapped[str] = mapped_column(Text)
+    record_json: Mapped[str] = mapped_column(Text)
+
+
+class AuditFailureRow(Base):
+    """A failure of a run: the error, and the envelope it came with, if any."""
+
+    __tablename__ = "audit_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("audit_runs.run_id", ondelete="CASCADE"),
+                                        index=True)
+    node: Mapped[str | None] = mapped_column(Text)
+    error_type: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    code: Mapped[str | None] = mapped_column(Text)
+    envelope_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditDeliveryRow(Base):
+    """A message handed to a channel, one row per message id (the latest status)."""
+
+    __tablename__ = "audit_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(Text, unique=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("audit_runs.run_id", ondelete="CASCADE"),
+                                        index=True)
+    to_address: Mapped[str | None] = mapped_column(Text)
+    lead_id: Mapped[str | None] = mapped_column(Text, index=True)
+    campaign_id: Mapped[str | None] = mapped_column(Text)
+    step: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text)
+    provenance_json: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,358 @@
+"""The audit store contract: runs and their state machine, envelopes, failures, deliveries.
+
+A run moves through these states (any other move raises ``InvalidInput``)::
+
+    queued ──> running ──> succeeded
+      ^          │  │
+      └──────────┘  ├──> dead
+      (retry)       └──> failed ──> queued | running (retry), dead
+
+Every saved envelope's records are indexed by their provenance hash, their
+parents, ``lead_id`` and ``message_id``, so a delivered message can be walked
+back to the lead row it was written for (``lineage``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from agent.errors import InvalidInput
+
+__all__ = ["AuditStore", "AuditRun", "AuditEnvelope", "AuditFailure", "AuditDelivery", "RunState",
+           "RUN_STATES", "FINISHED_STATES", "TRANSITIONS"]
+
+RunState = Literal["queued", "running", "succeeded", "failed", "dead"]
+RUN_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "dead")
+FINISHED_STATES: tuple[str, ...] = ("succeeded", "failed", "dead")
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running"}),
+    "running": frozenset({"succeeded", "failed", "dead", "queued"}),
+    "failed": frozenset({"queued", "running", "dead"}),
+    "succeeded": frozenset(),
+    "dead": frozenset(),
+}
+MAX_RUN_ID = 64
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    """A run as the audit store knows it.  ``started_at`` is when the latest attempt
+    started; ``finished_at`` is set in a finished state and cleared by a retry."""
+
+    run_id: str
+    orchestrator: str
+    state: RunState
+    job_id: str | None = None
+    campaign_id: str | None = None
+    tenant: str = "default"
+    meta: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditEnvelope:
+    """One saved envelope; ``hash`` is the sha256 of its canonical JSON."""
+
+    run_id: str
+    node: str | None
+    flow: str | None
+    hash: str
+    envelope: dict[str, Any]
+    saved_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditFailure:
+    """A failure of a run: the error's type name (None for a plain message), text and code."""
+
+    run_id: str
+    error_type: str | None
+    message: str
+    code: str | None = None
+    node: str | None = None
+    envelope: Any = None
+    saved_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditDelivery:
+    """A message handed to a channel; saving the same ``message_id`` again updates it."""
+
+    message_id: str
+    run_id: str
+    to: str | None = None
+    lead_id: str | None = None
+    campaign_id: str | None = None
+    step: int | None = None
+    status: str = "sent"
+    provenance: dict[str, Any] | None = None
+    saved_at: datetime | None = None
+
+
+class AuditStore:
+    """Where runs leave their trail.  Thread-safe.  Writes to a run need ``start_run`` first."""
+
+    def start_run(self, run_id: str, *, orchestrator: str, job_id: str | None = None,
+                  campaign_id: str | None = None, tenant: str = "default",
+                  meta: Mapping[str, Any] | None = None) -> AuditRun:
+        """The run, created as ``queued`` if unknown; a known run comes back unchanged."""
+        raise NotImplementedError
+
+    def set_state(self, run_id: str, state: RunState, *, error: str | BaseException | None = None) -> AuditRun:
+        """Move the run to ``state`` (see the module's diagram) and return it.  Going to
+        ``running`` counts an attempt; ``failed``/``dead`` keep the last error unless given one."""
+        raise NotImplementedError
+
+    def save_envelope(self, run_id: str, envelope: Mapping[str, Any]) -> bool:
+        """Validate and keep ``envelope`` with its records indexed; False if it was saved already."""
+        raise NotImplementedError
+
+    def save_failure(self, run_id: str, error: str | BaseException,
+                     envelope: Any = None) -> AuditFailure:
+        raise NotImplementedError
+
+    def save_delivery(self, run_id: str, record: Mapping[str, Any]) -> AuditDelivery:
+        """Keep a delivery record (``message_id``, ``to``, ``lead_id``, ``campaign_id``,
+        ``step``, ``status``, ``provenance``), replacing an earlier one of the same message."""
+        raise NotImplementedError
+
+    def get_run(self, run_id: str) -> AuditRun | None:
+        raise NotImplementedError
+
+    def list_runs(self, *, state: str | Sequence[str] | None = None, campaign_id: str | None = None,
+                  limit: int = 50, offset: int = 0) -> list[AuditRun]:
+        """Runs, newest first, optionally in ``state`` (one or several) and of ``campaign_id``."""
+        raise NotImplementedError
+
+    def envelopes(self, run_id: str, node: str | None = None) -> list[AuditEnvelope]:
+        """The run's envelopes (of ``node`` only, when given) in the order they were saved."""
+        raise NotImplementedError
+
+    def failures(self, run_id: str) -> list[AuditFailure]:
+        raise NotImplementedError
+
+    def records_for_lead(self, lead_id: str) -> list[dict[str, Any]]:
+        """Every saved record carrying ``lead_id``, as ``find_record`` gives them, oldest first."""
+        raise NotImplementedError
+
+    def find_record(self, record_hash: str) -> dict[str, Any] | None:
+        """The first saved record with this provenance hash: ``{"hash", "run_id", "node",
+        "lead_id", "message_id", "parents", "record"}``, or None."""
+        raise NotImplementedError
+
+    def message(self, message_id: str) -> AuditDelivery | None:
+        raise NotImplementedError
+
+    def lineage(self, message_id: str) -> list[dict[str, Any]]:
+        """The records behind a delivered message, nearest first (breadth-first through
+        ``provenance.parents``), each as ``find_record`` gives it plus its ``depth``.
+
+        Depth 0 is the message's own record; when it was never saved, the walk starts
+        from the parents its delivery carries.  An unknown hash ends its branch.
+        """
+        delivery = self.message(message_id)
+        if delivery is None:
+            return []
+        provenance = delivery.provenance or {}
+        parents = [(h, 1) for h in provenance.get("parents") or () if isinstance(h, str)]
+        own = provenance.get("hash")
+        queue: deque[tuple[str, int]] = deque([(own, 0)] if isinstance(own, str) else parents)
+        seen: set[str] = set()
+        chain: list[dict[str, Any]] = []
+        while queue:
+            record_hash, depth = queue.popleft()
+            if record_hash in seen:
+                continue
+            seen.add(record_hash)
+            found = self.find_record(record_hash)
+            if found is None:
+                if depth == 0:
+                    queue.extend(parents)
+                continue
+            chain.append({**found, "depth": depth})
+            queue.extend((p, depth + 1) for p in found["parents"] if isinstance(p, str))
+        return chain
+
+    def prune(self, *, older_than: timedelta, now: datetime | None = None,
+              states: Sequence[str] = FINISHED_STATES) -> int:
+        """Delete runs in ``states`` whose state has not changed for ``older_than``, and
+        everything saved under them; returns how many runs."""
+        raise NotImplementedError
+
+
+# -- helpers shared by the stores ------------------------------------------------------------
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC, a naive one taken as UTC already (as the checkpoint stores do):
+    SQLite keeps naive UTC text, so a ``now`` in another zone must be converted."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def utc_clock(clock: Callable[[], datetime] | None) -> Callable[[], datetime]:
+    if clock is None:
+        return lambda: datetime.now(timezone.utc)
+    return lambda: as_utc(clock())
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def envelope_hash(envelope: Mapping[str, Any]) -> str:
+    """sha256 of the envelope's canonical JSON (sorted keys): what makes a save idempotent."""
+    text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_run_id(run_id: Any) -> str:
+    if not isinstance(run_id, str) or not run_id or len(run_id) > MAX_RUN_ID:
+        raise InvalidInput("run_id", f"must be a non-empty string of at most {MAX_RUN_ID} characters")
+    return run_id
+
+
+def check_text(name: str, value: Any, limit: int, *, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidInput(name, f"must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def check_start(run_id: Any, orchestrator: Any, job_id: Any, campaign_id: Any, tenant: Any,
+                meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check what ``start_run`` was given (so no column refuses it later); a copy of ``meta``."""
+    check_run_id(run_id)
+    check_text("orchestrator", orchestrator, 128, optional=False)
+    check_text("job_id", job_id, 128)
+    check_text("campaign_id", campaign_id, 128)
+    check_text("tenant", tenant, 64, optional=False)
+    return json_copy(dict(meta or {}), "meta")
+
+
+def check_states(states: str | Sequence[str] | None, name: str = "state") -> tuple[str, ...] | None:
+    if states is None:
+        return None
+    chosen = (states,) if isinstance(states, str) else tuple(states)
+    for state in chosen:
+        if state not in RUN_STATES:
+            raise InvalidInput(name, f"unknown state {state!r}; states are {', '.join(RUN_STATES)}")
+    return chosen
+
+
+def check_page(limit: int, offset: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInput("limit", "must be a positive integer")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidInput("offset", "must be an integer of at least 0")
+
+
+def unknown_run(run_id: str) -> InvalidInput:
+    return InvalidInput("run_id", f"unknown run {run_id!r}; start it with start_run first")
+
+
+def describe_error(error: Any) -> tuple[str | None, str, str | None]:
+    """``(type name, message, code)`` of an exception; a string is a message of no type."""
+    if isinstance(error, BaseException):
+        code = getattr(error, "code", None)
+        return type(error).__name__, str(error), None if code is None else str(code)
+    return None, str(error), None
+
+
+def error_text(error: Any) -> str | None:
+    if error is None:
+        return None
+    kind, message, _code = describe_error(error)
+    return f"{kind}: {message}" if kind else message
+
+
+def advance(run: AuditRun, state: str, *, error: str | None, now: datetime) -> AuditRun:
+    """``run`` moved to ``state`` at ``now``, or ``InvalidInput`` if the move is not allowed."""
+    check_states(state)
+    if state not in TRANSITIONS[run.state]:
+        raise InvalidInput("state", f"cannot go from {run.state} to {state}")
+    if error is None and state in ("failed", "dead"):
+        error = run.error  # failed -> dead keeps why it failed
+    running = state == "running"
+    return replace(run, state=state, error=error, updated_at=now, attempts=run.attempts + running,
+                   started_at=now if running else run.started_at,
+                   finished_at=now if state in FINISHED_STATES else None)
+
+
+def _index_id(value: Any) -> str | None:
+    # Ids are matched as text: a lead id of 7 is found by "7" too.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    return str(value)
+
+
+def index_records(envelope: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What to index of each record of a valid envelope (its JSON text included)."""
+    out = []
+    for record in envelope["records"]:
+        provenance = record["provenance"]
+        out.append({"hash": provenance["hash"], "parents_json": dumps(list(provenance["parents"])),
+                    "lead_id": _index_id(record.get("lead_id")),
+                    "message_id": _index_id(record.get("message_id")), "record_json": dumps(record)})
+    return out
+
+
+def found_record(run_id: str, node: str | None, row: Mapping[str, Any]) -> dict[str, Any]:
+    """An indexed record as the queries return it."""
+    return {"hash": row["hash"], "run_id": run_id, "node": node, "lead_id": row["lead_id"],
+            "message_id": row["message_id"], "parents": json.loads(row["parents_json"]),
+            "record": json.loads(row["record_json"])}
+
+
+def json_copy(value: Any, name: str) -> Any:
+    try:
+        return json.loads(dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(name, f"is not JSON-serialisable ({exc})") from None
+
+
+def delivery_from(run_id: str, record: Any, now: datetime) -> AuditDelivery:
+    """A checked delivery from a caller's record."""
+    if not isinstance(record, Mapping):
+        raise InvalidInput("record", f"must be a dict, not {type(record).__name__}")
+    message_id = record.get("message_id")
+    if not isinstance(message_id, str) or not message_id:
+        raise InvalidInput("record.message_id", "must be a non-empty string")
+    step = record.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        raise InvalidInput("record.step", "must be an integer")
+    provenance = record.get("provenance")
+    if provenance is not None and not isinstance(provenance, Mapping):
+        raise InvalidInput("record.provenance", "must be a dict")
+    texts = {}
+    for key in ("to", "lead_id", "campaign_id", "status"):
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise InvalidInput(f"record.{key}", "must be a string")
+        texts[key] = None if value is None else str(value)
+    return AuditDelivery(message_id, run_id, texts["to"], texts["lead_id"], texts["campaign_id"], step,
+                         texts["status"] or "sent", json_copy(provenance, "record.provenance"), now)
+
+
+def failure_from(run_id: str, error: Any, envelope: Any, now: datetime) -> AuditFailure:
+    kind, message, code = describe_error(error)
+    node = None
+    if isinstance(envelope, Mapping) and isinstance(envelope.get("metadata"), Mapping):
+        node = envelope["metadata"].get("node")
+    # A failure is kept whatever its envelope holds: what JSON cannot say is kept as repr.
+    try:
+        body = None if envelope is None else json.loads(json.dumps(envelope, ensure_ascii=False, default=repr))
+    except ValueError:  # a circular reference
+        body = repr(envelope)
+    return AuditFailure(run_id, kind, message, code, node if isinstance(node, str) else None, body, now)

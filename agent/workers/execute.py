@@ -1,0 +1,88 @@
+"""The one job-execution function, shared by the Worker and (later) the Celery task.
+
+``execute_job(job, registry=..., audit=...)`` resolves the job's orchestrator
+through the Registry, runs it with the job's ``run_id``, validates the
+envelope, audits the run, and says what the queue should do with the job:
+``ack`` (done), ``retry`` (with a backoff delay) or ``dead`` (give up).  It
+never raises for a job's own failure: that is its answer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agent.engine.policy import compute_backoff
+from agent.envelope import validate_envelope
+from agent.errors import AgentCallError, AgentError, InvalidInput, RegistryError
+from agent.logs import get_logger
+from agent.registry import Registry
+
+__all__ = ["JobOutcome", "execute_job", "retry_delay"]
+
+log = get_logger("agent.worker")
+
+Verdict = Literal["ack", "retry", "dead"]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    verdict: Verdict
+    envelope: dict[str, Any] | None = None
+    error: BaseException | None = None
+    delay: float = 0.0
+
+
+def retry_delay(attempt: int, *, base: float = 1.0, max_delay: float = 300.0,
+                draw: Callable[[], float] = random.random) -> float:
+    """Backoff before a job's next attempt: exponential from ``base``, half of it jittered."""
+    return compute_backoff(max(1, attempt), base=base, multiplier=2.0, max_delay=max_delay, jitter=0.5,
+                           draw=draw())
+
+
+def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: dict[str, Any] | None = None,
+                retry_base: float = 1.0) -> JobOutcome:
+    """Run one job; the outcome tells the caller whether to ack, retry or dead-letter it."""
+    if audit is not None:
+        audit.start_run(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
+                        campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
+        _set_state(audit, job.run_id, "running")
+    try:
+        orchestrator = _resolve(registry, job.orchestrator, resolved)
+        envelope = validate_envelope(orchestrator.run(job.payload, run_id=job.run_id))
+    except Exception as exc:
+        error = exc if isinstance(exc, AgentError) else AgentCallError(job.orchestrator, f"{type(exc).__name__}: {exc}")
+        # Bad input and unknown names never get better on a retry.
+        permanent = isinstance(error, (InvalidInput, RegistryError))
+        verdict: Verdict = "dead" if permanent or job.attempts >= job.max_attempts else "retry"
+        log.warning("job %s run %s %s (attempt %d of %d): %s: %s", job.job_id, job.run_id,
+                    "dead" if verdict == "dead" else "will retry", job.attempts, job.max_attempts,
+                    type(error).__name__, error)
+        if audit is not None:
+            audit.save_failure(job.run_id, error)
+            _set_state(audit, job.run_id, "dead" if verdict == "dead" else "failed")
+        delay = retry_delay(job.attempts, base=retry_base) if verdict == "retry" else 0.0
+        return JobOutcome(verdict, error=error, delay=delay)
+    if audit is not None:
+        audit.save_envelope(job.run_id, envelope)
+        _set_state(audit, job.run_id, "succeeded")
+    return JobOutcome("ack", envelope=envelope)
+
+
+def _resolve(registry: Registry, name: str, cache: dict[str, Any] | None) -> Any:
+    if cache is None:
+        return registry.resolve(name)
+    instance = cache.get(name)
+    if instance is None:
+        instance = cache.setdefault(name, registry.resolve(name))
+    return instance
+
+
+def _set_state(audit: Any, run_id: str, state: str) -> None:
+    try:
+        audit.set_state(run_id, state)
+    except InvalidInput as exc:
+        # A redelivered job finds its run in a later state (e.g. already succeeded elsewhere).
+        log.warning("run %s: %s", run_id, exc)

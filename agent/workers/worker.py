@@ -1,0 +1,128 @@
+"""Worker: takes jobs from a queue and runs them with ``execute_job``.
+
+``run_once(timeout)`` handles at most one job (tests and scripts drive it
+step by step); ``start(threads)`` runs that in N threads until ``stop()``;
+``run()`` does the same in the foreground and stops gracefully on SIGTERM or
+SIGINT: the job in hand is finished and acked, no new one is taken.  Each
+thread beats a heartbeat (``heartbeats``) whenever it polls or finishes a
+job, so a supervisor can tell a stuck worker from an idle one.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent.logs import get_logger
+from agent.registry import Registry
+from agent.workers.execute import JobOutcome, execute_job
+
+__all__ = ["Worker"]
+
+log = get_logger("agent.worker")
+
+
+class Worker:
+    """Runs jobs from ``queue`` on ``topic``; audits to ``audit_store`` when given."""
+
+    def __init__(self, queue: Any, registry: Registry | None = None, *, topic: str = "orchestrate",
+                 audit_store: Any = None, poll: float = 1.0, retry_base: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if registry is None:
+            from agent.builtins import default_registry
+
+            registry = default_registry()
+        self.queue = queue
+        self.registry = registry
+        self.topic = topic
+        self.audit_store = audit_store
+        self.poll = poll
+        self.retry_base = retry_base
+        self.clock = clock
+        self.heartbeats: dict[str, float] = {}
+        self.processed = 0
+        self._resolved: dict[str, Any] = {}
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    # -- one step ----------------------------------------------------------------------------
+    def run_once(self, timeout: float | None = None) -> JobOutcome | None:
+        """Take one job (waiting up to ``timeout``), run it, and ack, retry or dead-letter it."""
+        self._beat()
+        job = self.queue.dequeue(self.topic, timeout=timeout)
+        if job is None:
+            return None
+        outcome = execute_job(job, registry=self.registry, audit=self.audit_store, resolved=self._resolved,
+                              retry_base=self.retry_base)
+        if outcome.verdict == "ack":
+            self.queue.ack(job.job_id)
+        elif outcome.verdict == "retry":
+            self.queue.nack(job.job_id, delay=outcome.delay, error=_describe(outcome.error))
+        else:
+            self.queue.dead(job.job_id, error=_describe(outcome.error))
+        with self._lock:
+            self.processed += 1
+        self._beat()
+        return outcome
+
+    # -- loops ---------------------------------------------------------------------------------
+    def start(self, threads: int = 1) -> None:
+        """Run ``threads`` loops in the background until ``stop()``."""
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self._stopping.clear()
+        for index in range(threads):
+            thread = threading.Thread(target=self._loop, name=f"agent-worker-{index}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def run(self, threads: int = 1) -> None:
+        """Run in the foreground until SIGTERM / SIGINT (graceful: jobs in hand are finished)."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start(threads)
+            while not self._stopping.wait(self.poll):
+                pass
+            self.join()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop(self) -> None:
+        """Take no new job; loops end after the job in hand."""
+        self._stopping.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else self.clock() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - self.clock()))
+        alive = any(t.is_alive() for t in self._threads)
+        if not alive:
+            self._threads.clear()
+        return not alive
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.run_once(timeout=self.poll)
+            except Exception:
+                # A broken queue or audit store must not kill the thread silently; it is logged and
+                # the loop carries on (the job, unacked, comes back after its visibility timeout).
+                log.exception("worker loop error on topic %s", self.topic)
+                self._stopping.wait(self.poll)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d: finishing the jobs in hand, taking no new one", signum)
+        self.stop()
+
+    def _beat(self) -> None:
+        self.heartbeats[threading.current_thread().name] = self.clock()
+
+
+def _describe(error: BaseException | None) -> str | None:
+    return None if error is None else f"{type(error).__name__}: {error}"
