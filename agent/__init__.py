@@ -56,6 +56,7 @@ from agent.high_level_agents.orchestrators import (
     BaseOrchestrator,
     DeliveryOrchestrator,
     LeadOrchestrator,
+    OutreachOrchestrator,
 )
 from agent.leads.importer import import_csv
 from agent.leads.query import LeadQuery
@@ -84,6 +85,7 @@ __all__ = [
     "BaseOrchestrator",
     "LeadOrchestrator",
     "DeliveryOrchestrator",
+    "OutreachOrchestrator",
     "BaseAgent",
     "RunContext",
     # engine

@@ -13,17 +13,23 @@ _lock = threading.Lock()
 
 
 def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
+    from agent.agents.copywriter import CopywriterAgent
+    from agent.agents.lead_loader import LeadLoaderAgent
     from agent.agents.lead_search import LeadSearchAgent
     from agent.agents.suppression_gate import SuppressionGateAgent
     from agent.delivery.channels.outbox import OutboxChannel
     from agent.high_level_agents.orchestrators.delivery import DeliveryOrchestrator
     from agent.high_level_agents.orchestrators.lead import LeadOrchestrator
+    from agent.high_level_agents.orchestrators.outreach import OutreachOrchestrator
 
     registry.register("lead_search", LeadSearchAgent, replace=replace)
+    registry.register("lead_loader", LeadLoaderAgent, replace=replace)
+    registry.register("copywriter", CopywriterAgent, replace=replace)
     registry.register("suppression_gate", SuppressionGateAgent, replace=replace)
     registry.register("outbox", OutboxChannel, replace=replace)
     registry.register("lead_orchestrator", LeadOrchestrator, replace=replace)
     registry.register("delivery_orchestrator", DeliveryOrchestrator, replace=replace)
+    registry.register("outreach_orchestrator", OutreachOrchestrator, replace=replace)
     return registry
 
 

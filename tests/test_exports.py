@@ -97,8 +97,9 @@ class OrchestratorsPackageExportsTests(unittest.TestCase):
         # Given / When the orchestrators package's __all__
         exported = set(orchestrators.__all__)
 
-        # Then it is exactly the three orchestrators and the Registry
-        self.assertEqual(exported, {"BaseOrchestrator", "LeadOrchestrator", "DeliveryOrchestrator", "Registry"})
+        # Then it is exactly the orchestrators and the Registry
+        self.assertEqual(exported, {"BaseOrchestrator", "LeadOrchestrator", "DeliveryOrchestrator",
+                                    "OutreachOrchestrator", "Registry"})
 
     def test_orchestrators_package_names_are_the_top_level_objects(self):
         # Given / When each name the orchestrators package exports

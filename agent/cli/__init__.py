@@ -33,13 +33,17 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(db_app, name="db")
 
 
-def _add_flow_commands() -> None:
+def _add_commands() -> None:
+    from agent.cli.campaign import campaign_app, runs_app, trace
     from agent.cli.flows import flow_app
 
     app.add_typer(flow_app, name="flow")
+    app.add_typer(campaign_app, name="campaign")
+    app.add_typer(runs_app, name="runs")
+    app.command("trace")(trace)
 
 
-_add_flow_commands()
+_add_commands()
 
 console = Console()
 err = Console(stderr=True)

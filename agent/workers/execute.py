@@ -20,7 +20,7 @@ from agent.errors import AgentCallError, AgentError, InvalidInput, RegistryError
 from agent.logs import get_logger
 from agent.registry import Registry
 
-__all__ = ["JobOutcome", "execute_job", "retry_delay"]
+__all__ = ["JobOutcome", "execute_job", "retry_delay", "AuditHook"]
 
 log = get_logger("agent.worker")
 
@@ -50,7 +50,7 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
                         campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
         _set_state(audit, job.run_id, "running")
     try:
-        orchestrator = _resolve(registry, job.orchestrator, resolved)
+        orchestrator = _resolve(registry, job.orchestrator, resolved, audit)
         envelope = validate_envelope(orchestrator.run(job.payload, run_id=job.run_id))
     except Exception as exc:
         error = exc if isinstance(exc, AgentError) else AgentCallError(job.orchestrator, f"{type(exc).__name__}: {exc}")
@@ -67,16 +67,35 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
         return JobOutcome(verdict, error=error, delay=delay)
     if audit is not None:
         audit.save_envelope(job.run_id, envelope)
+        for record in envelope["records"]:
+            if record.get("message_id") and record.get("status") in ("sent", "duplicate"):
+                audit.save_delivery(job.run_id, record)
         _set_state(audit, job.run_id, "succeeded")
     return JobOutcome("ack", envelope=envelope)
 
 
-def _resolve(registry: Registry, name: str, cache: dict[str, Any] | None) -> Any:
-    if cache is None:
-        return registry.resolve(name)
-    instance = cache.get(name)
+class AuditHook:
+    """An engine hook that keeps every node's envelope in the audit store, so lineage can be
+    walked from a sent message back through the draft to the lead row."""
+
+    def __init__(self, audit: Any) -> None:
+        self.audit = audit
+
+    def after_node(self, *, event: str, run_id: str, envelope: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+        if event == "node_end" and envelope is not None and self.audit.get_run(run_id) is not None:
+            self.audit.save_envelope(run_id, envelope)
+
+
+def _resolve(registry: Registry, name: str, cache: dict[str, Any] | None, audit: Any = None) -> Any:
+    instance = cache.get(name) if cache is not None else None
     if instance is None:
-        instance = cache.setdefault(name, registry.resolve(name))
+        instance = registry.resolve(name)
+        engine = getattr(instance, "engine", None)
+        if audit is not None and engine is not None and not any(isinstance(h, AuditHook) for h in engine.hooks):
+            engine.hooks = (*engine.hooks, AuditHook(audit))
+        if cache is not None:
+            instance = cache.setdefault(name, instance)
     return instance
 
 

@@ -3,6 +3,7 @@
 from agent.high_level_agents.orchestrators.base import BaseOrchestrator
 from agent.high_level_agents.orchestrators.delivery import DeliveryOrchestrator
 from agent.high_level_agents.orchestrators.lead import LeadOrchestrator
+from agent.high_level_agents.orchestrators.outreach import OutreachOrchestrator
 from agent.registry import Registry
 
-__all__ = ["BaseOrchestrator", "LeadOrchestrator", "DeliveryOrchestrator", "Registry"]
+__all__ = ["BaseOrchestrator", "LeadOrchestrator", "DeliveryOrchestrator", "OutreachOrchestrator", "Registry"]

@@ -1,0 +1,160 @@
+"""The main job, embedded: a campaign run in batches, its resume after a crash, and its audit trail."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+from agent.audit import SqlAuditStore
+from agent.builtins import register_builtins
+from agent.campaigns import Campaign
+from agent.campaigns.runner import CampaignRunner
+from agent.leads.sample import load_sample_data
+from agent.registry import Registry
+from agent.storage.db import Database
+from tests.support import TempHome
+
+GUARD = 120.0
+
+
+def campaign(**changes: object) -> Campaign:
+    data = {"id": "acme", "lead_query": {"industry": "Fintech"},
+            "template": {"subject": "{{ lead.company }} and pipeline quality",
+                         "body": "Hi {{ lead.first_name }}, a short note about {{ lead.company }}."},
+            "limits": {"per_run": 24, "batch_size": 5}, "allow_delivery": True}
+    data.update(changes)
+    return Campaign.parse(data)
+
+
+class CampaignRunnerTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.home = TempHome()
+        self.addCleanup(self.home.cleanup)
+        db = self.home.database()
+        load_sample_data(db, size=400, tenant="default")
+        self.registry = register_builtins(Registry())
+        self.audit = SqlAuditStore(db)
+
+    def runner(self) -> CampaignRunner:
+        return CampaignRunner(self.home.settings, registry=self.registry, audit=self.audit)
+
+    def outbox(self) -> list[Path]:
+        folder = self.home.settings.outbox_dir
+        return sorted(folder.glob("*.eml")) if folder.exists() else []
+
+    def test_a_run_delivers_every_lead_once_in_batches(self) -> None:
+        # Given a campaign of 24 leads in batches of 5
+        runner = self.runner()
+        # When it runs
+        [report] = runner.work([runner.start(campaign())], threads=3)
+        # Then five batches succeeded and each lead got one message in the outbox
+        self.assertEqual((report.batches, report.leads, report.states["succeeded"]), (5, 24, 5))
+        self.assertEqual(report.statuses["sent"], 24)
+        self.assertEqual(len(self.outbox()), 24)
+
+    def test_resume_after_a_lost_queue_finishes_the_rest_and_sends_nothing_twice(self) -> None:
+        # Given a run whose first process finished two batches, then lost its queue (a crash)
+        first = self.runner()
+        report = first.start(campaign())
+        for _ in range(2):
+            first_job = first.queue.dequeue("campaigns", timeout=0)
+            from agent.workers import execute_job
+
+            outcome = execute_job(first_job, registry=first.registry, audit=self.audit)
+            first.queue.ack(first_job.job_id)
+            self.assertEqual(outcome.verdict, "ack")
+        # When a new process resumes the campaign
+        second = self.runner()
+        [resumed] = second.work(second.resume("acme"), threads=2)
+        # Then every batch is done and every lead has exactly one message
+        self.assertEqual((resumed.run_key, resumed.states["succeeded"]), (report.run_key, 5))
+        self.assertEqual(len(self.outbox()), 24)
+        # And a second resume finds nothing left
+        self.assertEqual(self.runner().resume("acme"), [])
+
+    def test_running_the_same_campaign_again_sends_nothing_new(self) -> None:
+        runner = self.runner()
+        runner.work([runner.start(campaign(), run_key="one")], threads=2)
+        [again] = runner.work([runner.start(campaign(), run_key="two")], threads=2)
+        self.assertEqual(again.statuses["duplicate"], 24)
+        self.assertEqual(len(self.outbox()), 24)
+
+    def test_delivery_off_writes_nothing(self) -> None:
+        runner = self.runner()
+        [report] = runner.work([runner.start(campaign(allow_delivery=False))], threads=2)
+        self.assertEqual(report.statuses["skipped"], 24)
+        self.assertEqual(self.outbox(), [])
+
+    def test_the_audit_trail_leads_from_a_message_back_to_the_lead_row(self) -> None:
+        # Given a finished run
+        runner = self.runner()
+        runner.work([runner.start(campaign(limits={"per_run": 3, "batch_size": 3}))], threads=1)
+        message = next(r for r in self.audit.list_runs(campaign_id="acme") if r.state == "succeeded")
+        final = self.audit.envelopes(message.run_id)[-1].envelope["records"][0]
+        # When its lineage is walked
+        chain = self.audit.lineage(final["message_id"])
+        # Then it reaches a contacts row
+        sources = [link["record"]["provenance"].get("source_id") or "" for link in chain]
+        self.assertTrue(any(s.startswith("contacts/") for s in sources), sources)
+
+
+class CampaignCliTest(unittest.TestCase):
+    """``agent campaign run`` killed mid-way, then ``agent campaign resume``: nothing lost, nothing twice."""
+
+    def setUp(self) -> None:
+        self.home = tempfile.mkdtemp(prefix="agent-campaign-cli-")
+        self.addCleanup(shutil.rmtree, self.home, True)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        self.env.update(AGENT_HOME=self.home, COLUMNS="160")
+        self.file = Path(self.home, "campaign.json")
+        self.file.write_text(json.dumps({
+            "id": "cli", "lead_query": {"industry": "Fintech"},
+            "template": {"subject": "Hello {{ lead.company }}", "body": "Hi {{ lead.first_name }}"},
+            "limits": {"per_run": 120, "batch_size": 3}, "allow_delivery": True}), encoding="utf-8")
+
+    def agent(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=GUARD)
+
+    def succeeded(self) -> int:
+        store = SqlAuditStore(Database(f"sqlite:///{self.home}/agent.db"))
+        return len(store.list_runs(campaign_id="cli", state="succeeded", limit=10_000))
+
+    def test_a_killed_run_resumes_to_the_end_with_each_lead_sent_once(self) -> None:
+        # Given a campaign run killed once some batches are done
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "campaign", "run", str(self.file),
+                                 "--threads", "1", "--json"], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        deadline = time.monotonic() + GUARD
+        while time.monotonic() < deadline and proc.poll() is None:
+            if Path(self.home, "agent.db").exists() and self.succeeded() >= 3:
+                break
+            time.sleep(0.05)  # polling for a condition, with a deadline
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(GUARD)
+        store = SqlAuditStore(Database(f"sqlite:///{self.home}/agent.db"))
+        batches = len(store.list_runs(campaign_id="cli", limit=10_000))
+        self.assertLess(self.succeeded(), batches, "the run finished before it could be killed")
+        # When it is resumed
+        result = self.agent("campaign", "resume", "cli", "--json")
+        # Then every batch succeeded and the outbox holds one message per lead
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [summary] = json.loads(result.stdout)
+        self.assertEqual(summary["batch_states"], {"succeeded": batches})
+        files = list(Path(self.home, "outbox").glob("*.eml"))
+        self.assertEqual(len(files), summary["leads"])
+        self.assertEqual(summary["messages"].get("sent", 0) + summary["messages"].get("duplicate", 0),
+                         summary["leads"])
+
+
+if __name__ == "__main__":
+    unittest.main()
