@@ -106,8 +106,8 @@ class CampaignRunnerTest(unittest.TestCase):
         self.assertTrue(any(s.startswith("contacts/") for s in sources), sources)
 
 
-class CampaignCliTest(unittest.TestCase):
-    """``agent campaign run`` killed mid-way, then ``agent campaign resume``: nothing lost, nothing twice."""
+class CliHome(unittest.TestCase):
+    """A fresh AGENT_HOME (sample data loads on first use) and a campaign file in it."""
 
     def setUp(self) -> None:
         self.home = tempfile.mkdtemp(prefix="agent-campaign-cli-")
@@ -127,6 +127,10 @@ class CampaignCliTest(unittest.TestCase):
     def succeeded(self) -> int:
         store = SqlAuditStore(Database(f"sqlite:///{self.home}/agent.db"))
         return len(store.list_runs(campaign_id="cli", state="succeeded", limit=10_000))
+
+
+class CampaignCliTest(CliHome):
+    """``agent campaign run`` killed mid-way, then ``agent campaign resume``: nothing lost, nothing twice."""
 
     def test_a_killed_run_resumes_to_the_end_with_each_lead_sent_once(self) -> None:
         # Given a campaign run killed once some batches are done
@@ -154,6 +158,28 @@ class CampaignCliTest(unittest.TestCase):
         self.assertEqual(len(files), summary["leads"])
         self.assertEqual(summary["messages"].get("sent", 0) + summary["messages"].get("duplicate", 0),
                          summary["leads"])
+
+
+class AuditCliTest(CliHome):
+    def test_runs_list_show_and_trace_follow_a_message_to_its_lead_row(self) -> None:
+        # Given a small finished campaign
+        self.file.write_text(self.file.read_text().replace('"per_run": 120', '"per_run": 2'), encoding="utf-8")
+        self.assertEqual(self.agent("campaign", "run", str(self.file), "--json").returncode, 0)
+        # When the runs are listed and one is shown
+        runs = json.loads(self.agent("runs", "list", "--campaign", "cli", "--json").stdout)
+        shown = json.loads(self.agent("runs", "show", runs[0]["run_id"], "--json").stdout)
+        message_id = shown["envelopes"][-1]["records"][0]["message_id"]
+        traced = json.loads(self.agent("trace", message_id, "--json").stdout)
+        # Then the trail goes from the message through the draft to a contacts row
+        self.assertEqual([r["state"] for r in runs], ["succeeded"])
+        self.assertEqual(shown["envelopes"][0]["metadata"]["node"], "load")
+        sources = [link["record"]["provenance"].get("source_id") or "" for link in traced["lineage"]]
+        self.assertTrue(any(s.startswith("contacts/") for s in sources), sources)
+
+    def test_trace_of_an_unknown_message_names_the_field(self) -> None:
+        result = self.agent("trace", "<nope@example>")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("message_id:", result.stderr)
 
 
 if __name__ == "__main__":

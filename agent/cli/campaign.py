@@ -58,7 +58,7 @@ def _summary(reports: list[Any], runner: Any, as_json: bool) -> None:
                       ", ".join(f"{k} {v}" for k, v in sorted(row["batch_states"].items())) or "-",
                       ", ".join(f"{k} {v}" for k, v in sorted(row["messages"].items())) or "-")
     console.print(table)
-    outbox = runner.settings.outbox_dir
+    outbox = runner.settings.resolved_outbox_dir
     console.print(Text(f"Delivery writes .eml files into the outbox only ({outbox}); nothing is sent.",
                        style="dim"))
 
@@ -132,6 +132,7 @@ def trace(message_id: str = typer.Argument(..., help="A delivered message's Mess
     from agent.errors import InvalidInput
 
     audit = _runner().audit
+    message_id = message_id.strip()
     delivery = audit.message(message_id)
     if delivery is None:
         raise InvalidInput("message_id", f"no delivered message {message_id!r} in the audit store")
