@@ -150,6 +150,25 @@ class WorkerTest(unittest.TestCase):
         self.assertIsNone(self.audit.get_run("second"))
         self.assertEqual(self.queue.stats("orchestrate").ready, 1)
 
+    def test_a_job_redelivered_after_its_run_succeeded_is_acked_without_running_again(self) -> None:
+        # Given a run that already succeeded (its worker died before the ack)
+        echo = Echo()
+        self.registry.register("echo", echo)
+        self.audit.start_run("done", orchestrator="echo")
+        self.audit.set_state("done", "running")
+        self.audit.set_state("done", "succeeded")
+        self.queue.enqueue("orchestrate", Job(orchestrator="echo", run_id="done"))
+        # When the job comes again
+        outcome = self.worker().run_once(timeout=0)
+        # Then it is acked and the orchestrator is not called
+        self.assertEqual((outcome.verdict, echo.calls), ("ack", []))
+
+    def test_a_worker_on_a_stopped_queue_ends_its_loop(self) -> None:
+        worker = Worker(self.queue, self.registry, poll=0.01)
+        self.queue.stop()
+        worker.start(threads=1)
+        self.assertTrue(worker.join(GUARD))
+
     def test_each_thread_beats_its_heartbeat(self) -> None:
         # Given / When
         worker = self.worker()

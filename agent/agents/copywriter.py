@@ -28,7 +28,9 @@ from jinja2.exceptions import (
     TemplateSyntaxError,
     UndefinedError,
 )
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from agent.delivery.message import is_one_line
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.agents.base import BaseAgent
@@ -54,7 +56,7 @@ class DraftRequest(BaseModel):
     step: int = Field(default=1, ge=1, le=100)
 
 
-class _Sandbox(SandboxedEnvironment):
+class _Sandbox(ImmutableSandboxedEnvironment):
     """The Jinja2 sandbox, plus a bound on ``*`` and ``**`` so a template cannot allocate gigabytes."""
 
     intercepted_binops = frozenset({"*", "**"})
@@ -93,7 +95,7 @@ class CopywriterAgent(BaseAgent):
         to = _recipient(lead.get("email"))
         variables = {"lead": lead, "campaign": {"id": req.campaign_id}}
         subject = self.render(req.template, "subject", variables, MAX_SUBJECT)
-        if "\n" in subject or "\r" in subject:
+        if not is_one_line(subject):
             raise PayloadError("template.subject", "must render to a single line (it contains a line break)")
         subject = subject.strip()
         body = self.render(req.template, "body", variables, MAX_BODY)

@@ -22,6 +22,7 @@ from typing import Any
 
 from agent.audit import AuditStore, SqlAuditStore
 from agent.campaigns.model import Campaign
+from agent.errors import PayloadError
 from agent.queues import InMemoryQueue, Job
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
@@ -81,21 +82,28 @@ class CampaignRunner:
     def start(self, campaign: Campaign, *, run_key: str | None = None,
               lead_ids: list[int] | None = None) -> CampaignReport:
         """Record and queue one job per batch of leads; returns the run's report (nothing done yet)."""
+        if campaign.tenant != self.settings.tenant:
+            raise PayloadError("campaign.tenant", f"is {campaign.tenant!r}, but this store works for tenant "
+                                                  f"{self.settings.tenant!r} (set AGENT_TENANT)")
         run_key = run_key or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         ids = self.find_leads(campaign) if lead_ids is None else list(lead_ids)
         size = campaign.limits.batch_size
         batches = [ids[i:i + size] for i in range(0, len(ids), size)]
         dump = campaign.model_dump(mode="json")
+        # The whole plan is recorded before any job is queued: a crash in between loses no batch.
         for index, batch in enumerate(batches):
-            run_id = batch_run_id(campaign.id, run_key, index)
-            self.audit.start_run(run_id, orchestrator=ORCHESTRATOR, campaign_id=campaign.id, tenant=campaign.tenant,
+            self.audit.start_run(batch_run_id(campaign.id, run_key, index), orchestrator=ORCHESTRATOR,
+                                 campaign_id=campaign.id, tenant=campaign.tenant,
                                  meta={"campaign_run": run_key, "batch": index, "lead_ids": batch, "campaign": dump})
-            self._enqueue(run_id, campaign.id, run_key, index, dump, batch, campaign.limits.max_attempts)
+        for index, batch in enumerate(batches):
+            self._enqueue(batch_run_id(campaign.id, run_key, index), campaign.id, run_key, index, dump, batch,
+                          campaign.limits.max_attempts)
         return self.report(campaign.id, run_key)
 
     def resume(self, campaign_id: str) -> list[CampaignReport]:
         """Re-queue every batch of ``campaign_id`` left queued, running or failed; one report per run."""
-        open_runs = self.audit.list_runs(campaign_id=campaign_id, state=_OPEN, limit=100_000)
+        open_runs = [r for r in self.audit.list_runs(campaign_id=campaign_id, state=_OPEN, limit=100_000)
+                     if r.orchestrator == ORCHESTRATOR and "campaign_run" in r.meta]  # batches of ours only
         keys: list[str] = []
         for run in open_runs:
             meta = run.meta

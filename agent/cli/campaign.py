@@ -44,6 +44,8 @@ def _work(runner: Any, reports: list[Any], threads: int, as_json: bool) -> None:
             for report in finished:
                 show(report)
     _summary(finished, runner, as_json)
+    if any(r.states["dead"] for r in finished):
+        raise typer.Exit(1)  # some batches gave up: `agent runs list --state dead` says which and why
 
 
 def _summary(reports: list[Any], runner: Any, as_json: bool) -> None:

@@ -6,6 +6,8 @@ headers such as ``List-Unsubscribe`` are not folded into broken values.
 
 from __future__ import annotations
 
+import unicodedata
+
 from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -14,7 +16,7 @@ from email.utils import format_datetime, make_msgid, parseaddr
 
 from agent.errors import InvalidInput
 
-__all__ = ["build_message", "new_message_id", "sender_domain", "SMTP_POLICY"]
+__all__ = ["is_one_line", "build_message", "new_message_id", "sender_domain", "SMTP_POLICY"]
 
 SMTP_POLICY = SMTP.clone(max_line_length=998)
 
@@ -61,3 +63,9 @@ def build_message(
     )
     msg.set_content(body.rstrip() + footer)
     return msg.as_bytes()
+
+
+def is_one_line(text: str) -> bool:
+    """No character that ends a line or is a control: the email library also breaks lines at
+    U+2028, U+2029, NEL, VT and FF, and a header must never carry a control character."""
+    return not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)

@@ -46,8 +46,13 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
                 retry_base: float = 1.0) -> JobOutcome:
     """Run one job; the outcome tells the caller whether to ack, retry or dead-letter it."""
     if audit is not None:
-        audit.start_run(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
-                        campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
+        run = audit.start_run(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
+                              campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
+        if run.state in ("succeeded", "dead"):
+            # Redelivered after it finished (its worker died before the ack): nothing to do again.
+            log.warning("job %s: run %s is already %s; acked without running it", job.job_id, job.run_id,
+                        run.state)
+            return JobOutcome("ack")
         _set_state(audit, job.run_id, "running")
     try:
         orchestrator = _resolve(registry, job.orchestrator, resolved, audit)
@@ -68,7 +73,10 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
     if audit is not None:
         audit.save_envelope(job.run_id, envelope)
         for record in envelope["records"]:
-            if record.get("message_id") and record.get("status") in ("sent", "duplicate"):
+            message_id = record.get("message_id")
+            # A "duplicate" never overwrites the "sent" of the run that really sent it.
+            if message_id and (record.get("status") == "sent" or
+                               (record.get("status") == "duplicate" and audit.message(message_id) is None)):
                 audit.save_delivery(job.run_id, record)
         _set_state(audit, job.run_id, "succeeded")
     return JobOutcome("ack", envelope=envelope)

@@ -108,6 +108,8 @@ class Worker:
     # -- helpers ---------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stopping.is_set():
+            if getattr(self.queue, "stopped", False):
+                return  # a stopped queue hands out nothing more: no point asking it in a loop
             try:
                 self.run_once(timeout=self.poll)
             except Exception:
@@ -117,8 +119,8 @@ class Worker:
                 self._stopping.wait(self.poll)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stop()  # first: from the moment this is said, no new job is taken
         log.warning("signal %d: finishing the jobs in hand, taking no new one", signum)
-        self.stop()
 
     def _beat(self) -> None:
         self.heartbeats[threading.current_thread().name] = self.clock()

@@ -29,6 +29,7 @@ from pydantic import (
     field_validator,
 )
 
+from agent.delivery.message import is_one_line
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.outputs import Output
 from agent.engine.state import FlowState
@@ -93,8 +94,8 @@ class OutgoingMessage(BaseModel):
     @field_validator("subject")
     @classmethod
     def _one_line(cls, value: str) -> str:
-        if re.search(r"[\r\n]", value):
-            raise ValueError("must be a single line (no CR or LF)")
+        if not is_one_line(value):
+            raise ValueError("must be a single line (no line break or control character)")
         return value
 
 
