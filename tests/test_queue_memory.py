@@ -521,3 +521,26 @@ class InMemoryQueueTests(QueueContract, unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DeliveryTokenTest(unittest.TestCase):
+    """Found in review: a worker that outlived its visibility timeout must not settle the newer delivery."""
+
+    def test_a_stale_hand_cannot_ack_the_redelivered_job_and_a_lease_can_be_extended(self) -> None:
+        # Given a job handed out, then redelivered after its visibility timeout
+        now = [0.0]
+        queue = InMemoryQueue(visibility_timeout=10, clock=lambda: now[0])
+        queue.enqueue("t", Job(orchestrator="o"))
+        first = queue.dequeue("t", timeout=0)
+        now[0] = 11.0
+        second = queue.dequeue("t", timeout=0)
+        # When the first hand acks / Then it is refused and the second still holds the job
+        with self.assertRaises(InvalidInput):
+            queue.ack(first.job_id, attempt=first.attempts)
+        self.assertEqual((first.attempts, second.attempts), (1, 2))
+        # And the second hand can extend its lease past the old deadline, then ack
+        queue.extend(second.job_id, attempt=second.attempts, seconds=30)
+        now[0] = 25.0
+        self.assertIsNone(queue.dequeue("t", timeout=0))
+        queue.ack(second.job_id, attempt=second.attempts)
+        self.assertTrue(queue.join("t", timeout=0))

@@ -116,16 +116,24 @@ class Queue:
         """
         raise NotImplementedError
 
-    def ack(self, job_id: str) -> None:
+    # ``attempt`` (the ``attempts`` of the job as dequeued) names the delivery in hand: a worker
+    # whose job was redelivered to another one after its visibility timeout is refused
+    # (InvalidInput) instead of settling the newer delivery.
+    def ack(self, job_id: str, *, attempt: int | None = None) -> None:
         """The job is done: forget it (its idempotency key is remembered)."""
         raise NotImplementedError
 
-    def nack(self, job_id: str, *, delay: float = 0.0, error: BaseException | str | None = None) -> None:
+    def nack(self, job_id: str, *, delay: float = 0.0, error: BaseException | str | None = None,
+             attempt: int | None = None) -> None:
         """The job failed: ready again after ``delay`` seconds, or dead-lettered if out of attempts."""
         raise NotImplementedError
 
-    def dead(self, job_id: str, *, error: BaseException | str | None = None) -> None:
+    def dead(self, job_id: str, *, error: BaseException | str | None = None, attempt: int | None = None) -> None:
         """Dead-letter a job in flight at once, attempts left or not: retrying cannot help it."""
+        raise NotImplementedError
+
+    def extend(self, job_id: str, *, attempt: int | None = None, seconds: float | None = None) -> None:
+        """Push back the visibility deadline of a job in hand (default: one visibility timeout)."""
         raise NotImplementedError
 
     def dead_letters(self, topic: str) -> list[Job]:

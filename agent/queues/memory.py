@@ -16,6 +16,8 @@ time, always measured with ``time.monotonic``.
 
 from __future__ import annotations
 
+import copy
+
 import heapq
 import itertools
 import math
@@ -172,11 +174,24 @@ class InMemoryQueue(Queue):
         self._inflight[job.job_id] = (deadline, topic, job)
         if deadline < self._next_due:
             self._next_due = deadline
-        return job
+        # The worker gets its own copy: a redelivery to another worker changes the queue's
+        # job, never the one in hand, whose ``attempts`` names this delivery.
+        return copy.copy(job)
 
-    def ack(self, job_id: str) -> None:
+    def extend(self, job_id: str, *, attempt: int | None = None, seconds: float | None = None) -> None:
+        """Push the visibility deadline of a job still in hand (a long job's heartbeat)."""
         with self._lock:
-            _, topic, job = self._take(job_id)
+            entry = self._inflight.get(job_id)
+            if entry is None or (attempt is not None and entry[2].attempts != attempt):
+                raise InvalidInput("job_id", f"{job_id!r} is not in hand any more (acked, or redelivered)")
+            deadline = self.clock() + (self.visibility_timeout if seconds is None else seconds)
+            self._inflight[job_id] = (deadline, entry[1], entry[2])
+            self._inflight.move_to_end(job_id)
+            self._next_due = min(self._next_due, self._inflight[next(iter(self._inflight))][0])
+
+    def ack(self, job_id: str, *, attempt: int | None = None) -> None:
+        with self._lock:
+            _, topic, job = self._take(job_id, attempt)
             del self._live[job_id]
             left = self._pending[topic] = self._pending[topic] - 1
             key = job.idempotency_key
@@ -185,12 +200,13 @@ class InMemoryQueue(Queue):
             if self._joiners and not left:
                 self._cond.notify_all()
 
-    def nack(self, job_id: str, *, delay: float = 0.0, error: BaseException | str | None = None) -> None:
+    def nack(self, job_id: str, *, delay: float = 0.0, error: BaseException | str | None = None,
+             attempt: int | None = None) -> None:
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay < math.inf:
             raise InvalidInput("delay", "must be a number of seconds >= 0")
         text = error_text(error)
         with self._lock:
-            _, topic, job = self._take(job_id)
+            _, topic, job = self._take(job_id, attempt)
             if text is not None:
                 job.meta = {**job.meta, "last_error": text}
             if job.attempts >= job.max_attempts:
@@ -204,22 +220,27 @@ class InMemoryQueue(Queue):
                 self._ready[topic].append(job)
                 self._wake(1)
 
-    def dead(self, job_id: str, *, error: BaseException | str | None = None) -> None:
+    def dead(self, job_id: str, *, error: BaseException | str | None = None, attempt: int | None = None) -> None:
         text = error_text(error)
         with self._lock:
-            _, topic, job = self._take(job_id)
+            _, topic, job = self._take(job_id, attempt)
             if text is not None:
                 job.meta = {**job.meta, "last_error": text}
             self._bury(topic, job)
 
-    def _take(self, job_id: str) -> tuple[float, str, Job]:
+    def _take(self, job_id: str, attempt: int | None = None) -> tuple[float, str, Job]:
         try:
-            entry = self._inflight.pop(job_id, None)
+            entry = self._inflight.get(job_id)
         except TypeError:  # an unhashable id
             entry = None
         if entry is None:
             raise InvalidInput("job_id", f"{job_id!r} is not in flight (unknown, already acked or nacked, "
                                          "or its visibility timeout ran out)")
+        if attempt is not None and entry[2].attempts != attempt:
+            # A stale hand: the job was redelivered since, and the newer delivery is the live one.
+            raise InvalidInput("job_id", f"{job_id!r} was redelivered (attempt {entry[2].attempts}); "
+                                         f"attempt {attempt} no longer holds it")
+        del self._inflight[job_id]
         return entry
 
     # -- lock-held bookkeeping -----------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agent.errors import InvalidInput
 from agent.logs import get_logger
 from agent.registry import Registry
 from agent.workers.execute import JobOutcome, execute_job
@@ -48,6 +49,7 @@ class Worker:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._in_hand: dict[str, int] = {}
 
     # -- one step ----------------------------------------------------------------------------
     def run_once(self, timeout: float | None = None) -> JobOutcome | None:
@@ -56,25 +58,53 @@ class Worker:
         job = self.queue.dequeue(self.topic, timeout=timeout)
         if job is None:
             return None
-        outcome = execute_job(job, registry=self.registry, audit=self.audit_store, resolved=self._resolved,
-                              retry_base=self.retry_base)
-        if outcome.verdict == "ack":
-            self.queue.ack(job.job_id)
-        elif outcome.verdict == "retry":
-            self.queue.nack(job.job_id, delay=outcome.delay, error=_describe(outcome.error))
-        else:
-            self.queue.dead(job.job_id, error=_describe(outcome.error))
+        # Plain dict writes are atomic under the GIL; the lease keeper copies the dict in one step.
+        self._in_hand[job.job_id] = job.attempts
+        try:
+            outcome = execute_job(job, registry=self.registry, audit=self.audit_store, resolved=self._resolved,
+                                  retry_base=self.retry_base)
+        finally:
+            self._in_hand.pop(job.job_id, None)
+        try:
+            if outcome.verdict == "ack":
+                self.queue.ack(job.job_id, attempt=job.attempts)
+            elif outcome.verdict == "retry":
+                self.queue.nack(job.job_id, delay=outcome.delay, error=_describe(outcome.error), attempt=job.attempts)
+            else:
+                self.queue.dead(job.job_id, error=_describe(outcome.error), attempt=job.attempts)
+        except InvalidInput as exc:
+            # Redelivered meanwhile (this hand outlived its visibility timeout): the newer
+            # delivery settles the job; side effects are idempotent, so nothing is done twice.
+            log.warning("job %s: %s", job.job_id, exc.reason)
         with self._lock:
             self.processed += 1
         self._beat()
         return outcome
 
     # -- loops ---------------------------------------------------------------------------------
+    def extend_leases(self) -> int:
+        """Push back the visibility deadline of every job in hand (called by the lease keeper)."""
+        in_hand = dict(self._in_hand)
+        extended = 0
+        for job_id, attempt in in_hand.items():
+            try:
+                self.queue.extend(job_id, attempt=attempt)
+                extended += 1
+            except (InvalidInput, NotImplementedError):
+                pass  # settled meanwhile, or a queue without leases
+        return extended
+
     def start(self, threads: int = 1) -> None:
-        """Run ``threads`` loops in the background until ``stop()``."""
+        """Run ``threads`` loops in the background until ``stop()``, and a lease keeper."""
         if threads < 1:
             raise ValueError("threads must be at least 1")
         self._stopping.clear()
+        every = getattr(self.queue, "visibility_timeout", None)
+        if every:
+            keeper = threading.Thread(target=self._keep_leases, args=(every / 3,), name="agent-lease-keeper",
+                                      daemon=True)
+            self._threads.append(keeper)
+            keeper.start()
         for index in range(threads):
             thread = threading.Thread(target=self._loop, name=f"agent-worker-{index}", daemon=True)
             self._threads.append(thread)
@@ -109,7 +139,8 @@ class Worker:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             if getattr(self.queue, "stopped", False):
-                return  # a stopped queue hands out nothing more: no point asking it in a loop
+                self.stop()  # a stopped queue hands out nothing more: the worker (and its keeper) ends
+                return
             try:
                 self.run_once(timeout=self.poll)
             except Exception:
@@ -117,6 +148,11 @@ class Worker:
                 # the loop carries on (the job, unacked, comes back after its visibility timeout).
                 log.exception("worker loop error on topic %s", self.topic)
                 self._stopping.wait(self.poll)
+
+    def _keep_leases(self, every: float) -> None:
+        # A job longer than the visibility timeout must not be handed to a second worker.
+        while not self._stopping.wait(every):
+            self.extend_leases()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.stop()  # first: from the moment this is said, no new job is taken
