@@ -24,7 +24,27 @@ def field_path(loc: Sequence[Any], prefix: str = "") -> str:
     return path
 
 
+# pydantic puts the member of a union it tried into ``loc`` ("dict[str,any]", "str"): a type, not a field.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "tuple", "set", "none", "bytes"})
+
+
+def _is_type_tag(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS)
+
+
 def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
-    """The first error of ``exc`` as ``(field path, lower-cased reason)``."""
-    first = exc.errors(include_url=False)[0]
-    return field_path(first["loc"], prefix) or prefix, str(first["msg"]).lower()
+    """The first error of ``exc`` as ``(field path, lower-cased reason)``.
+
+    A value that fits no member of a union gets one reason listing what each
+    member wanted ("input should be a valid dictionary, or input should be a
+    valid string"), under the field's own path.
+    """
+    errors = exc.errors(include_url=False)
+    loc = [part for part in errors[0]["loc"] if not _is_type_tag(part)]
+    reasons = [str(errors[0]["msg"]).lower()]
+    for other in errors[1:]:
+        if [p for p in other["loc"] if not _is_type_tag(p)] == loc and len(other["loc"]) != len(loc):
+            reason = str(other["msg"]).lower()
+            if reason not in reasons:
+                reasons.append(reason)
+    return field_path(loc, prefix) or prefix, ", or ".join(reasons)

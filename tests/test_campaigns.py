@@ -74,6 +74,7 @@ class CampaignFileTest(unittest.TestCase):
             "colour": YAML + "colour: blue\n",
             "timezone": YAML + "timezone: Mars/Olympus\n",
             "file": "id: [unclosed\n",
+            "lead_query": YAML.replace("lead_query: {company: Acme}", "lead_query: 5"),
         }
         for field, text in cases.items():
             with self.subTest(field=field), self.assertRaises(PayloadError) as caught:

@@ -116,7 +116,8 @@ class CopywriterTest(WithLeads):
 
     def test_a_sandbox_escape_is_refused(self) -> None:
         for text in ("{{ lead.__class__.__mro__ }}", "{{ lead['__class__'] }}",
-                     "{{ campaign.id.__len__() }}", "{{ 'x' * 10000000 }}"):
+                     "{{ campaign.id.__len__() }}", "{{ 'x' * 10000000 }}", "{{ 'a'|center(10**9) }}",
+                     "{{ 'a'.center(999999999) }}", "{{ lead.update({'lead_id': 9}) }}"):
             with self.subTest(subject=text):
                 with self.assertRaises(PayloadError) as caught:
                     self.draft({**TEMPLATE, "subject": text})

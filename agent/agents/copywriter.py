@@ -14,6 +14,8 @@ back to the lead row and the template that produced it.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import threading
 from collections import OrderedDict
@@ -61,6 +63,15 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**"})
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # Filters such as center / indent / truncate take sizes: no number beyond a body's length.
+        self.filters = {name: _bounded(fn) for name, fn in self.filters.items()}
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        _check_sizes(args, kwargs)  # 'a'.center(10**9) and the like
+        return super().call(__context, __obj, *args, **kwargs)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
@@ -69,6 +80,21 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         elif operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
             raise SecurityError("'**' with an exponent above 64 is not allowed")
         return super().call_binop(context, operator, left, right)
+
+
+def _check_sizes(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_BODY:
+            raise SecurityError(f"a number above {MAX_BODY} cannot be passed to a call in a template")
+
+
+def _bounded(fn: Any) -> Any:
+    @functools.wraps(fn)  # keeps Jinja's pass_context / pass_environment marks
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        _check_sizes(args, kwargs)
+        return fn(*args, **kwargs)
+
+    return bounded
 
 
 def _finalize(value: Any) -> Any:
