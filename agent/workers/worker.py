@@ -96,8 +96,8 @@ class Worker:
 
     def start(self, threads: int = 1) -> None:
         """Run ``threads`` loops in the background until ``stop()``, and a lease keeper."""
-        if threads < 1:
-            raise ValueError("threads must be at least 1")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InvalidInput("threads", "must be an integer of at least 1")
         self._stopping.clear()
         every = getattr(self.queue, "visibility_timeout", None)
         if every:
