@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-__all__ = ["field_path", "first_error"]
+from agent.errors import PayloadError
+
+__all__ = ["field_path", "first_error", "parse_model"]
 
 
 def field_path(loc: Sequence[Any], prefix: str = "") -> str:
@@ -48,3 +50,13 @@ def first_error(exc: ValidationError, prefix: str = "") -> tuple[str, str]:
             if reason not in reasons:
                 reasons.append(reason)
     return field_path(loc, prefix) or prefix, ", or ".join(reasons)
+
+
+def parse_model(model: type[BaseModel], value: Any, field: str) -> BaseModel:
+    """``value`` as a ``model`` instance (one is returned as is); ``PayloadError`` names the field."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise PayloadError(*first_error(exc, field)) from None

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from agent.errors import InvalidInput
@@ -192,20 +192,6 @@ class AuditStore:
 
 
 # -- helpers shared by the stores ------------------------------------------------------------
-def as_utc(moment: datetime) -> datetime:
-    """``moment`` in UTC, a naive one taken as UTC already (as the checkpoint stores do):
-    SQLite keeps naive UTC text, so a ``now`` in another zone must be converted."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
-def utc_clock(clock: Callable[[], datetime] | None) -> Callable[[], datetime]:
-    if clock is None:
-        return lambda: datetime.now(timezone.utc)
-    return lambda: as_utc(clock())
-
-
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 

@@ -18,7 +18,6 @@ from agent.audit.base import (
     AuditStore,
     RunState,
     advance,
-    as_utc,
     check_page,
     check_start,
     check_states,
@@ -29,9 +28,9 @@ from agent.audit.base import (
     found_record,
     index_records,
     unknown_run,
-    utc_clock,
 )
 from agent.envelope import validate_envelope
+from agent.storage.times import as_utc, utc_clock
 
 __all__ = ["InMemoryAuditStore"]
 

@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -28,7 +28,6 @@ from agent.audit.base import (
     AuditStore,
     RunState,
     advance,
-    as_utc,
     check_page,
     check_start,
     check_states,
@@ -40,11 +39,11 @@ from agent.audit.base import (
     found_record,
     index_records,
     unknown_run,
-    utc_clock,
 )
 from agent.envelope import validate_envelope
 from agent.errors import ConfigurationError
 from agent.storage.db import Database
+from agent.storage.times import as_utc, aware, utc_clock
 from agent.storage.models import (
     AuditDeliveryRow,
     AuditEnvelopeRow,
@@ -196,7 +195,7 @@ class SqlAuditStore(AuditStore):
         with self.db.connect() as conn:
             rows = conn.execute(query.order_by(_ENVELOPES.c.id)).mappings().all()
         return [AuditEnvelope(r["run_id"], r["node"], r["flow"], r["envelope_hash"], json.loads(r["envelope_json"]),
-                              _aware(r["created_at"])) for r in rows]
+                              aware(r["created_at"])) for r in rows]
 
     def failures(self, run_id: str) -> list[AuditFailure]:
         with self.db.connect() as conn:
@@ -204,7 +203,7 @@ class SqlAuditStore(AuditStore):
                                 .order_by(_FAILURES.c.id)).mappings().all()
         return [AuditFailure(r["run_id"], r["error_type"], r["message"], r["code"], r["node"],
                              None if r["envelope_json"] is None else json.loads(r["envelope_json"]),
-                             _aware(r["created_at"])) for r in rows]
+                             aware(r["created_at"])) for r in rows]
 
     def records_for_lead(self, lead_id: str) -> list[dict[str, Any]]:
         return self._records(_RECORDS.c.lead_id == str(lead_id))
@@ -227,7 +226,7 @@ class SqlAuditStore(AuditStore):
         return AuditDelivery(r["message_id"], r["run_id"], r["to_address"], r["lead_id"], r["campaign_id"],
                              r["step"], r["status"],
                              None if r["provenance_json"] is None else json.loads(r["provenance_json"]),
-                             _aware(r["created_at"]))
+                             aware(r["created_at"]))
 
     def prune(self, *, older_than: timedelta, now: datetime | None = None,
               states: Sequence[str] = FINISHED_STATES) -> int:
@@ -242,15 +241,8 @@ class SqlAuditStore(AuditStore):
             return int(conn.execute(delete(_RUNS).where(_RUNS.c.run_id.in_(old))).rowcount or 0)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
 def _run(row: Mapping[str, Any]) -> AuditRun:
     return AuditRun(row["run_id"], row["orchestrator"], row["state"], row["job_id"], row["campaign_id"],
                     row["tenant_id"], json.loads(row["meta_json"]), row["attempts"], row["error"],
-                    _aware(row["created_at"]), _aware(row["updated_at"]), _aware(row["started_at"]),
-                    _aware(row["finished_at"]))
+                    aware(row["created_at"]), aware(row["updated_at"]), aware(row["started_at"]),
+                    aware(row["finished_at"]))

@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
-from pydantic import BaseModel, ValidationError
 
 from agent.context import RunContext
 from agent.dispatch.local import Dispatcher, default_dispatcher
@@ -36,9 +35,9 @@ from agent.engine.state import FlowState, RunResult
 from agent.engine.ops import NO_APPROVAL, Call, Parallel, Save, Sleep, Status
 from agent.engine.steps import RunPlan, fingerprint, validate_approval
 from agent.envelope import new_run_id
-from agent.errors import CheckpointError, ConfigurationError, InvalidInput, PayloadError, StorageError
+from agent.errors import CheckpointError, ConfigurationError, InvalidInput, StorageError
 from agent.registry import Registry
-from agent.validation import first_error
+from agent.validation import parse_model
 from agent.settings import Settings, get_settings
 
 __all__ = ["Engine"]
@@ -128,7 +127,7 @@ class Engine(NodeCaller):
         if not (isinstance(context.run_id, str) and _RUN_ID.fullmatch(context.run_id)):
             raise InvalidInput("run_id", "must be 1 to 64 letters, digits or _ . : -")
         if graph.input_model is not None and input is not None:
-            input = _as_model(graph.input_model, input)
+            input = parse_model(graph.input_model, input, "input")
         saved: dict[str, dict[str, Any]] = {}
         store = self.checkpoints
         existing = None
@@ -160,7 +159,7 @@ class Engine(NodeCaller):
         if input is None and existing.has_input:
             input = existing.input
             if graph.input_model is not None:
-                input = _as_model(graph.input_model, input)
+                input = parse_model(graph.input_model, input, "input")
         elif fingerprint(input)[0] != existing.input_hash:
             raise InvalidInput("run_id", "was started with a different input; use a new run_id")
         if approval is not NO_APPROVAL:
@@ -317,12 +316,3 @@ def _save(store: CheckpointStore | None, op: Save) -> None:
 
 
 _RUN_ID = re.compile(r"[\w.:-]{1,64}", re.ASCII)
-
-
-def _as_model(model: type[BaseModel], value: Any) -> BaseModel:
-    if isinstance(value, model):
-        return value
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        raise PayloadError(*first_error(exc, "input")) from None

@@ -17,7 +17,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from agent.engine.flow import END, FanOut, FlowGraph, Node, Route, Then
 from agent.engine.hooks import emit
@@ -33,9 +33,8 @@ from agent.errors import (
     FlowError,
     InvalidInput,
     LoopLimit,
-    PayloadError,
 )
-from agent.validation import first_error
+from agent.validation import parse_model
 
 __all__ = ["RunPlan", "fingerprint", "validate_approval"]
 
@@ -365,14 +364,8 @@ class RunPlan:
 
 def validate_approval(node: Node, value: Any) -> BaseModel:
     """``value`` as an instance of the approval node's model; ``PayloadError`` names the field."""
-    model = node.approval_model
-    assert model is not None
-    if isinstance(value, model):
-        return value
-    try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        raise PayloadError(*first_error(exc, "approval")) from None
+    assert node.approval_model is not None
+    return parse_model(node.approval_model, value, "approval")
 
 
 def _translate(node: Node, exc: Exception) -> AgentError:

@@ -137,35 +137,28 @@ class InMemoryQueue(Queue):
                 ready = self._ready[topic]
             except (KeyError, TypeError):
                 ready = self._topic(topic)
-            if self._stopped:
-                return None
-            now = self.clock()
-            if now >= self._next_due:
-                self._requeue(now)
-            if ready:
-                return self._deliver(topic, ready, now)
-            if timeout is not None and timeout <= 0:
-                return None
-            end = None if timeout is None else _monotonic() + timeout
-            self._getters += 1
-            try:
-                while True:
-                    wait = self.requeue_check_interval
-                    if end is not None:
-                        left = end - _monotonic()
-                        if left <= 0:
-                            return None
-                        wait = min(wait, left)
-                    self._cond.wait(wait)
-                    if self._stopped:
+            end = None
+            while True:
+                if self._stopped:
+                    return None
+                now = self.clock()
+                if now >= self._next_due:
+                    self._requeue(now)
+                if ready:
+                    return self._deliver(topic, ready, now)
+                if end is None:
+                    if timeout is not None and timeout <= 0:
                         return None
-                    now = self.clock()
-                    if now >= self._next_due:
-                        self._requeue(now)
-                    if ready:
-                        return self._deliver(topic, ready, now)
-            finally:
-                self._getters -= 1
+                    end = math.inf if timeout is None else _monotonic() + timeout
+                left = end - _monotonic()
+                if left <= 0:
+                    return None
+                # Woken by an enqueue, or at the next check for expired and delayed jobs.
+                self._getters += 1
+                try:
+                    self._cond.wait(min(self.requeue_check_interval, left))
+                finally:
+                    self._getters -= 1
 
     def _deliver(self, topic: str, ready: deque[Job], now: float) -> Job:
         job = ready.popleft()

@@ -8,11 +8,12 @@ visits), so a resumed run finds what is done whatever order it finished in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-__all__ = ["CheckpointStore", "CheckpointRun", "RunStatus", "as_utc"]
+from agent.storage.times import as_utc, utc_clock
+
+__all__ = ["CheckpointStore", "CheckpointRun", "RunStatus", "as_utc", "utc_clock"]
 
 RunStatus = Literal["running", "paused", "succeeded", "failed"]
 
@@ -64,20 +65,3 @@ class CheckpointStore:
               statuses: tuple[RunStatus, ...] = ("succeeded", "failed")) -> int:
         """Delete runs in ``statuses`` not updated for ``older_than``; returns how many."""
         raise NotImplementedError
-
-
-def as_utc(moment: datetime) -> datetime:
-    """``moment`` in UTC; a naive datetime is taken to be UTC already.
-
-    Stores compare instants, and SQLite keeps datetimes as naive UTC text: a
-    ``now`` given in another zone must be converted, not just compared.
-    """
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
-def _utc_clock(clock: Callable[[], datetime] | None) -> Callable[[], datetime]:
-    if clock is None:
-        return lambda: datetime.now(timezone.utc)
-    return lambda: as_utc(clock())

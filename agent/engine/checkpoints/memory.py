@@ -7,7 +7,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus, _utc_clock, as_utc
+from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus, utc_clock, as_utc
 
 __all__ = ["MemoryCheckpointStore"]
 
@@ -16,7 +16,7 @@ class MemoryCheckpointStore(CheckpointStore):
     """Keeps runs and steps in dicts; ``clock`` is injectable for prune tests."""
 
     def __init__(self, *, clock: Any = None) -> None:
-        self._clock = _utc_clock(clock)
+        self._clock = utc_clock(clock)
         self._lock = threading.Lock()
         self._runs: dict[str, CheckpointRun] = {}
         self._steps: dict[str, dict[str, dict[str, Any]]] = {}

@@ -12,15 +12,16 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus, _utc_clock, as_utc
+from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus, utc_clock, as_utc
 from agent.errors import ConfigurationError, StorageError
 from agent.storage.db import Database
+from agent.storage.times import aware
 from agent.storage.models import EngineRun, EngineStep
 
 __all__ = ["SqlCheckpointStore"]
@@ -50,7 +51,7 @@ class SqlCheckpointStore(CheckpointStore):
             raise ConfigurationError("SqlCheckpointStore needs a SQLite file (or PostgreSQL); "
                                      "for checkpoints in memory use MemoryCheckpointStore")
         self.db.migrate()
-        self._clock = _utc_clock(clock)
+        self._clock = utc_clock(clock)
         # SQLite has one writer at a time: threads of this process queue on a lock here
         # rather than in SQLite's busy handler, which sleeps in steps of milliseconds.
         self._sqlite = self.db.dialect == "sqlite"
@@ -89,7 +90,7 @@ class SqlCheckpointStore(CheckpointStore):
         raw = row["input_json"]
         return CheckpointRun(row["run_id"], row["flow"], row["status"], row["input_hash"],
                              json.loads(raw) if raw is not None else None, raw is not None,
-                             row["waiting_for"], _aware(row["created_at"]), _aware(row["updated_at"]))
+                             row["waiting_for"], aware(row["created_at"]), aware(row["updated_at"]))
 
     def load(self, run_id: str) -> dict[str, dict[str, Any]]:
         with self.db.connect() as conn:
@@ -175,10 +176,3 @@ class SqlCheckpointStore(CheckpointStore):
         with self._writing() as conn:
             conn.execute(delete(_STEPS).where(_STEPS.c.run_id.in_(old)))
             return int(conn.execute(delete(_RUNS).where(_RUNS.c.run_id.in_(old))).rowcount or 0)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
