@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import threading
 
+from typing import TYPE_CHECKING
+
+from agent.errors import ConfigurationError
 from agent.registry import Registry
 
-__all__ = ["register_builtins", "default_registry"]
+if TYPE_CHECKING:
+    from agent.settings import Settings
+
+__all__ = ["register_builtins", "default_registry", "load_plugins", "bound_registry"]
 
 _default: Registry | None = None
 _lock = threading.Lock()
@@ -46,3 +52,42 @@ def default_registry() -> Registry:
             registry.discover(strict=False)
             _default = registry
         return _default
+
+
+def load_plugins(registry: Registry, modules: list[str]) -> Registry:
+    """Import each module and call its ``register(registry)``: how a worker process gets the
+    agents and orchestrators of a project that is not an installed plug-in (the ``plugins`` setting)."""
+    import importlib
+
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(f"setting plugins: cannot import {name!r}: {exc}") from exc
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ConfigurationError(f"setting plugins: module {name!r} has no register(registry) function")
+        register(registry)
+    return registry
+
+
+def bound_registry(settings: Settings, registry: Registry | None = None) -> Registry:
+    """A registry whose orchestrators work on ``settings`` (the database, the outbox), not on the
+    process defaults: registered orchestrator classes become instances bound to them.  Without
+    ``registry``, the built-ins, discovered plug-ins and the ``plugins`` setting's modules."""
+    if registry is None:
+        registry = load_plugins(_copy(default_registry()), settings.plugin_modules)
+    return _copy(registry, settings)
+
+
+def _copy(registry: Registry, settings: Settings | None = None) -> Registry:
+    from agent.high_level_agents.orchestrators.base import BaseOrchestrator
+
+    bound = Registry()
+    for name in registry.list():
+        entry = registry.get(name)
+        meta = {k: v for k, v in registry.describe(name).items() if k not in ("name", "object")}
+        if settings is not None and isinstance(entry, type) and issubclass(entry, BaseOrchestrator):
+            entry = entry(bound, settings=settings)
+        bound.register(name, entry, **meta)
+    return bound

@@ -61,6 +61,17 @@ class Settings(BaseSettings):
     sender: str = Field(default="Outreach Team <outreach@sender.example>")
     postal_address: str = Field(default="Example Ltd, 1 Sample Street, Springfield")
     fuzzy_cutoff: float = Field(default=80.0, ge=0, le=100)
+    broker_url: str | None = Field(
+        default=None, description="Celery broker for `agent worker --backend celery`: redis://… or amqp://…")
+    broker_visibility_timeout: float = Field(
+        default=3600.0, gt=0, description="Seconds before a Redis broker hands an unacked job out again; "
+                                           "keep it above the longest job.")
+    queue_lease: float = Field(default=60.0, gt=0, le=86_400, description="Seconds a worker holds a job between "
+                                                                          "renewals (a third of it apart).")
+    queue_recover_after: float = Field(default=600.0, gt=0, description="Seconds an open job may go untouched "
+                                                                        "before its message is published again.")
+    plugins: str = Field(default="", description="Comma-separated modules whose `register(registry)` adds "
+                                                 "agents and orchestrators (Celery workers load them too).")
     log_level: LogLevel = Field(
         default="WARNING", description="Log level of the CLI (logs are redacted); any case is accepted."
     )
@@ -96,6 +107,10 @@ class Settings(BaseSettings):
     @property
     def resolved_outbox_dir(self) -> Path:
         return self.outbox_dir or self.home / "outbox"
+
+    @property
+    def plugin_modules(self) -> list[str]:
+        return [name.strip() for name in self.plugins.split(",") if name.strip()]
 
     @property
     def wants_sample_data(self) -> bool:

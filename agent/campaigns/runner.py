@@ -55,11 +55,11 @@ class CampaignRunner:
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
                  audit: AuditStore | None = None, queue: Any = None) -> None:
-        from agent.builtins import default_registry
+        from agent.builtins import bound_registry
         from agent.storage.db import Database
 
         self.settings = settings or get_settings()
-        self.registry = _bound(registry or default_registry(), self.settings)
+        self.registry = bound_registry(self.settings, registry)
         self.audit = audit or SqlAuditStore(Database.for_settings(self.settings))
         self.queue = queue or InMemoryQueue(visibility_timeout=600)
 
@@ -156,18 +156,3 @@ class CampaignRunner:
 def batch_run_id(campaign_id: str, run_key: str, index: int) -> str:
     """A batch's run id: the same batch of the same campaign run always has the same id."""
     return hashlib.sha256(f"{campaign_id}:{run_key}:{index}".encode()).hexdigest()[:32]
-
-
-def _bound(registry: Registry, settings: Settings) -> Registry:
-    """A registry whose orchestrators work on ``settings`` (the database, the outbox), not on the
-    process defaults: registered orchestrator classes become instances bound to them."""
-    from agent.high_level_agents.orchestrators.base import BaseOrchestrator
-
-    bound = Registry()
-    for name in registry.list():
-        entry = registry.get(name)
-        meta = {k: v for k, v in registry.describe(name).items() if k not in ("name", "object")}
-        if isinstance(entry, type) and issubclass(entry, BaseOrchestrator):
-            entry = entry(bound, settings=settings)
-        bound.register(name, entry, **meta)
-    return bound

@@ -36,11 +36,13 @@ app.add_typer(db_app, name="db")
 def _add_commands() -> None:
     from agent.cli.campaign import campaign_app, runs_app, trace
     from agent.cli.flows import flow_app
+    from agent.cli.worker import worker
 
     app.add_typer(flow_app, name="flow")
     app.add_typer(campaign_app, name="campaign")
     app.add_typer(runs_app, name="runs")
     app.command("trace")(trace)
+    app.command("worker")(worker)
 
 
 _add_commands()

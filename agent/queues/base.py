@@ -21,7 +21,7 @@ from agent.envelope import _check_utc_iso, new_run_id, utc_now_iso
 from agent.errors import InvalidInput, PayloadError
 from agent.validation import first_error
 
-__all__ = ["Job", "QueueStats", "Queue", "check_topic", "error_text"]
+__all__ = ["Job", "QueueStats", "JobQueue", "Queue", "check_topic", "error_text"]
 
 _TOPIC = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
@@ -85,13 +85,16 @@ def error_text(error: BaseException | str | None) -> str | None:
     return f"{type(error).__name__}: {error}"
 
 
-class Queue:
-    """The verbs every queue backend offers.  Topics are checked with ``check_topic``.
+class JobQueue:
+    """What every queue backend offers its producers; topics are checked with ``check_topic``.
+
+    Push backends (Celery) stop here: their workers are handed jobs by the
+    broker.  Pull backends are a ``Queue``, which adds the verbs a ``Worker``
+    takes jobs with.
 
     Errors: a bad topic or job raises ``InvalidInput`` (``PayloadError`` for a
-    job) naming the field and enqueues nothing; acking or nacking a job that is
-    not in flight raises ``InvalidInput("job_id", ...)``; ``enqueue`` on a
-    stopped queue raises ``ConfigurationError``.
+    job) naming the field and enqueues nothing; ``enqueue`` on a stopped queue
+    raises ``ConfigurationError``.
     """
 
     def enqueue(self, topic: str, job: Job | Mapping[str, Any]) -> str:
@@ -107,6 +110,31 @@ class Queue:
         """``enqueue`` each job; all are checked before any is added."""
         parsed = [Job.parse(job, f"jobs[{i}]") for i, job in enumerate(jobs)]
         return [self.enqueue(topic, job) for job in parsed]
+
+    def dead_letters(self, topic: str) -> list[Job]:
+        """The jobs of ``topic`` that ran out of attempts, oldest first."""
+        raise NotImplementedError
+
+    def stats(self, topic: str) -> QueueStats:
+        raise NotImplementedError
+
+    def join(self, topic: str | None = None, timeout: float | None = None) -> bool:
+        """Wait until ``topic`` (every topic if None) has no ready, delayed or in-flight job.
+
+        True if it drained, False if ``timeout`` seconds passed first.
+        """
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Refuse new jobs (and, on a pull queue, wake every blocked ``dequeue``)."""
+        raise NotImplementedError
+
+
+class Queue(JobQueue):
+    """A pull queue: the producer verbs plus those a ``Worker`` takes and settles jobs with.
+
+    Acking or nacking a job that is not in flight raises ``InvalidInput("job_id", ...)``.
+    """
 
     def dequeue(self, topic: str, timeout: float | None = None) -> Job | None:
         """Take the next ready job of ``topic`` (attempts + 1), waiting up to ``timeout`` seconds.
@@ -134,22 +162,4 @@ class Queue:
 
     def extend(self, job_id: str, *, attempt: int | None = None, seconds: float | None = None) -> None:
         """Push back the visibility deadline of a job in hand (default: one visibility timeout)."""
-        raise NotImplementedError
-
-    def dead_letters(self, topic: str) -> list[Job]:
-        """The jobs of ``topic`` that ran out of attempts, oldest first."""
-        raise NotImplementedError
-
-    def stats(self, topic: str) -> QueueStats:
-        raise NotImplementedError
-
-    def join(self, topic: str | None = None, timeout: float | None = None) -> bool:
-        """Wait until ``topic`` (every topic if None) has no ready, delayed or in-flight job.
-
-        True if it drained, False if ``timeout`` seconds passed first.
-        """
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        """Wake every blocked ``dequeue`` (they return None) and refuse new jobs."""
         raise NotImplementedError

@@ -26,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "EngineRun",
            "EngineStep", "AuditRunRow", "AuditEnvelopeRow", "AuditRecordRow", "AuditFailureRow",
-           "AuditDeliveryRow", "utcnow"]
+           "AuditDeliveryRow", "QueueJobRow", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -265,3 +265,28 @@ class AuditDeliveryRow(Base):
     status: Mapped[str] = mapped_column(Text)
     provenance_json: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QueueJobRow(Base):
+    """A job of a broker-backed queue: the truth about it, whatever the broker holds or lost."""
+
+    __tablename__ = "queue_jobs"
+    __table_args__ = (
+        UniqueConstraint("topic", "idempotency_key", name="uq_queue_jobs_topic_key"),
+        Index("ix_queue_jobs_topic_state", "topic", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), unique=True)
+    topic: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # queued|running|delayed|done|dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    job_json: Mapped[str] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

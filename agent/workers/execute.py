@@ -20,7 +20,7 @@ from agent.errors import AgentCallError, AgentError, InvalidInput, RegistryError
 from agent.logs import get_logger
 from agent.registry import Registry
 
-__all__ = ["JobOutcome", "execute_job", "retry_delay", "AuditHook"]
+__all__ = ["JobOutcome", "execute_job", "give_up", "retry_delay", "AuditHook"]
 
 log = get_logger("agent.worker")
 
@@ -80,6 +80,22 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
                 audit.save_delivery(job.run_id, record)
         _set_state(audit, job.run_id, "succeeded")
     return JobOutcome("ack", envelope=envelope)
+
+
+def give_up(job: Any, error: BaseException | str, *, audit: Any = None) -> JobOutcome:
+    """Dead-letter a job without running it (its attempts died with their workers), audited."""
+    log.warning("job %s run %s dead after %d attempts: %s", job.job_id, job.run_id, job.attempts, error)
+    if audit is not None:
+        run = audit.start_run(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
+                              campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
+        if run.state in ("succeeded", "dead"):
+            return JobOutcome("ack")
+        audit.save_failure(job.run_id, error)
+        if run.state == "queued":
+            _set_state(audit, job.run_id, "running")  # the state machine reaches "dead" through "running"
+        _set_state(audit, job.run_id, "dead")
+    return JobOutcome("dead", error=error if isinstance(error, BaseException) else AgentCallError(
+        job.orchestrator, error))
 
 
 class AuditHook:

@@ -1,0 +1,169 @@
+"""The Celery side of the queue: the task that runs a job, and ``agent worker --backend celery``.
+
+The task does what the local ``Worker`` does, with the same ``execute_job``:
+claim the job in the ``SqlJobLedger`` (attempt + 1, a lease that a keeper
+thread renews while the job runs), run it, then finish it, retry it later
+(a new message with a countdown) or bury it.  A message for a job whose lease
+is still held elsewhere is a copy: it comes back when the lease ends.  A job
+whose workers keep dying (SIGKILL, out of memory) runs out of attempts on its
+next claim and is dead-lettered, audited, without running again.
+
+Each worker process builds what it needs (registry bound to the settings,
+audit store, ledger) on its first job, after Celery has forked it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from agent.errors import AgentError
+from agent.logs import get_logger
+from agent.queues.base import Job
+from agent.queues.celery_queue import TASK, celery_app, publish
+from agent.queues.ledger import Busy, Claim, SqlJobLedger
+from agent.settings import Settings, get_settings
+from agent.workers.execute import execute_job, give_up
+
+__all__ = ["worker_app", "run_job", "WorkerRuntime", "run_celery_worker"]
+
+log = get_logger("agent.worker")
+
+
+class WorkerRuntime:
+    """What one worker process runs jobs with; made on first use in that process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from agent.audit import SqlAuditStore
+        from agent.builtins import bound_registry
+        from agent.storage.db import Database
+
+        self.settings = settings
+        db = Database.for_settings(settings)
+        self.registry = bound_registry(settings)
+        self.audit = SqlAuditStore(db)
+        self.ledger = SqlJobLedger(db)
+        self.lease = settings.queue_lease
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.resolved: dict[str, Any] = {}
+
+    @contextmanager
+    def leased(self, claim: Claim) -> Iterator[None]:
+        """Renew the claim's lease every third of it until the block ends."""
+        done = threading.Event()
+
+        def keep() -> None:
+            while not done.wait(self.lease / 3):
+                try:
+                    if not self.ledger.renew(claim, lease=self.lease):
+                        return  # settled or taken over: nothing of ours to keep
+                except AgentError as exc:
+                    log.warning("job %s: lease not renewed: %s", claim.job.job_id, exc)
+
+        keeper = threading.Thread(target=keep, name="agent-lease", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def _forget_runtime() -> None:
+    global _runtime
+    _runtime = None  # a forked child opens its own connections
+
+
+os.register_at_fork(after_in_child=_forget_runtime)
+
+
+def runtime() -> WorkerRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime(get_settings())
+        return _runtime
+
+
+def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None) -> str:
+    """Run the job a message names; returns what happened: done, retry, dead, busy or skipped."""
+    rt = rt or runtime()
+    try:
+        job = Job.parse(data)
+    except AgentError as exc:
+        log.error("a message on %s is not a job and is dropped: %s", topic, exc)
+        return "skipped"
+    claim = rt.ledger.claim(job.job_id, lease=rt.lease, holder=rt.holder)
+    if claim is None:
+        return "skipped"  # done, dead, or unknown: a late copy of the message
+    if isinstance(claim, Busy):
+        publish(app, topic, job, countdown=claim.seconds + 1.0)
+        return "busy"
+    if claim.exhausted:
+        give_up(claim.job, f"its worker was lost on each of its {claim.job.max_attempts} attempts",
+                audit=rt.audit)
+        rt.ledger.bury(claim, error="worker lost on every attempt")
+        return "dead"
+    with rt.leased(claim):
+        outcome = execute_job(claim.job, registry=rt.registry, audit=rt.audit, resolved=rt.resolved)
+    if outcome.verdict == "ack":
+        rt.ledger.finish(claim)
+        return "done"
+    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+    if outcome.verdict == "retry":
+        if rt.ledger.retry(claim, delay=outcome.delay, error=error):
+            publish(app, topic, claim.job, countdown=outcome.delay)
+        return "retry"
+    rt.ledger.bury(claim, error=error)
+    return "dead"
+
+
+def worker_app(settings: Settings | None = None, *, broker: str | None = None) -> Any:
+    """The Celery app with our task registered: what ``celery -A`` and ``agent worker`` run."""
+    app = celery_app(settings, broker=broker)
+
+    @app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def agent_run_job(self: Any, topic: str, data: Any) -> str:
+        return run_job(self.app, topic, data)
+
+    return app
+
+
+def run_celery_worker(settings: Settings, *, topics: list[str], concurrency: int, loglevel: str = "WARNING",
+                      hostname: str | None = None) -> None:
+    """Run a Celery worker (prefork, ``concurrency`` processes) on ``topics`` in the foreground.
+
+    A background thread of the main process publishes again, now and then,
+    jobs whose message the broker may have lost.
+    """
+    from agent.queues.celery_queue import CeleryQueue
+
+    app = worker_app(settings)
+    queue = CeleryQueue(app, settings=settings)
+    stop = threading.Event()
+
+    def recover() -> None:
+        while not stop.wait(min(60.0, settings.queue_recover_after)):
+            for topic in topics:
+                try:
+                    queue.recover(topic)
+                except Exception as exc:  # a broker or database outage: try again next round
+                    log.warning("recovery on %s failed: %s: %s", topic, type(exc).__name__, exc)
+
+    threading.Thread(target=recover, name="agent-recover", daemon=True).start()
+    argv = ["worker", "-Q", ",".join(topics), "-c", str(concurrency), "-P", "prefork", "-l", loglevel,
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if hostname:
+        argv += ["-n", hostname]
+    try:
+        app.worker_main(argv)
+    finally:
+        stop.set()
