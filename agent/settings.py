@@ -70,6 +70,8 @@ class Settings(BaseSettings):
                                                                           "renewals (a third of it apart).")
     queue_recover_after: float = Field(default=600.0, gt=0, description="Seconds an open job may go untouched "
                                                                         "before its message is published again.")
+    retry_base: float = Field(default=1.0, gt=0, le=3600, description="Seconds before a failed job's first "
+                                                                      "retry; doubled for each one after.")
     plugins: str = Field(default="", description="Comma-separated modules whose `register(registry)` adds "
                                                  "agents and orchestrators (Celery workers load them too).")
     log_level: LogLevel = Field(

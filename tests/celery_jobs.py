@@ -21,41 +21,50 @@ from agent.registry import Registry
 from agent.settings import get_settings
 
 
-def _home() -> Path:
-    return Path(get_settings().home)
+class _Traced:
+    name = ""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+
+    def trace(self, run_id: str) -> None:
+        with open(self.home / "runs.log", "a", encoding="utf-8") as log:
+            log.write(f"{self.name} {run_id} {os.getpid()}\n")
 
 
-def _trace(name: str, run_id: str) -> None:
-    with open(_home() / "runs.log", "a", encoding="utf-8") as log:
-        log.write(f"{name} {run_id} {os.getpid()}\n")
+class Echo(_Traced):
+    name = "echo"
 
-
-class Echo:
     def run(self, payload: Mapping[str, Any], *, run_id: str) -> dict[str, Any]:
-        _trace("echo", run_id)
+        self.trace(run_id)
         return make_envelope([dict(payload)], source="echo", run_id=run_id)
 
 
-class Fail:
+class Fail(_Traced):
+    name = "fail"
+
     def run(self, payload: Mapping[str, Any], *, run_id: str) -> dict[str, Any]:
-        _trace("fail", run_id)
+        self.trace(run_id)
         raise AgentCallError("fail", "always fails")
 
 
-class Hold:
+class Hold(_Traced):
+    name = "hold"
+
     def run(self, payload: Mapping[str, Any], *, run_id: str) -> dict[str, Any]:
-        _trace("hold", run_id)
-        held = _home() / "held"
+        self.trace(run_id)
+        held = self.home / "held"
         held.mkdir(exist_ok=True)
         (held / run_id).write_text(str(os.getpid()))
-        release = _home() / "release"
+        release = self.home / "release"
         deadline = time.monotonic() + 60
         while not release.exists() and time.monotonic() < deadline:
             time.sleep(0.01)  # the job's own work: waiting for the test to let it go
         return make_envelope([dict(payload)], source="hold", run_id=run_id)
 
 
-def register(registry: Registry) -> None:
-    registry.register("test_echo", Echo(), kind="orchestrator", replace=True)
-    registry.register("test_fail", Fail(), kind="orchestrator", replace=True)
-    registry.register("test_hold", Hold(), kind="orchestrator", replace=True)
+def register(registry: Registry, home: Path | None = None) -> None:
+    home = Path(home or get_settings().home)
+    registry.register("test_echo", Echo(home), kind="orchestrator", replace=True)
+    registry.register("test_fail", Fail(home), kind="orchestrator", replace=True)
+    registry.register("test_hold", Hold(home), kind="orchestrator", replace=True)

@@ -113,7 +113,8 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None)
         rt.ledger.bury(claim, error="worker lost on every attempt")
         return "dead"
     with rt.leased(claim):
-        outcome = execute_job(claim.job, registry=rt.registry, audit=rt.audit, resolved=rt.resolved)
+        outcome = execute_job(claim.job, registry=rt.registry, audit=rt.audit, resolved=rt.resolved,
+                              retry_base=rt.settings.retry_base)
     if outcome.verdict == "ack":
         rt.ledger.finish(claim)
         return "done"
