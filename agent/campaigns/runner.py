@@ -23,7 +23,7 @@ from typing import Any
 from agent.audit import AuditStore, SqlAuditStore
 from agent.campaigns.model import Campaign
 from agent.errors import PayloadError
-from agent.queues import InMemoryQueue, Job
+from agent.queues import InMemoryQueue, Job, JobQueue, Queue, check_topic
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
 from agent.workers import Worker
@@ -54,7 +54,7 @@ class CampaignRunner:
     """Plans, queues, runs and reports campaign runs on the embedded defaults."""
 
     def __init__(self, settings: Settings | None = None, *, registry: Registry | None = None,
-                 audit: AuditStore | None = None, queue: Any = None) -> None:
+                 audit: AuditStore | None = None, queue: JobQueue | None = None, topic: str = TOPIC) -> None:
         from agent.builtins import bound_registry
         from agent.storage.db import Database
 
@@ -62,6 +62,7 @@ class CampaignRunner:
         self.registry = bound_registry(self.settings, registry)
         self.audit = audit or SqlAuditStore(Database.for_settings(self.settings))
         self.queue = queue or InMemoryQueue(visibility_timeout=600)
+        self.topic = check_topic(topic)
 
     # -- planning ------------------------------------------------------------------------------
     def find_leads(self, campaign: Campaign) -> list[int]:
@@ -113,23 +114,35 @@ class CampaignRunner:
             campaign = Campaign.parse(meta["campaign"])
             self._enqueue(run.run_id, campaign_id, key, meta["batch"], meta["campaign"], meta["lead_ids"],
                           campaign.limits.max_attempts, resumed=True)
+        recover = getattr(self.queue, "recover", None)
+        if open_runs and recover is not None:
+            # A broker may have lost the messages of jobs it still had: send them again (copies are harmless).
+            recover(self.topic, after=0)
         return [self.report(campaign_id, key) for key in keys]
 
     # -- running -------------------------------------------------------------------------------
     def work(self, reports: list[CampaignReport], *, threads: int = 4,
              progress: Callable[[CampaignReport], None] | None = None, poll: float = 0.2) -> list[CampaignReport]:
-        """Run the queued batches on ``threads`` worker threads until none is left; fresh reports."""
-        worker = Worker(self.queue, self.registry, topic=TOPIC, audit_store=self.audit, poll=poll,
-                        retry_base=0.5)
-        worker.start(threads)
+        """Wait until no queued batch is left, then return fresh reports.
+
+        On a pull queue (the in-memory default) the batches run here, on
+        ``threads`` worker threads; on a broker (Celery) they run on its workers
+        (``agent worker --backend celery``) and this only watches.
+        """
+        worker = None
+        if isinstance(self.queue, Queue):
+            worker = Worker(self.queue, self.registry, topic=self.topic, audit_store=self.audit, poll=poll,
+                            retry_base=self.settings.retry_base)
+            worker.start(threads)
         try:
-            while not self.queue.join(TOPIC, timeout=poll):
+            while not self.queue.join(self.topic, timeout=poll):
                 if progress is not None:
                     for report in reports:
                         progress(self.report(report.campaign_id, report.run_key))
         finally:
-            worker.stop()
-            worker.join()
+            if worker is not None:
+                worker.stop()
+                worker.join()
         return [self.report(r.campaign_id, r.run_key) for r in reports]
 
     def report(self, campaign_id: str, run_key: str) -> CampaignReport:
@@ -150,7 +163,7 @@ class CampaignRunner:
         job = Job(orchestrator=ORCHESTRATOR, run_id=run_id, payload={"campaign": campaign, "lead_ids": lead_ids},
                   idempotency_key=f"campaign:{campaign_id}:{run_key}:batch:{index}", max_attempts=max_attempts,
                   meta={"campaign_id": campaign_id, "campaign_run": run_key, "batch": index, "resumed": resumed})
-        return self.queue.enqueue(TOPIC, job)
+        return self.queue.enqueue(self.topic, job)
 
 
 def batch_run_id(campaign_id: str, run_key: str, index: int) -> str:

@@ -18,14 +18,25 @@ campaign_app = typer.Typer(help="Run outreach campaigns on the embedded defaults
 runs_app = typer.Typer(help="The audit trail of runs.", no_args_is_help=True)
 console = Console()
 
-THREADS = typer.Option(4, min=1, max=64, help="Worker threads.")
+THREADS = typer.Option(4, min=1, max=64, help="Worker threads (in-memory backend).")
+BACKEND = typer.Option("memory", help="memory: worker threads in this process; celery: the broker's workers "
+                                      "(`agent worker`) run the batches and this command watches.")
 JSON_OPT = typer.Option(False, "--json", help="Print raw JSON instead of tables.")
 
 
-def _runner() -> Any:
+def _runner(backend: str = "memory") -> Any:
     from agent.campaigns.runner import CampaignRunner
+    from agent.errors import InvalidInput
 
-    return CampaignRunner()
+    if backend == "memory":
+        return CampaignRunner()
+    if backend != "celery":
+        raise InvalidInput("backend", "must be memory or celery")
+    from agent.queues.celery_queue import CeleryQueue
+    from agent.settings import get_settings
+
+    settings = get_settings()
+    return CampaignRunner(settings, queue=CeleryQueue(settings=settings))
 
 
 def _work(runner: Any, reports: list[Any], threads: int, as_json: bool) -> None:
@@ -67,21 +78,21 @@ def _summary(reports: list[Any], runner: Any, as_json: bool) -> None:
 
 @campaign_app.command("run")
 def campaign_run(file: Path = typer.Argument(..., help="Campaign file (.yaml, .yml or .json)."),
-                 threads: int = THREADS, as_json: bool = JSON_OPT) -> None:
+                 threads: int = THREADS, backend: str = BACKEND, as_json: bool = JSON_OPT) -> None:
     """Find the campaign's leads, draft, deliver through the gated outbox; progress and a summary."""
     from agent.campaigns.model import load_campaign
 
     campaign = load_campaign(file)
-    runner = _runner()
+    runner = _runner(backend)
     report = runner.start(campaign)
     _work(runner, [report], threads, as_json)
 
 
 @campaign_app.command("resume")
 def campaign_resume(campaign_id: str = typer.Argument(..., help="The campaign's id."),
-                    threads: int = THREADS, as_json: bool = JSON_OPT) -> None:
+                    threads: int = THREADS, backend: str = BACKEND, as_json: bool = JSON_OPT) -> None:
     """Finish what an interrupted run left: every batch still queued, running or failed."""
-    runner = _runner()
+    runner = _runner(backend)
     reports = runner.resume(campaign_id)
     if not reports and not as_json:
         console.print(f"nothing to resume for campaign {campaign_id!r}")

@@ -89,6 +89,7 @@ class CeleryQueue(JobQueue):
         self.poll = poll
         self.recover_after = self.settings.queue_recover_after if recover_after is None else recover_after
         self._stopped = threading.Event()
+        self._last_recovery = time.monotonic()  # kept across join() calls: callers often join in short waits
 
     def enqueue(self, topic: str, job: Job | Mapping[str, Any]) -> str:
         check_topic(topic)
@@ -128,14 +129,13 @@ class CeleryQueue(JobQueue):
         if topic is not None:
             check_topic(topic)
         deadline = None if timeout is None else time.monotonic() + timeout
-        last_recovery = time.monotonic()
         while self.ledger.open_count(topic) > 0:
             now = time.monotonic()
+            if now - self._last_recovery >= self.recover_after:
+                self._last_recovery = now
+                self.recover(topic)
             if deadline is not None and now >= deadline:
                 return False
-            if now - last_recovery >= self.recover_after:
-                self.recover(topic)
-                last_recovery = now
             wait = self.poll if deadline is None else min(self.poll, max(0.0, deadline - now))
             time.sleep(wait)  # a poll of the ledger, the only place that knows
         return True

@@ -53,6 +53,10 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
             log.warning("job %s: run %s is already %s; acked without running it", job.job_id, job.run_id,
                         run.state)
             return JobOutcome("ack")
+        if run.state == "running":
+            # The attempt before this one died with its worker (SIGKILL, lost lease): say so.
+            audit.save_failure(job.run_id, "the previous attempt was lost with its worker")
+            _set_state(audit, job.run_id, "failed")
         _set_state(audit, job.run_id, "running")
     try:
         orchestrator = _resolve(registry, job.orchestrator, resolved, audit)
