@@ -54,6 +54,7 @@ from agent.errors import (
 )
 from agent.high_level_agents.orchestrators import (
     BaseOrchestrator,
+    CampaignOrchestrator,
     DeliveryOrchestrator,
     LeadOrchestrator,
     OutreachOrchestrator,
@@ -62,7 +63,7 @@ from agent.leads.importer import import_csv
 from agent.leads.query import LeadQuery
 from agent.leads.sample import generate_leads
 from agent.leads.store import ImportReport, LeadStore
-from agent.queues import InMemoryQueue, Job, Queue
+from agent.queues import InMemoryQueue, Job, JobQueue, Queue
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
 from agent.storage.db import Database
@@ -86,6 +87,7 @@ __all__ = [
     "LeadOrchestrator",
     "DeliveryOrchestrator",
     "OutreachOrchestrator",
+    "CampaignOrchestrator",
     "BaseAgent",
     "RunContext",
     # engine
@@ -107,6 +109,7 @@ __all__ = [
     "Campaign",
     "load_campaign",
     "Queue",
+    "JobQueue",
     "InMemoryQueue",
     "Job",
     "Worker",

@@ -24,6 +24,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     from agent.agents.lead_search import LeadSearchAgent
     from agent.agents.suppression_gate import SuppressionGateAgent
     from agent.delivery.channels.outbox import OutboxChannel
+    from agent.high_level_agents.orchestrators.campaign import CampaignOrchestrator
     from agent.high_level_agents.orchestrators.delivery import DeliveryOrchestrator
     from agent.high_level_agents.orchestrators.lead import LeadOrchestrator
     from agent.high_level_agents.orchestrators.outreach import OutreachOrchestrator
@@ -36,6 +37,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     registry.register("lead_orchestrator", LeadOrchestrator, replace=replace)
     registry.register("delivery_orchestrator", DeliveryOrchestrator, replace=replace)
     registry.register("outreach_orchestrator", OutreachOrchestrator, replace=replace)
+    registry.register("campaign_orchestrator", CampaignOrchestrator, replace=replace)
     return registry
 
 

@@ -14,10 +14,12 @@ import unittest
 from pathlib import Path
 
 from agent.audit import SqlAuditStore
-from agent.builtins import register_builtins
-from agent.campaigns import Campaign
+from agent.builtins import bound_registry, register_builtins
+from agent.campaigns import Campaign, CampaignManager
 from agent.campaigns.runner import CampaignRunner
 from agent.leads.sample import load_sample_data
+from agent.queues import InMemoryQueue
+from agent.workers import Worker, execute_job
 from agent.registry import Registry
 from agent.storage.db import Database
 from tests.support import TempHome
@@ -144,6 +146,67 @@ class CampaignRunnerEdgesTest(CampaignRunnerTest):
     test_running_the_same_campaign_again_sends_nothing_new = None  # type: ignore[assignment]
     test_delivery_off_writes_nothing = None  # type: ignore[assignment]
     test_the_audit_trail_leads_from_a_message_back_to_the_lead_row = None  # type: ignore[assignment]
+
+
+class TriggeredCampaignTest(unittest.TestCase):
+    """CampaignManager trigger -> a planning job -> batch jobs, all through the queue and a Worker."""
+
+    def setUp(self) -> None:
+        self.home = TempHome()
+        self.addCleanup(self.home.cleanup)
+        db = self.home.database()
+        load_sample_data(db, size=400, tenant="default")
+        self.audit = SqlAuditStore(db)
+        self.queue = InMemoryQueue()
+        self.addCleanup(self.queue.stop)
+        self.registry = bound_registry(self.home.settings)
+        self.manager = CampaignManager(self.queue, self.registry, topic="campaigns")
+
+    def drain(self) -> None:
+        worker = Worker(self.queue, self.registry, topic="campaigns", audit_store=self.audit, poll=0.05)
+        worker.start(2)
+        try:
+            self.assertTrue(self.queue.join("campaigns", timeout=GUARD))
+        finally:
+            worker.stop()
+            worker.join()
+
+    def test_a_trigger_plans_its_batches_on_a_worker_and_each_lead_gets_one_message(self) -> None:
+        # Given an active campaign of 24 leads in batches of 5
+        self.manager.add(campaign())
+        self.manager.activate("acme")
+        # When it is triggered, and the same trigger comes again after the run
+        queued = self.manager.trigger("acme", key="launch")
+        self.drain()
+        again = self.manager.trigger("acme", key="launch")
+        self.drain()
+        # Then the planning run queued five batches, recorded before they ran, and all succeeded
+        self.assertEqual(queued, again)
+        plan = self.audit.get_run(queued["run_id"])
+        self.assertEqual((plan.orchestrator, plan.state), ("campaign_orchestrator", "succeeded"))
+        batches = [r for r in self.audit.list_runs(campaign_id="acme", limit=100)
+                   if r.orchestrator == "outreach_orchestrator"]
+        self.assertEqual([r.state for r in batches], ["succeeded"] * 5)
+        self.assertEqual({r.meta["campaign_run"] for r in batches}, {queued["run_id"]})
+        # And every lead got one message, once
+        outbox = sorted(Path(self.home.settings.outbox_dir).glob("*.eml"))
+        self.assertEqual(len(outbox), 24)
+
+    def test_a_redelivered_planning_job_queues_no_batch_twice(self) -> None:
+        # Given a planning job whose worker died after it queued its batches, before the ack
+        self.manager.add(campaign())
+        self.manager.activate("acme")
+        self.manager.trigger("acme", key="launch")
+        job = self.queue.dequeue("campaigns", timeout=0)
+        outcome = execute_job(job, registry=self.registry, audit=self.audit)
+        self.queue.enqueue_many("campaigns", [f.job for f in outcome.follow_ups])
+        # When the same job runs again (as after a visibility timeout)
+        again = execute_job(job, registry=self.registry, audit=self.audit)
+        self.queue.enqueue_many("campaigns", [f.job for f in again.follow_ups])
+        # Then it runs nothing again and its batches are the same five, queued once
+        self.assertEqual(again.verdict, "ack")
+        self.assertEqual([f.job.run_id for f in again.follow_ups], [f.job.run_id for f in outcome.follow_ups])
+        self.assertEqual(self.queue.stats("campaigns").ready, 5)
 
 
 class CliHome(unittest.TestCase):

@@ -98,10 +98,9 @@ class CampaignManagerTest(unittest.TestCase):
         self.addCleanup(self.queue.stop)
         self.registry = Registry()
         self.echo = Echo()
-        self.registry.register("outreach_orchestrator", self.echo, kind="orchestrator")
+        self.registry.register("campaign_orchestrator", self.echo, kind="orchestrator")
         self.registry.register("lead_orchestrator", Echo(), kind="orchestrator")
         self.manager = CampaignManager(self.queue, self.registry, clock=self.clock)
-        self.manager.register_flow("outreach", "outreach_orchestrator")
         self.campaign = self.manager.add(Campaign.parse({
             "id": "c1", "lead_query": "x", "template": {"subject": "s", "body": "b"}, "schedule": "*/15 * * * *"}))
 
@@ -149,7 +148,6 @@ class CampaignManagerTest(unittest.TestCase):
         # Given two managers (two scheduler processes) on one queue
         self.manager.activate("c1")
         other = CampaignManager(self.queue, self.registry, clock=self.clock)
-        other.register_flow("outreach", "outreach_orchestrator")
         other.add(self.manager.get("c1"))
         other._ticked["c1"] = self.manager._ticked["c1"]
         # When both tick over the same half hour

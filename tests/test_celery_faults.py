@@ -171,3 +171,29 @@ class RedisRestartTest(CampaignOnCelery, unittest.TestCase):
         [final] = runner.work([report], poll=0.1)
         self.assertTrue(lost, "the restart emptied the broker while batches were still open")
         self.assert_nothing_lost_nothing_twice(final)
+
+
+@requires_real_services()
+class TriggeredOnCeleryTest(CampaignOnCelery, unittest.TestCase):
+    def test_a_trigger_is_planned_and_delivered_by_celery_workers(self) -> None:
+        # Given an active campaign on a CampaignManager whose queue is Celery
+        from agent.builtins import bound_registry
+        from agent.campaigns import CampaignManager
+
+        runner, _ = self.start(REDIS_BROKER)
+        manager = CampaignManager(runner.queue, bound_registry(self.settings), topic=self.topic)
+        manager.add(campaign())
+        manager.activate("faults")
+        # When it is triggered twice with the same key, and the workers are done
+        queued = manager.trigger("faults", key="launch")
+        self.assertEqual(manager.trigger("faults", key="launch"), queued)
+        self.assertTrue(runner.queue.join(self.topic, timeout=GUARD))
+        # Then a worker planned the batches, the workers ran them, and each found lead got one message
+        audit = runner.audit
+        self.assertEqual(audit.get_run(queued["run_id"]).state, "succeeded")
+        batches = [r for r in audit.list_runs(campaign_id="faults", limit=1000)
+                   if r.orchestrator == "outreach_orchestrator"]
+        leads = sum(len(r.meta["lead_ids"]) for r in batches)
+        self.assertGreater(leads, 0)
+        self.assertEqual({r.state for r in batches}, {"succeeded"})
+        self.assertEqual(len(list(Path(self.settings.resolved_outbox_dir).glob("*.eml"))), leads)

@@ -23,7 +23,8 @@ from agent.registry import Registry
 __all__ = ["CampaignManager", "BUILTIN_FLOWS"]
 
 # Flow name -> the orchestrator that runs it.
-BUILTIN_FLOWS = {"lead": "lead_orchestrator", "delivery": "delivery_orchestrator"}
+BUILTIN_FLOWS = {"lead": "lead_orchestrator", "delivery": "delivery_orchestrator",
+                 "campaign": "campaign_orchestrator"}
 
 _MOVES: dict[CampaignStatus, set[CampaignStatus]] = {
     "draft": {"active", "completed"},
@@ -34,10 +35,15 @@ _MOVES: dict[CampaignStatus, set[CampaignStatus]] = {
 
 
 class CampaignManager:
-    """Campaigns, their lifecycle and triggers; runs go to ``queue`` on ``topic``."""
+    """Campaigns, their lifecycle and triggers; runs go to ``queue`` on ``topic``.
+
+    A campaign trigger queues one ``campaign_flow`` job (the ``campaign_orchestrator``
+    by default): a worker finds the campaign's leads and queues its batches on
+    the same topic, each an outreach job, recorded in the audit store first.
+    """
 
     def __init__(self, queue: Any, registry: Registry | None = None, *, topic: str = "orchestrate",
-                 campaign_flow: str = "outreach", clock: Callable[[], datetime] | None = None) -> None:
+                 campaign_flow: str = "campaign", clock: Callable[[], datetime] | None = None) -> None:
         if registry is None:
             from agent.builtins import default_registry
 
@@ -102,7 +108,7 @@ class CampaignManager:
         """Queue a run of an active campaign now; the same ``key`` never queues it twice."""
         campaign = self._active(campaign_id)
         trigger_key = f"campaign:{campaign.id}:manual:{key or self.clock().isoformat()}"
-        return self._enqueue(self.campaign_flow, self._campaign_payload(campaign), trigger_key, campaign)
+        return self._enqueue(self.campaign_flow, self._campaign_payload(campaign, trigger_key), trigger_key, campaign)
 
     def tick(self, now: datetime | None = None) -> list[dict[str, str]]:
         """Queue the runs whose cron time came since the last tick (each firing once)."""
@@ -114,7 +120,7 @@ class CampaignManager:
             since = self._ticked.get(campaign.id, now)
             for moment in campaign.fire_times(since, now):
                 key = f"campaign:{campaign.id}:cron:{moment.astimezone(timezone.utc).isoformat()}"
-                queued.append(self._enqueue(self.campaign_flow, self._campaign_payload(campaign), key, campaign))
+                queued.append(self._enqueue(self.campaign_flow, self._campaign_payload(campaign, key), key, campaign))
             with self._lock:
                 self._ticked[campaign.id] = now
         return queued
@@ -145,7 +151,7 @@ class CampaignManager:
         orchestrator = self._flows.get(flow)
         if orchestrator is None:
             raise InvalidInput("flow", f"unknown flow {flow!r}; register it with register_flow()")
-        run_id = hashlib.sha256(key.encode()).hexdigest()[:32]
+        run_id = _run_id(key)
         meta = {"flow": flow, "trigger": key}
         if campaign is not None:
             meta.update(campaign_id=campaign.id, tenant=campaign.tenant)
@@ -154,9 +160,9 @@ class CampaignManager:
         job_id = self.queue.enqueue(self.topic, job)
         return {"status": "queued", "run_id": run_id, "job_id": job_id}
 
-    @staticmethod
-    def _campaign_payload(campaign: Campaign) -> dict[str, Any]:
-        return {"campaign": campaign.model_dump(mode="json")}
+    def _campaign_payload(self, campaign: Campaign, key: str) -> dict[str, Any]:
+        # The run key is the trigger's: the same trigger plans the same batches under the same ids.
+        return {"campaign": campaign.model_dump(mode="json"), "run_key": _run_id(key), "topic": self.topic}
 
     def _active(self, campaign_id: str) -> Campaign:
         campaign = self.get(campaign_id)
@@ -172,3 +178,7 @@ class CampaignManager:
             moved = campaign.model_copy(update={"status": status})
             self._campaigns[campaign_id] = moved
             return moved
+
+
+def _run_id(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]

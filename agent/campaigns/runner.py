@@ -13,7 +13,6 @@ the audit store, not in the queue.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +21,9 @@ from typing import Any
 
 from agent.audit import AuditStore, SqlAuditStore
 from agent.campaigns.model import Campaign
+from agent.campaigns.planning import ORCHESTRATOR, batch_plan, find_leads, plan_batches, record_plans
 from agent.errors import PayloadError
-from agent.queues import InMemoryQueue, Job, JobQueue, Queue, check_topic
+from agent.queues import InMemoryQueue, JobQueue, Queue, check_topic
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
 from agent.workers import Worker
@@ -31,7 +31,6 @@ from agent.workers import Worker
 __all__ = ["CampaignRunner", "CampaignReport"]
 
 TOPIC = "campaigns"
-ORCHESTRATOR = "outreach_orchestrator"
 _OPEN = ["queued", "running", "failed"]
 _DONE = ("succeeded", "dead")
 
@@ -67,18 +66,7 @@ class CampaignRunner:
     # -- planning ------------------------------------------------------------------------------
     def find_leads(self, campaign: Campaign) -> list[int]:
         """The campaign's lead ids, best match first, at most ``limits.per_run``."""
-        orchestrator = self.registry.resolve("lead_orchestrator")
-        query = {"text": campaign.lead_query} if isinstance(campaign.lead_query, str) else dict(campaign.lead_query)
-        ids: list[int] = []
-        offset = 0
-        while len(ids) < campaign.limits.per_run:
-            page = min(500, campaign.limits.per_run - len(ids))
-            envelope = orchestrator.run({"lead_query": {**query, "limit": page, "offset": offset}})
-            ids.extend(int(r["lead_id"]) for r in envelope["records"])
-            offset = envelope["metadata"].get("next_offset") or 0
-            if not offset or not envelope["records"]:
-                break
-        return list(dict.fromkeys(ids))[: campaign.limits.per_run]
+        return find_leads(self.registry.resolve("lead_orchestrator"), campaign)
 
     def start(self, campaign: Campaign, *, run_key: str | None = None,
               lead_ids: list[int] | None = None) -> CampaignReport:
@@ -88,17 +76,9 @@ class CampaignRunner:
                                                   f"{self.settings.tenant!r} (set AGENT_TENANT)")
         run_key = run_key or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         ids = self.find_leads(campaign) if lead_ids is None else list(lead_ids)
-        size = campaign.limits.batch_size
-        batches = [ids[i:i + size] for i in range(0, len(ids), size)]
-        dump = campaign.model_dump(mode="json")
-        # The whole plan is recorded before any job is queued: a crash in between loses no batch.
-        for index, batch in enumerate(batches):
-            self.audit.start_run(batch_run_id(campaign.id, run_key, index), orchestrator=ORCHESTRATOR,
-                                 campaign_id=campaign.id, tenant=campaign.tenant,
-                                 meta={"campaign_run": run_key, "batch": index, "lead_ids": batch, "campaign": dump})
-        for index, batch in enumerate(batches):
-            self._enqueue(batch_run_id(campaign.id, run_key, index), campaign.id, run_key, index, dump, batch,
-                          campaign.limits.max_attempts)
+        plans = plan_batches(campaign, run_key, ids)
+        record_plans(self.audit, plans, tenant=campaign.tenant)
+        self.queue.enqueue_many(self.topic, [plan.job for plan in plans])
         return self.report(campaign.id, run_key)
 
     def resume(self, campaign_id: str) -> list[CampaignReport]:
@@ -108,12 +88,11 @@ class CampaignRunner:
         keys: list[str] = []
         for run in open_runs:
             meta = run.meta
-            key = meta["campaign_run"]
-            if key not in keys:
-                keys.append(key)
-            campaign = Campaign.parse(meta["campaign"])
-            self._enqueue(run.run_id, campaign_id, key, meta["batch"], meta["campaign"], meta["lead_ids"],
-                          campaign.limits.max_attempts, resumed=True)
+            if meta["campaign_run"] not in keys:
+                keys.append(meta["campaign_run"])
+            plan = batch_plan(Campaign.parse(meta["campaign"]), meta["campaign_run"], meta["batch"],
+                              meta["lead_ids"], resumed=True)
+            self.queue.enqueue(self.topic, plan.job)
         recover = getattr(self.queue, "recover", None)
         if open_runs and recover is not None:
             # A broker may have lost the messages of jobs it still had: send them again (copies are harmless).
@@ -157,15 +136,3 @@ class CampaignRunner:
                 final = envelopes[-1].envelope if envelopes else {"records": []}
                 report.statuses.update(r.get("status", "unknown") for r in final["records"])
         return report
-
-    def _enqueue(self, run_id: str, campaign_id: str, run_key: str, index: int, campaign: dict[str, Any],
-                 lead_ids: list[int], max_attempts: int, *, resumed: bool = False) -> str:
-        job = Job(orchestrator=ORCHESTRATOR, run_id=run_id, payload={"campaign": campaign, "lead_ids": lead_ids},
-                  idempotency_key=f"campaign:{campaign_id}:{run_key}:batch:{index}", max_attempts=max_attempts,
-                  meta={"campaign_id": campaign_id, "campaign_run": run_key, "batch": index, "resumed": resumed})
-        return self.queue.enqueue(self.topic, job)
-
-
-def batch_run_id(campaign_id: str, run_key: str, index: int) -> str:
-    """A batch's run id: the same batch of the same campaign run always has the same id."""
-    return hashlib.sha256(f"{campaign_id}:{run_key}:{index}".encode()).hexdigest()[:32]

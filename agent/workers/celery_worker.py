@@ -27,7 +27,7 @@ from agent.queues.base import Job
 from agent.queues.celery_queue import TASK, celery_app, publish
 from agent.queues.ledger import Busy, Claim, SqlJobLedger
 from agent.settings import Settings, get_settings
-from agent.workers.execute import execute_job, give_up
+from agent.workers.execute import execute_job, give_up, queue_follow_ups
 
 __all__ = ["worker_app", "run_job", "WorkerRuntime", "run_celery_worker"]
 
@@ -50,6 +50,15 @@ class WorkerRuntime:
         self.lease = settings.queue_lease
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.resolved: dict[str, Any] = {}
+        self._queue: Any = None
+
+    def queue(self, app: Any) -> Any:
+        """The queue follow-up jobs go to: the same broker and ledger as the job in hand."""
+        if self._queue is None:
+            from agent.queues.celery_queue import CeleryQueue
+
+            self._queue = CeleryQueue(app, settings=self.settings, ledger=self.ledger)
+        return self._queue
 
     @contextmanager
     def leased(self, claim: Claim) -> Iterator[None]:
@@ -116,6 +125,7 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None)
         outcome = execute_job(claim.job, registry=rt.registry, audit=rt.audit, resolved=rt.resolved,
                               retry_base=rt.settings.retry_base)
     if outcome.verdict == "ack":
+        queue_follow_ups(rt.queue(app), outcome)  # before the job is done: a crash here repeats, loses nothing
         rt.ledger.finish(claim)
         return "done"
     error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"

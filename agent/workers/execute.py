@@ -18,9 +18,10 @@ from agent.engine.policy import compute_backoff
 from agent.envelope import validate_envelope
 from agent.errors import AgentCallError, AgentError, InvalidInput, RegistryError
 from agent.logs import get_logger
+from agent.queues.base import Job, check_topic
 from agent.registry import Registry
 
-__all__ = ["JobOutcome", "execute_job", "give_up", "retry_delay", "AuditHook"]
+__all__ = ["JobOutcome", "FollowUp", "follow_ups", "queue_follow_ups", "execute_job", "give_up", "retry_delay", "AuditHook"]
 
 log = get_logger("agent.worker")
 
@@ -33,6 +34,18 @@ class JobOutcome:
     envelope: dict[str, Any] | None = None
     error: BaseException | None = None
     delay: float = 0.0
+    # Jobs the run asks to be queued next: the caller queues them before it acks.
+    follow_ups: tuple[FollowUp, ...] = ()
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A job a run asks to be queued next, on ``topic``; ``audit_meta`` is what its audit run keeps."""
+
+    topic: str
+    job: Job
+    audit_meta: dict[str, Any]
+    tenant: str
 
 
 def retry_delay(attempt: int, *, base: float = 1.0, max_delay: float = 300.0,
@@ -49,10 +62,12 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
         run = audit.start_run(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
                               campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
         if run.state in ("succeeded", "dead"):
-            # Redelivered after it finished (its worker died before the ack): nothing to do again.
+            # Redelivered after it finished (its worker died before the ack): nothing to run again,
+            # but its follow-ups may not have been queued yet (queueing them twice adds nothing).
             log.warning("job %s: run %s is already %s; acked without running it", job.job_id, job.run_id,
                         run.state)
-            return JobOutcome("ack")
+            envelopes = audit.envelopes(job.run_id) if run.state == "succeeded" else []
+            return JobOutcome("ack", follow_ups=follow_ups(envelopes[-1].envelope) if envelopes else ())
         if run.state == "running":
             # The attempt before this one died with its worker (SIGKILL, lost lease): say so.
             audit.save_failure(job.run_id, "the previous attempt was lost with its worker")
@@ -74,8 +89,21 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
             _set_state(audit, job.run_id, "dead" if verdict == "dead" else "failed")
         delay = retry_delay(job.attempts, base=retry_base) if verdict == "retry" else 0.0
         return JobOutcome(verdict, error=error, delay=delay)
+    try:
+        follow = follow_ups(envelope)
+    except InvalidInput as exc:
+        log.warning("job %s run %s dead: a follow-up job is malformed: %s", job.job_id, job.run_id, exc)
+        if audit is not None:
+            audit.save_failure(job.run_id, exc)
+            _set_state(audit, job.run_id, "dead")
+        return JobOutcome("dead", error=exc)
     if audit is not None:
         audit.save_envelope(job.run_id, envelope)
+        for item in follow:
+            # Recorded before it is queued (and before this run says succeeded): a crash in between loses
+            # no batch, and a resume finds it.
+            audit.start_run(item.job.run_id, orchestrator=item.job.orchestrator,
+                            campaign_id=item.job.meta.get("campaign_id"), tenant=item.tenant, meta=item.audit_meta)
         for record in envelope["records"]:
             message_id = record.get("message_id")
             # A "duplicate" never overwrites the "sent" of the run that really sent it.
@@ -83,7 +111,38 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
                                (record.get("status") == "duplicate" and audit.message(message_id) is None)):
                 audit.save_delivery(job.run_id, record)
         _set_state(audit, job.run_id, "succeeded")
-    return JobOutcome("ack", envelope=envelope)
+    return JobOutcome("ack", envelope=envelope, follow_ups=follow)
+
+
+def queue_follow_ups(queue: Any, outcome: JobOutcome) -> None:
+    """Queue an outcome's follow-up jobs, topic by topic."""
+    by_topic: dict[str, list[Job]] = {}
+    for item in outcome.follow_ups:
+        by_topic.setdefault(item.topic, []).append(item.job)
+    for topic, jobs in by_topic.items():
+        queue.enqueue_many(topic, jobs)
+
+
+def follow_ups(envelope: dict[str, Any]) -> tuple[FollowUp, ...]:
+    """The jobs an envelope's records ask to be queued next: ``record["follow_up"]`` is
+    ``{"topic", "job", "audit"?: {...}, "tenant"?: str}``."""
+    found = []
+    for index, record in enumerate(envelope["records"]):
+        follow = record.get("follow_up")
+        if follow is None:
+            continue
+        field = f"records[{index}].follow_up"
+        if not isinstance(follow, dict):
+            raise InvalidInput(field, "must be an object with topic and job")
+        audit_meta, tenant = follow.get("audit", {}), follow.get("tenant", "default")
+        if not isinstance(audit_meta, dict) or not isinstance(tenant, str):
+            raise InvalidInput(field, "audit must be an object and tenant a string")
+        try:
+            topic = check_topic(follow.get("topic"))
+        except InvalidInput:
+            raise InvalidInput(f"{field}.topic", "must be 1 to 64 letters, digits or _ . : -") from None
+        found.append(FollowUp(topic, Job.parse(follow.get("job"), f"{field}.job"), audit_meta, tenant))
+    return tuple(found)
 
 
 def give_up(job: Any, error: BaseException | str, *, audit: Any = None) -> JobOutcome:

@@ -19,7 +19,7 @@ from typing import Any
 from agent.errors import InvalidInput
 from agent.logs import get_logger
 from agent.registry import Registry
-from agent.workers.execute import JobOutcome, execute_job
+from agent.workers.execute import JobOutcome, execute_job, queue_follow_ups
 
 __all__ = ["Worker"]
 
@@ -67,6 +67,9 @@ class Worker:
             self._in_hand.pop(job.job_id, None)
         try:
             if outcome.verdict == "ack":
+                # Queued before the ack: if this process dies in between, the job comes back and
+                # queues them again, which adds nothing (their idempotency keys).
+                queue_follow_ups(self.queue, outcome)
                 self.queue.ack(job.job_id, attempt=job.attempts)
             elif outcome.verdict == "retry":
                 self.queue.nack(job.job_id, delay=outcome.delay, error=_describe(outcome.error), attempt=job.attempts)

@@ -1,0 +1,77 @@
+"""How a campaign run becomes batch jobs: its leads, its batches, their run ids and jobs.
+
+Shared by ``CampaignRunner.start`` (planning in the caller) and the
+``campaign_orchestrator`` (planning as a queued job, for triggers).  The same
+campaign run always yields the same run ids and idempotency keys, so planning
+it twice queues nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from agent.campaigns.model import Campaign
+from agent.queues.base import Job
+
+__all__ = ["BatchPlan", "find_leads", "plan_batches", "batch_plan", "record_plans", "batch_run_id", "ORCHESTRATOR"]
+
+ORCHESTRATOR = "outreach_orchestrator"
+_PAGE = 500
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One batch: the job that runs it, and what the audit store keeps to run it again."""
+
+    job: Job
+    meta: dict[str, Any]
+
+
+def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
+    """The campaign's lead ids, best match first, at most ``limits.per_run``."""
+    query = {"text": campaign.lead_query} if isinstance(campaign.lead_query, str) else dict(campaign.lead_query)
+    ids: list[int] = []
+    offset = 0
+    while len(ids) < campaign.limits.per_run:
+        page = min(_PAGE, campaign.limits.per_run - len(ids))
+        envelope = lead_orchestrator.run({"lead_query": {**query, "limit": page, "offset": offset}})
+        ids.extend(int(r["lead_id"]) for r in envelope["records"])
+        offset = envelope["metadata"].get("next_offset") or 0
+        if not offset or not envelope["records"]:
+            break
+    return list(dict.fromkeys(ids))[: campaign.limits.per_run]
+
+
+def plan_batches(campaign: Campaign, run_key: str, lead_ids: list[int]) -> list[BatchPlan]:
+    """``lead_ids`` cut into ``limits.batch_size`` batches, one outreach job each."""
+    size = campaign.limits.batch_size
+    return [batch_plan(campaign, run_key, index, list(lead_ids[start:start + size]))
+            for index, start in enumerate(range(0, len(lead_ids), size))]
+
+
+def batch_plan(campaign: Campaign, run_key: str, index: int, lead_ids: list[int], *,
+               resumed: bool = False) -> BatchPlan:
+    """Batch ``index`` of a campaign run: always the same run id and idempotency key."""
+    dump = campaign.model_dump(mode="json")
+    job = Job(orchestrator=ORCHESTRATOR, run_id=batch_run_id(campaign.id, run_key, index),
+              payload={"campaign": dump, "lead_ids": lead_ids},
+              idempotency_key=f"campaign:{campaign.id}:{run_key}:batch:{index}",
+              max_attempts=campaign.limits.max_attempts,
+              meta={"campaign_id": campaign.id, "campaign_run": run_key, "batch": index, "resumed": resumed})
+    return BatchPlan(job, {"campaign_run": run_key, "batch": index, "lead_ids": lead_ids, "campaign": dump})
+
+
+def record_plans(audit: Any, plans: list[BatchPlan], *, tenant: str) -> None:
+    """Record every batch as a queued run, before any job exists: a crash in between loses no batch
+    (``CampaignRunner.resume`` finds them).  Recording a batch again changes nothing."""
+    for plan in plans:
+        job = plan.job
+        audit.start_run(job.run_id, orchestrator=job.orchestrator, campaign_id=job.meta["campaign_id"],
+                        tenant=tenant, meta=plan.meta)
+
+
+def batch_run_id(campaign_id: str, run_key: str, index: int) -> str:
+    """A batch's run id: the same batch of the same campaign run always has the same id."""
+    return hashlib.sha256(f"{campaign_id}:{run_key}:{index}".encode()).hexdigest()[:32]
