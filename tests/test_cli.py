@@ -56,18 +56,6 @@ class CliTest(unittest.TestCase):
         self.assertIn("lead_query.domain", proc.stderr)
         self.assertNotIn("Traceback", proc.stderr)
 
-    def test_demo_delivers_into_the_outbox_once_and_explains_it(self) -> None:
-        # When: the demo runs twice
-        first = self.agent("demo")
-        second = self.agent("demo")
-        # Then
-        self.assertEqual(first.returncode, 0, first.stderr)
-        self.assertIn("allow_delivery off", first.stdout)
-        self.assertIn("delivery_disabled", first.stdout)
-        self.assertIn("sent", first.stdout)
-        self.assertIn("stopped a second copy", second.stdout)
-        self.assertEqual(len(list(Path(self.home, "outbox").glob("*.eml"))), 5)
-
     def test_schema_envelope_prints_json_schema(self) -> None:
         proc = self.agent("schema", "envelope")
         self.assertEqual(proc.returncode, 0, proc.stderr)

@@ -127,6 +127,10 @@ class AuditStore:
         ``step``, ``status``, ``provenance``), replacing an earlier one of the same message."""
         raise NotImplementedError
 
+    def save_deliveries(self, run_id: str, records: Sequence[Mapping[str, Any]]) -> list[AuditDelivery]:
+        """``save_delivery`` for each record (a store may do it in one transaction)."""
+        return [self.save_delivery(run_id, record) for record in records]
+
     def get_run(self, run_id: str) -> AuditRun | None:
         raise NotImplementedError
 

@@ -156,18 +156,22 @@ class SqlAuditStore(AuditStore):
         return failure
 
     def save_delivery(self, run_id: str, record: Mapping[str, Any]) -> AuditDelivery:
-        delivery = delivery_from(run_id, record, self._clock())
-        values = {"message_id": delivery.message_id, "run_id": run_id, "to_address": delivery.to,
-                  "lead_id": delivery.lead_id, "campaign_id": delivery.campaign_id, "step": delivery.step,
-                  "status": delivery.status, "created_at": delivery.saved_at,
-                  "provenance_json": None if delivery.provenance is None else dumps(delivery.provenance)}
-        insert = self._insert(_DELIVERIES).values(values)
+        return self.save_deliveries(run_id, [record])[0]
+
+    def save_deliveries(self, run_id: str, records: Sequence[Mapping[str, Any]]) -> list[AuditDelivery]:
+        deliveries = [delivery_from(run_id, record, self._clock()) for record in records]
+        if not deliveries:
+            return []
+        rows = [{"message_id": d.message_id, "run_id": run_id, "to_address": d.to, "lead_id": d.lead_id,
+                 "campaign_id": d.campaign_id, "step": d.step, "status": d.status, "created_at": d.saved_at,
+                 "provenance_json": None if d.provenance is None else dumps(d.provenance)} for d in deliveries]
+        insert = self._insert(_DELIVERIES)
         upsert = insert.on_conflict_do_update(
-            index_elements=["message_id"], set_={k: insert.excluded[k] for k in values if k != "message_id"})
+            index_elements=["message_id"], set_={k: insert.excluded[k] for k in rows[0] if k != "message_id"})
         with self._writing() as conn:
             self._require_run(conn, run_id)
-            conn.execute(upsert)
-        return delivery
+            conn.execute(upsert, rows)
+        return deliveries
 
     # -- queries -----------------------------------------------------------------------------
     def get_run(self, run_id: str) -> AuditRun | None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import StorageError
@@ -65,6 +66,60 @@ class OutboxLedger:
         if existing is None:  # pragma: no cover - the conflicting row vanished
             raise StorageError(f"outbox key {key[:12]}… conflicted but cannot be read")
         return existing, False
+
+    def claim_many(self, claims: list[dict[str, Any]]) -> dict[str, tuple[LedgerEntry, bool]]:
+        """``claim`` for many keys in one transaction: ``{key: (entry, created)}``.
+
+        Each claim is the row's fields with ``idempotency_key`` and a fresh
+        ``message_id``; a row that already existed keeps its own, which is how
+        "created" is told apart.
+        """
+        if not claims:
+            return {}
+        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(self.db.dialect)
+        if insert is None:  # another database: one claim at a time
+            return {c["idempotency_key"]: self.claim(c["idempotency_key"], **{k: v for k, v in c.items()
+                                                                              if k != "idempotency_key"})
+                    for c in claims}
+        now = utcnow()
+        rows = [{**c, "state": "sending", "created_at": now, "location": None, "sent_at": None} for c in claims]
+        table = OutboxMessage.__table__
+        keys = [c["idempotency_key"] for c in claims]
+        with self.db.connect() as conn:
+            conn.execute(insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"]), rows)
+            found = conn.execute(select(table).where(table.c.idempotency_key.in_(keys))).mappings().all()
+        proposed: dict[str, str] = {}
+        for c in claims:  # a key twice in one call: its first claim is the one inserted
+            proposed.setdefault(c["idempotency_key"], c["message_id"])
+        return {r["idempotency_key"]: (LedgerEntry(r["idempotency_key"], r["state"], r["message_id"], r["location"],
+                                                   r["sent_at"], r["record_hash"], r["to_address"]),
+                                       r["message_id"] == proposed[r["idempotency_key"]])
+                for r in found}
+
+    def mark_many(self, marks: list[tuple[str, str, str | None]]) -> None:
+        """``mark`` for many ``(key, state, location)`` in one transaction."""
+        if not marks:
+            return
+        table = OutboxMessage.__table__
+        now = utcnow()
+        change = (update(table).where(table.c.idempotency_key == bindparam("k"))
+                  .values(state=bindparam("s"), location=bindparam("loc"), sent_at=bindparam("at")))
+        rows = [{"k": key, "s": state, "loc": location, "at": now if state == "sent" else None}
+                for key, state, location in marks]
+        with self.db.connect() as conn:
+            conn.execute(change, rows)
+
+    def release_many(self, entries: list[LedgerEntry]) -> None:
+        """Forget claims made and never attempted (a batch stopped before them): a later run claims
+        them afresh, for whatever content it then has."""
+        if not entries:
+            return
+        table = OutboxMessage.__table__
+        with self.db.connect() as conn:
+            for entry in entries:
+                conn.execute(table.delete().where(table.c.idempotency_key == entry.idempotency_key,
+                                                  table.c.message_id == entry.message_id,
+                                                  table.c.state == "sending"))
 
     def mark(self, key: str, state: str, *, location: str | None = None) -> None:
         values: dict[str, Any] = {"state": state}

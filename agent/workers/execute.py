@@ -104,12 +104,11 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
             # no batch, and a resume finds it.
             audit.start_run(item.job.run_id, orchestrator=item.job.orchestrator,
                             campaign_id=item.job.meta.get("campaign_id"), tenant=item.tenant, meta=item.audit_meta)
-        for record in envelope["records"]:
-            message_id = record.get("message_id")
-            # A "duplicate" never overwrites the "sent" of the run that really sent it.
-            if message_id and (record.get("status") == "sent" or
-                               (record.get("status") == "duplicate" and audit.message(message_id) is None)):
-                audit.save_delivery(job.run_id, record)
+        # A "duplicate" never overwrites the "sent" of the run that really sent it.
+        audit.save_deliveries(job.run_id, [
+            record for record in envelope["records"] if record.get("message_id") and (
+                record.get("status") == "sent" or
+                (record.get("status") == "duplicate" and audit.message(record["message_id"]) is None))])
         _set_state(audit, job.run_id, "succeeded")
     return JobOutcome("ack", envelope=envelope, follow_ups=follow)
 
@@ -170,8 +169,14 @@ class AuditHook:
 
     def after_node(self, *, event: str, run_id: str, envelope: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
-        if event == "node_end" and envelope is not None and self.audit.get_run(run_id) is not None:
+        if event != "node_end" or envelope is None:
+            return
+        try:
             self.audit.save_envelope(run_id, envelope)
+        except InvalidInput as exc:
+            if exc.field != "run_id":
+                raise
+            # Not a job's run (say, a lead search for planning): nothing of it is audited.
 
 
 def _resolve(registry: Registry, name: str, cache: dict[str, Any] | None, audit: Any = None) -> Any:

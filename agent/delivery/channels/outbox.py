@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from agent.agents.base import BaseAgent
 from agent.context import RunContext
 from agent.delivery.keys import idempotency_key
-from agent.delivery.ledger import OutboxLedger
+from agent.delivery.ledger import LedgerEntry, OutboxLedger
 from agent.delivery.message import build_message, new_message_id
 from agent.delivery.suppression import SuppressionList
 from agent.envelope import make_envelope, make_provenance
@@ -85,32 +85,61 @@ class OutboxChannel(BaseAgent):
         messages = list(request["messages"])
         # Checked again right before the hand-over: a suppression may have landed since the gate.
         suppressed = SuppressionList(db, tenant=context.tenant).suppressed(m["to"] for m in messages)
-        records = []
+        results = []
         for msg in messages:
             key = idempotency_key(context.tenant, msg["campaign_id"], msg["lead_id"], msg["step"])
-            result = {"to": msg["to"], "lead_id": msg["lead_id"], "campaign_id": msg["campaign_id"],
-                      "step": msg["step"], "subject": msg["subject"], "channel": self.channel,
-                      "idempotency_key": key, "message_id": None, "location": None}
+            results.append({"to": msg["to"], "lead_id": msg["lead_id"], "campaign_id": msg["campaign_id"],
+                            "step": msg["step"], "subject": msg["subject"], "channel": self.channel,
+                            "idempotency_key": key, "message_id": None, "location": None})
+        sending = [(r, m) for r, m in zip(results, messages) if m["to"] not in suppressed]
+        # Every key of the batch is claimed in one transaction before any file is written, and every
+        # outcome marked in one after: a crash in between leaves claims in "sending", which a retry
+        # finishes with the same Message-ID and content, never a second message.
+        claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
+        marks: list[tuple[str, str, str | None]] = []
+        attempted = 0
+        first: dict[str, dict[str, Any]] = {}
+        try:
+            for result, msg in sending:
+                key = result["idempotency_key"]
+                attempted += 1
+                if key in first:  # the same (campaign, lead, step) twice in one request
+                    earlier = first[key]
+                    result.update({k: earlier[k] for k in ("status", "reason", "message_id", "location")})
+                    if earlier["status"] == "sent":
+                        result.update(status="duplicate", reason="already_sent")
+                    continue
+                entry, created = claims[key]
+                result.update(self._deliver(entry, created, directory, msg, context, marks))
+                first[key] = result
+        finally:
+            ledger.mark_many(marks)
+            # A batch stopped by a failure leaves no claim on the messages it never tried.
+            ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[attempted:]
+                                 if claims[r["idempotency_key"]][1]])
+        records = []
+        for result, msg in zip(results, messages):
             if msg["to"] in suppressed:
                 result.update(status="skipped", reason="suppressed")
-            else:
-                result.update(self._deliver(ledger, directory, key, msg, context))
             result["provenance"] = make_provenance(
-                result, source=f"channel:{self.channel}", source_id=key, agent=self.channel,
+                result, source=f"channel:{self.channel}", source_id=result["idempotency_key"], agent=self.channel,
                 run_id=context.run_id, node=context.node, parents=[msg["parent_hash"]])
             records.append(result)
         return make_envelope(records, source=f"channel:{self.channel}", run_id=context.run_id,
                              flow=context.flow, node=context.node, agent=self.channel,
                              duration_ms=context.elapsed_ms())
 
-    def _deliver(self, ledger: OutboxLedger, directory: Path, key: str, msg: Mapping[str, Any],
-                 context: RunContext) -> dict[str, Any]:
+    def _claim(self, key: str, msg: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
+        return {"idempotency_key": key, "tenant_id": context.tenant, "campaign_id": msg["campaign_id"],
+                "lead_id": msg["lead_id"], "step": msg["step"], "channel": self.channel,
+                "message_id": new_message_id(context.settings.sender), "to_address": msg["to"],
+                "subject": msg["subject"], "record_hash": msg["parent_hash"], "run_id": context.run_id,
+                "provenance": msg.get("provenance")}
+
+    def _deliver(self, entry: LedgerEntry, created: bool, directory: Path, msg: Mapping[str, Any],
+                 context: RunContext, marks: list[tuple[str, str, str | None]]) -> dict[str, Any]:
         settings = context.settings
-        entry, created = ledger.claim(
-            key, tenant_id=context.tenant, campaign_id=msg["campaign_id"], lead_id=msg["lead_id"],
-            step=msg["step"], channel=self.channel, message_id=new_message_id(settings.sender),
-            to_address=msg["to"], subject=msg["subject"], record_hash=msg["parent_hash"],
-            run_id=context.run_id, provenance=msg.get("provenance"))
+        key = entry.idempotency_key
         if entry.state == "sent":
             return {"status": "duplicate", "reason": "already_sent", "message_id": entry.message_id,
                     "location": entry.location}
@@ -127,13 +156,13 @@ class OutboxChannel(BaseAgent):
             written = _write_once(path, data)
             found = None if written else _file_message_id(path)
         except Exception as exc:
-            ledger.mark(key, "failed")
+            marks.append((key, "failed", None))
             raise DeliveryError(f"outbox key {key[:12]}… could not be written: {_reason(exc)}") from exc
         if not written and found != entry.message_id:
             # Another message already sits under this key (say, the ledger was reset): leave the
             # file be and mark the row "unknown" for an operator, rather than claim a send.
-            ledger.mark(key, "unknown")
+            marks.append((key, "unknown", None))
             return {"status": "conflict", "reason": "outbox_file_mismatch", "message_id": None, "location": None}
-        ledger.mark(key, "sent", location=str(path))
+        marks.append((key, "sent", str(path)))
         return {"status": "sent", "reason": None if created and written else "resumed",
                 "message_id": entry.message_id, "location": str(path)}

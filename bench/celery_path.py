@@ -1,0 +1,411 @@
+"""The Celery path against raw Celery on the same broker, in one process run.
+
+Requirement: our jobs/s divided by a raw Celery no-op task's jobs/s on the same
+broker, measured in the same run, is at least 0.8.
+
+For each broker (default: local Redis and local RabbitMQ):
+
+- ours: a throwaway ``AGENT_HOME`` whose database is a SQLite file (the
+  embedded default), or a fresh schema of the PostgreSQL ``--database-url``,
+  dropped afterwards.  ``agent worker --concurrency 2 -Q <topic>`` runs as a
+  subprocess with ``AGENT_PLUGINS=bench.celery_noop`` (a no-op orchestrator
+  returning an envelope built once).  The producer is a ``CeleryQueue``: it
+  ``enqueue_many``s N jobs (a ledger row each, then a message) and ``join``s,
+  which polls the ledger until no job is open.  Each job in the worker is
+  claimed in the ledger, run by ``execute_job`` with the SQL audit store
+  (run started, running, envelope kept, succeeded) and finished.
+- peer (``bench/celery_peer.py``): a raw Celery app on the same broker with
+  the same reliability settings (late acks, reject on worker lost, prefetch 1,
+  no results, JSON) and the same worker (``celery worker``, prefork,
+  concurrency 2, ``--without-gossip --without-mingle --without-heartbeat``);
+  its task only ``INCR``s a Redis counter, and the producer ``send_task``s N
+  tasks, then polls the counter until it reads N.
+
+Both producers poll at the same interval (``--poll``, default ``CeleryQueue``'s
+0.2 s); the clock runs from the first enqueue / send to the poll that sees all
+N done; the jobs (ours) and task arguments (peer) are built before it starts.
+Each side first runs a warm-up batch, not timed, so the pool processes are
+forked, connected and warm.  Rounds of ours and the peer's alternate, so the
+machine's changes of speed fall on both; each figure is the best round.
+Prints jobs/s of both, ours/peer, PASS/FAIL against >= 0.8 per broker, and
+last ``celery_ratio_<broker>=`` for each broker.  The bench runs on its own
+settings: ``AGENT_*`` variables of the calling environment are ignored.
+
+``--profile DIR`` runs our workers under cProfile (see ``bench/celery_noop.py``)
+and the producer's timed rounds too, then prints where a job's time goes; the
+figures of such a run are slowed by the profiler and not for the target.
+
+    python bench/celery_path.py [--jobs N] [--rounds R] [--brokers URL ...]
+                                [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+                                [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+from bench.common import cpu_reference  # noqa: E402
+
+TARGET = 0.8
+REDIS = "redis://127.0.0.1:6379/11"
+RABBIT = "amqp://guest:guest@127.0.0.1:5672//"
+COUNTER = "redis://127.0.0.1:6379/11"
+
+
+def broker_kind(url: str) -> str:
+    return "redis" if url.startswith(("redis://", "rediss://")) else "amqp"
+
+
+def safe(url: str) -> str:
+    """``url`` with its password hidden."""
+    return re.sub(r"(//[^:/@]+:)[^@/]*@", r"\1***@", url)
+
+
+class Process:
+    """A worker command in a process group of its own, its output in ``log``."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(args, env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def check(self) -> None:
+        """SystemExit, with the tail of its log, if the process has ended."""
+        if self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"worker exited with {self.process.returncode}:\n{tail}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the group, SIGKILL it if it lingers."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            if sig == signal.SIGTERM:
+                try:  # the pool's children may outlive the main process for a moment
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            break
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "BENCH_"))}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def drop_queues(broker: str, topics: list[str]) -> None:
+    """Delete the broker queues the bench made (RabbitMQ keeps empty durable queues; on Redis the
+    queue lists and binding tables, which a fresh channel's ``queue_delete`` does not know of)."""
+    if broker_kind(broker) == "redis":
+        import redis
+
+        client = redis.Redis.from_url(broker)
+        try:
+            for topic in topics:
+                keys = list(client.scan_iter(match=f"*{topic}*"))  # topics are unique: only ours match
+                if keys:
+                    client.delete(*keys)
+        finally:
+            client.close()
+        return
+    from kombu import Connection
+
+    with Connection(broker, connect_timeout=5) as conn:
+        channel = conn.default_channel
+        for topic in topics:
+            try:
+                channel.queue_delete(topic)
+            except Exception:
+                channel = conn.channel()
+
+
+class PostgresSchema:
+    """A fresh schema in the database of ``url``, dropped by ``drop``."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        self.name = f"bench_{uuid.uuid4().hex[:12]}"
+        self._admin = create_engine(url)
+        with self._admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{self.name}"'))
+        sep = "&" if "?" in url else "?"
+        self.url = f"{url}{sep}options=-csearch_path%3D{self.name}"
+
+    def drop(self) -> None:
+        from sqlalchemy import text
+
+        with self._admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE'))
+        self._admin.dispose()
+
+
+def wait_until(done: Callable[[], bool], poll: float, timeout: float, worker: Process, what: str) -> None:
+    """Poll ``done`` every ``poll`` seconds (first look at once) until it is true."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        worker.check()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: not done within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+class Ours:
+    """``CeleryQueue`` producing to ``agent worker`` on ``broker``; the ledger and audit in a fresh store."""
+
+    def __init__(self, broker: str, *, database_url: str | None, concurrency: int, poll: float, timeout: float,
+                 profile: Path | None, tmp: Path) -> None:
+        self.broker, self.poll, self.timeout, self.profile = broker, poll, timeout, profile
+        self.home = tmp / f"ours-{broker_kind(broker)}"
+        self.home.mkdir()
+        self.topic = f"bench-ours-{uuid.uuid4().hex[:8]}"
+        self.producer_stats: Any = None
+        self.timed_jobs = 0
+        self.queue: Any = None
+        self.worker: Process | None = None
+        self.schema = PostgresSchema(database_url) if database_url else None
+        try:
+            self._start(broker, concurrency, profile)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, broker: str, concurrency: int, profile: Path | None) -> None:
+        from agent.queues.celery_queue import CeleryQueue
+        from agent.settings import get_settings
+
+        url = self.schema.url if self.schema else f"sqlite:///{self.home / 'agent.db'}"
+        self.settings = get_settings(home=self.home, database_url=url, sample_data="off", tenant="default",
+                                     outbox_dir=self.home / "outbox", broker_url=broker, plugins="bench.celery_noop")
+        self.queue = CeleryQueue(settings=self.settings, poll=self.poll)  # migrates the store before the worker
+        env = base_env()
+        env.update(AGENT_HOME=str(self.home), AGENT_DATABASE_URL=url, AGENT_SAMPLE_DATA="off",
+                   AGENT_TENANT="default", AGENT_OUTBOX_DIR=str(self.home / "outbox"), AGENT_BROKER_URL=broker,
+                   AGENT_PLUGINS="bench.celery_noop")
+        if profile is not None:
+            env["AGENT_BENCH_PROFILE"] = str(profile / f"ours-{broker_kind(broker)}")
+        self.worker = Process([sys.executable, "-m", "agent.cli", "worker", "--backend", "celery",
+                               "--concurrency", str(concurrency), "-Q", self.topic, "--loglevel", "WARNING",
+                               "--hostname", f"bench-ours-{uuid.uuid4().hex[:6]}@%h"], env, self.home / "worker.log")
+
+    def round(self, count: int, *, timed: bool = True) -> float:
+        """Seconds from the first enqueue of ``count`` no-op jobs to ``join`` seeing them all done."""
+        from agent.queues import Job
+        from bench.celery_noop import NAME
+
+        jobs = [Job(orchestrator=NAME) for _ in range(count)]
+        profiler = None
+        if timed and self.profile is not None:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        started = time.perf_counter()
+        self.queue.enqueue_many(self.topic, jobs)
+        deadline = time.monotonic() + self.timeout
+        # join() in short waits, so a dead worker is noticed; each wait polls the ledger every `poll` s.
+        while not self.queue.join(self.topic, timeout=1.0):
+            self.worker.check()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"ours on {safe(self.broker)}: {count} jobs not done within {self.timeout:.0f} s")
+        elapsed = time.perf_counter() - started
+        if profiler is not None:
+            import pstats
+
+            profiler.disable()
+            self.producer_stats = pstats.Stats(profiler) if self.producer_stats is None else \
+                self.producer_stats.add(profiler)
+            self.timed_jobs += count
+        return elapsed
+
+    def close(self) -> None:
+        from agent.storage.db import Database
+
+        if self.worker is not None:
+            self.worker.stop()
+        if self.queue is not None:
+            self.queue.close()
+        try:
+            drop_queues(self.broker, [self.topic])
+        finally:
+            Database.forget_all()
+            if self.schema is not None:
+                self.schema.drop()
+
+
+class Peer:
+    """A raw Celery app's no-op task on ``broker``, counted in Redis."""
+
+    def __init__(self, broker: str, *, concurrency: int, poll: float, timeout: float, counter: str,
+                 tmp: Path) -> None:
+        import redis
+
+        from bench.celery_peer import make_app
+
+        self.broker, self.poll, self.timeout = broker, poll, timeout
+        self.app = make_app(broker)
+        self.counter = redis.Redis.from_url(counter)
+        self.topic = f"bench-peer-{uuid.uuid4().hex[:8]}"
+        self.keys: list[str] = []
+        env = base_env()
+        env.update(BENCH_PEER_BROKER=broker, BENCH_PEER_COUNTER=counter)
+        self.worker = Process([sys.executable, "-m", "celery", "-A", "bench.celery_peer", "worker", "-Q", self.topic,
+                               "-c", str(concurrency), "-P", "prefork", "-l", "WARNING", "--without-gossip",
+                               "--without-mingle", "--without-heartbeat",
+                               "-n", f"bench-peer-{uuid.uuid4().hex[:6]}@%h"], env,
+                              tmp / f"peer-{broker_kind(broker)}.log")
+
+    def round(self, count: int, *, timed: bool = True) -> float:
+        """Seconds from the first of ``count`` ``send_task``s to the counter reading ``count``."""
+        from bench.celery_peer import TASK
+
+        key = f"bench:celery_peer:{self.topic}:{len(self.keys)}"
+        self.keys.append(key)
+        args = [[key] for _ in range(count)]
+        send, topic, get = self.app.send_task, self.topic, self.counter.get
+        started = time.perf_counter()
+        for arg in args:
+            send(TASK, args=arg, queue=topic)
+        wait_until(lambda: int(get(key) or 0) >= count, self.poll, self.timeout, self.worker,
+                   f"peer on {safe(self.broker)}: {count} tasks")
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.app.close()
+        try:
+            drop_queues(self.broker, [self.topic])
+        finally:
+            if self.keys:
+                self.counter.delete(*self.keys)
+            self.counter.close()
+
+
+def bench_broker(broker: str, args: argparse.Namespace, tmp: Path) -> float:
+    """Rounds of ours and the peer's on ``broker``; prints them, returns best ours / best peer."""
+    store = "PostgreSQL (fresh schema)" if args.database_url else "SQLite file"
+    print(f"broker {safe(broker)}, our store: {store}")
+    ours = peer = None
+    try:
+        ours = Ours(broker, database_url=args.database_url, concurrency=args.concurrency, poll=args.poll,
+                    timeout=args.timeout, profile=args.profile, tmp=tmp)
+        peer = Peer(broker, concurrency=args.concurrency, poll=args.poll, timeout=args.timeout,
+                    counter=args.counter_url, tmp=tmp)
+        ours.round(args.warmup, timed=False)
+        peer.round(args.warmup, timed=False)
+        rates: dict[str, list[float]] = {"ours": [], "peer": []}
+        for index in range(args.rounds):
+            mine, theirs = args.jobs / ours.round(args.jobs), args.jobs / peer.round(args.jobs)
+            rates["ours"].append(mine)
+            rates["peer"].append(theirs)
+            print(f"  round {index + 1}: ours {mine:>8,.0f} jobs/s   raw Celery {theirs:>8,.0f} jobs/s   "
+                  f"ours/peer {mine / theirs:.2f}")
+        best_ours, best_peer = max(rates["ours"]), max(rates["peer"])
+        ratio = best_ours / best_peer
+        print(f"  best: ours {best_ours:,.0f} jobs/s   raw Celery {best_peer:,.0f} jobs/s   ours/peer {ratio:.2f}")
+        print(f"  {'PASS' if ratio >= TARGET else 'FAIL'}: ours/raw Celery on {broker_kind(broker)} {ratio:.2f} "
+              f"(target >= {TARGET})")
+        if args.profile is not None and ours.producer_stats is not None:
+            print_profile("producer (CeleryQueue.enqueue_many + join)", ours.producer_stats, ours.timed_jobs)
+            worker_profiles(args.profile / f"ours-{broker_kind(broker)}")
+        return ratio
+    finally:
+        for side in (ours, peer):
+            if side is not None:
+                side.close()
+
+
+# -- profile summaries -------------------------------------------------------------------------
+_WATCH = re.compile(r"agent/(queues|workers|audit|storage|envelope)|sqlite3|psycopg|'execute'|'commit'|"
+                    r"send_task|kombu/messaging|threading.py.*(start|join)")
+
+
+def print_profile(title: str, stats: Any, jobs: int, top: int = 30) -> None:
+    """The functions of ``stats`` that matter here, by cumulative time, per job."""
+    print(f"  profile of {title}: {jobs:,} jobs")
+    print(f"    {'ms/job':>8} {'calls/job':>9}  function (cumulative)")
+    rows = []
+    for (path, line, name), (cc, nc, tt, ct, _callers) in stats.stats.items():
+        label = f"{Path(path).name}:{line}:{name}" if path != "~" else name
+        if "agent/" in path:
+            label = f"{path[path.rindex('agent/'):]}:{line}:{name}"
+        if _WATCH.search(f"{path}:{name}") or _WATCH.search(label):
+            rows.append((ct, nc, label))
+    for ct, nc, label in sorted(rows, reverse=True)[:top]:
+        print(f"    {ct / jobs * 1000:>8.3f} {nc / jobs:>9.2f}  {label}")
+
+
+def worker_profiles(where: Path) -> None:
+    import pstats
+
+    files = sorted(where.glob("worker-*.prof"))
+    if not files:
+        print(f"  no worker profiles in {where}")
+        return
+    jobs = sum(int(Path(str(f)[:-5] + ".jobs").read_text()) for f in files)
+    print_profile(f"{len(files)} worker process(es) (from their first job on, warm-up included)",
+                  pstats.Stats(*[str(f) for f in files]), jobs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--brokers", nargs="+", default=[REDIS, RABBIT])
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs per timed round")
+    parser.add_argument("--warmup", type=int, default=200, help="jobs of the untimed first batch of each side")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes of each side")
+    parser.add_argument("--poll", type=float, default=0.2, help="seconds between looks for 'all done', both sides")
+    parser.add_argument("--database-url", default=None,
+                        help="PostgreSQL for ours (a fresh schema in it), e.g. "
+                             "postgresql+psycopg://postgres@127.0.0.1:5432/test; default: a SQLite file")
+    parser.add_argument("--counter-url", default=COUNTER, help="Redis the peer's completion counter lives in")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds a round may take")
+    parser.add_argument("--profile", type=Path, default=None, help="directory for cProfile output (slows ours)")
+    args = parser.parse_args()
+    for name in [k for k in os.environ if k.startswith("AGENT_")]:
+        del os.environ[name]  # the bench's own settings, never the caller's store or broker
+    if args.profile is not None:
+        args.profile = args.profile.resolve()
+        args.profile.mkdir(parents=True, exist_ok=True)
+
+    print(f"cpu_ref={cpu_reference()} s (start)")
+    print(f"{args.jobs:,} no-op jobs per round, warm-up {args.warmup}, best of {args.rounds} rounds, "
+          f"concurrency {args.concurrency} each side, poll {args.poll} s"
+          + ("  [PROFILED: figures not for the target]" if args.profile else ""))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-celery-"))
+    ratios: dict[str, float] = {}
+    try:
+        for broker in args.brokers:
+            ratios[broker_kind(broker)] = bench_broker(broker, args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"cpu_ref={cpu_reference()} s (end)")
+    print(" ".join(f"celery_ratio_{kind}={ratio:.2f}" for kind, ratio in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
