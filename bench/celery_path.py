@@ -86,11 +86,13 @@ class Process:
             self.process = subprocess.Popen(args, env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
     def check(self) -> None:
         """SystemExit, with the tail of its log, if the process has ended."""
         if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"worker exited with {self.process.returncode}:\n{tail}")
+            raise SystemExit(f"worker exited with {self.process.returncode}:\n{self.tail()}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the group, SIGKILL it if it lingers."""
@@ -170,7 +172,7 @@ def wait_until(done: Callable[[], bool], poll: float, timeout: float, worker: Pr
     while not done():
         worker.check()
         if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: not done within {timeout:.0f} s")
+            raise SystemExit(f"{what}: not done within {timeout:.0f} s; worker log:\n{worker.tail()}")
         time.sleep(poll)
 
 
@@ -206,6 +208,8 @@ class Ours:
         env.update(AGENT_HOME=str(self.home), AGENT_DATABASE_URL=url, AGENT_SAMPLE_DATA="off",
                    AGENT_TENANT="default", AGENT_OUTBOX_DIR=str(self.home / "outbox"), AGENT_BROKER_URL=broker,
                    AGENT_PLUGINS="bench.celery_noop")
+        if self.schema is not None:
+            env["AGENT_BENCH_FORK_FIX"] = "1"  # see bench/celery_noop.py: without it the pool processes fail
         if profile is not None:
             env["AGENT_BENCH_PROFILE"] = str(profile / f"ours-{broker_kind(broker)}")
         self.worker = Process([sys.executable, "-m", "agent.cli", "worker", "--backend", "celery",
@@ -231,7 +235,8 @@ class Ours:
         while not self.queue.join(self.topic, timeout=1.0):
             self.worker.check()
             if time.monotonic() > deadline:
-                raise SystemExit(f"ours on {safe(self.broker)}: {count} jobs not done within {self.timeout:.0f} s")
+                raise SystemExit(f"ours on {safe(self.broker)}: {count} jobs not done within {self.timeout:.0f} s; "
+                                 f"worker log:\n{self.worker.tail()}")
         elapsed = time.perf_counter() - started
         if profiler is not None:
             import pstats

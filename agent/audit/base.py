@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from agent.envelope import validate_envelope
 from agent.errors import InvalidInput
 
 __all__ = ["AuditStore", "AuditRun", "AuditEnvelope", "AuditFailure", "AuditDelivery", "RunState",
@@ -127,6 +128,13 @@ class AuditStore:
         ``step``, ``status``, ``provenance``), replacing an earlier one of the same message."""
         raise NotImplementedError
 
+    def save_envelopes(self, run_id: str, envelopes: Sequence[Mapping[str, Any]]) -> int:
+        """``save_envelope`` for each, in order (a store may do it in one transaction); how many were new.
+        Every envelope is checked before any is saved."""
+        for envelope in envelopes:
+            validate_envelope(envelope)
+        return sum(self.save_envelope(run_id, envelope) for envelope in envelopes)
+
     def save_deliveries(self, run_id: str, records: Sequence[Mapping[str, Any]]) -> list[AuditDelivery]:
         """``save_delivery`` for each record (a store may do it in one transaction)."""
         return [self.save_delivery(run_id, record) for record in records]
@@ -142,6 +150,11 @@ class AuditStore:
     def envelopes(self, run_id: str, node: str | None = None) -> list[AuditEnvelope]:
         """The run's envelopes (of ``node`` only, when given) in the order they were saved."""
         raise NotImplementedError
+
+    def last_envelope(self, run_id: str) -> AuditEnvelope | None:
+        """The envelope the run saved last (a finished run's answer), or None."""
+        found = self.envelopes(run_id)
+        return found[-1] if found else None
 
     def failures(self, run_id: str) -> list[AuditFailure]:
         raise NotImplementedError

@@ -129,21 +129,34 @@ class SqlAuditStore(AuditStore):
                     return moved
 
     def save_envelope(self, run_id: str, envelope: Mapping[str, Any]) -> bool:
-        validate_envelope(envelope)
-        meta = envelope["metadata"]
-        row = {"run_id": run_id, "node": meta["node"], "flow": meta["flow"], "envelope_hash": envelope_hash(envelope),
-               "envelope_json": dumps(envelope), "created_at": self._clock()}
-        records = [{**r, "run_id": run_id, "node": meta["node"]} for r in index_records(envelope)]
+        return self.save_envelopes(run_id, [envelope]) == 1
+
+    def save_envelopes(self, run_id: str, envelopes: Sequence[Mapping[str, Any]]) -> int:
+        for envelope in envelopes:
+            validate_envelope(envelope)
+        now = self._clock()
+        rows = []
+        for envelope in envelopes:
+            meta = envelope["metadata"]
+            rows.append(({"run_id": run_id, "node": meta["node"], "flow": meta["flow"],
+                          "envelope_hash": envelope_hash(envelope), "envelope_json": dumps(envelope),
+                          "created_at": now},
+                         [{**r, "run_id": run_id, "node": meta["node"]} for r in index_records(envelope)]))
+        saved = 0
+        records: list[dict[str, Any]] = []
         with self._writing() as conn:
             self._require_run(conn, run_id)
-            insert = (self._insert(_ENVELOPES).values(row)
-                      .on_conflict_do_nothing(index_elements=["run_id", "envelope_hash"]).returning(_ENVELOPES.c.id))
-            # rowcount says -1 under RETURNING on PostgreSQL: a returned id is what says "inserted".
-            if conn.execute(insert).first() is None:
-                return False  # saved already, records and all
+            for row, indexed in rows:
+                insert = (self._insert(_ENVELOPES).values(row)
+                          .on_conflict_do_nothing(index_elements=["run_id", "envelope_hash"]).returning(_ENVELOPES.c.id))
+                # rowcount says -1 under RETURNING on PostgreSQL: a returned id is what says "inserted".
+                if conn.execute(insert).first() is None:
+                    continue  # saved already, records and all
+                saved += 1
+                records.extend(indexed)
             if records:
                 conn.execute(_RECORDS.insert(), records)
-        return True
+        return saved
 
     def save_failure(self, run_id: str, error: str | BaseException, envelope: Any = None) -> AuditFailure:
         failure = failure_from(run_id, error, envelope, self._clock())
@@ -200,6 +213,13 @@ class SqlAuditStore(AuditStore):
             rows = conn.execute(query.order_by(_ENVELOPES.c.id)).mappings().all()
         return [AuditEnvelope(r["run_id"], r["node"], r["flow"], r["envelope_hash"], json.loads(r["envelope_json"]),
                               aware(r["created_at"])) for r in rows]
+
+    def last_envelope(self, run_id: str) -> AuditEnvelope | None:
+        query = select(_ENVELOPES).where(_ENVELOPES.c.run_id == run_id).order_by(_ENVELOPES.c.id.desc()).limit(1)
+        with self.db.connect() as conn:
+            r = conn.execute(query).mappings().first()
+        return None if r is None else AuditEnvelope(r["run_id"], r["node"], r["flow"], r["envelope_hash"],
+                                                    json.loads(r["envelope_json"]), aware(r["created_at"]))
 
     def failures(self, run_id: str) -> list[AuditFailure]:
         with self.db.connect() as conn:

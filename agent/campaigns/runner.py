@@ -132,7 +132,6 @@ class CampaignRunner:
         for run in runs:
             report.states[run.state] += 1
             if run.state == "succeeded":
-                envelopes = self.audit.envelopes(run.run_id)
-                final = envelopes[-1].envelope if envelopes else {"records": []}
-                report.statuses.update(r.get("status", "unknown") for r in final["records"])
+                final = self.audit.last_envelope(run.run_id)
+                report.statuses.update(r.get("status", "unknown") for r in (final.envelope["records"] if final else ()))
         return report

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from agent.errors import InvalidInput
 from agent.leads.rows import clean_lead_row
 from agent.storage.bulk import insert_many
-from agent.storage.db import Database
+from agent.storage.db import Database, bulk_cache
 from agent.storage.fulltext import index_new_contacts, max_contact_id
 from agent.storage.models import Company, Contact, utcnow
 from agent.storage.versions import bump_version
@@ -144,7 +144,7 @@ class LeadStore:
         valid = [row for _, row in by_email.values()]
         if valid:
             # One importer per tenant at a time: companies and contacts are read, then written.
-            with self.db.connect(lock=f"agent:leads:{self.tenant}") as conn:
+            with self.db.connect(lock=f"agent:leads:{self.tenant}") as conn, bulk_cache(conn):
                 before = max_contact_id(conn)
                 company_ids = self._sync_companies(conn, valid, report)
                 existing = self._existing_contacts(conn, valid)

@@ -10,6 +10,7 @@ never raises for a job's own failure: that is its answer.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,16 +67,24 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
             # but its follow-ups may not have been queued yet (queueing them twice adds nothing).
             log.warning("job %s: run %s is already %s; acked without running it", job.job_id, job.run_id,
                         run.state)
-            envelopes = audit.envelopes(job.run_id) if run.state == "succeeded" else []
-            return JobOutcome("ack", follow_ups=follow_ups(envelopes[-1].envelope) if envelopes else ())
+            final = audit.last_envelope(job.run_id) if run.state == "succeeded" else None
+            return JobOutcome("ack", follow_ups=follow_ups(final.envelope) if final else ())
         if run.state == "running":
             # The attempt before this one died with its worker (SIGKILL, lost lease): say so.
             audit.save_failure(job.run_id, "the previous attempt was lost with its worker")
             _set_state(audit, job.run_id, "failed")
         _set_state(audit, job.run_id, "running")
+    hook = None
     try:
         orchestrator = _resolve(registry, job.orchestrator, resolved, audit)
-        envelope = validate_envelope(orchestrator.run(job.payload, run_id=job.run_id))
+        hook = _hook(orchestrator, audit) if audit is not None else None
+        if hook is not None:
+            hook.begin(job.run_id)
+        try:
+            envelope = validate_envelope(orchestrator.run(job.payload, run_id=job.run_id))
+        finally:
+            if hook is not None:
+                hook.flush(job.run_id)  # what the nodes did, also when the run failed half-way
     except Exception as exc:
         error = exc if isinstance(exc, AgentError) else AgentCallError(job.orchestrator, f"{type(exc).__name__}: {exc}")
         # Bad input and unknown names never get better on a retry.
@@ -161,22 +170,39 @@ def give_up(job: Any, error: BaseException | str, *, audit: Any = None) -> JobOu
 
 
 class AuditHook:
-    """An engine hook that keeps every node's envelope in the audit store, so lineage can be
-    walked from a sent message back through the draft to the lead row."""
+    """An engine hook that keeps every node's envelope of a job's run in the audit store, so
+    lineage can be walked from a sent message back through the draft to the lead row.
+
+    Only runs opened with ``begin`` are kept (a planning search on the same
+    engine is not a job), and their envelopes are buffered, then written in one
+    transaction by ``flush``: a map node's items make one envelope each, and a
+    transaction apiece cost more than the work they record.
+    """
 
     def __init__(self, audit: Any) -> None:
         self.audit = audit
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+
+    def begin(self, run_id: str) -> None:
+        with self._lock:
+            self._pending.setdefault(run_id, [])
+
+    def flush(self, run_id: str) -> None:
+        """Write what the run's nodes produced, in the order they ended, and stop listening to it."""
+        with self._lock:
+            envelopes = self._pending.pop(run_id, [])
+        if envelopes:
+            self.audit.save_envelopes(run_id, envelopes)
 
     def after_node(self, *, event: str, run_id: str, envelope: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
         if event != "node_end" or envelope is None:
             return
-        try:
-            self.audit.save_envelope(run_id, envelope)
-        except InvalidInput as exc:
-            if exc.field != "run_id":
-                raise
-            # Not a job's run (say, a lead search for planning): nothing of it is audited.
+        with self._lock:
+            pending = self._pending.get(run_id)
+            if pending is not None:
+                pending.append(envelope)
 
 
 def _resolve(registry: Registry, name: str, cache: dict[str, Any] | None, audit: Any = None) -> Any:
@@ -184,11 +210,19 @@ def _resolve(registry: Registry, name: str, cache: dict[str, Any] | None, audit:
     if instance is None:
         instance = registry.resolve(name)
         engine = getattr(instance, "engine", None)
-        if audit is not None and engine is not None and not any(isinstance(h, AuditHook) for h in engine.hooks):
+        if audit is not None and engine is not None and _hook(instance, audit) is None:
             engine.hooks = (*engine.hooks, AuditHook(audit))
         if cache is not None:
             instance = cache.setdefault(name, instance)
     return instance
+
+
+def _hook(instance: Any, audit: Any) -> AuditHook | None:
+    engine = getattr(instance, "engine", None)
+    for hook in getattr(engine, "hooks", ()):
+        if isinstance(hook, AuditHook) and hook.audit is audit:
+            return hook
+    return None
 
 
 def _set_state(audit: Any, run_id: str, state: str) -> None:
