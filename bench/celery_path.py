@@ -27,9 +27,17 @@ N done; the jobs (ours) and task arguments (peer) are built before it starts.
 Each side first runs a warm-up batch, not timed, so the pool processes are
 forked, connected and warm.  Rounds of ours and the peer's alternate, so the
 machine's changes of speed fall on both; each figure is the best round.
-Prints jobs/s of both, ours/peer, PASS/FAIL against >= 0.8 per broker, and
-last ``celery_ratio_<broker>=`` for each broker.  The bench runs on its own
-settings: ``AGENT_*`` variables of the calling environment are ignored.
+Prints jobs/s of both, ours/peer, PASS/FAIL against >= 0.8 per broker, the
+CPU time per job of each side's worker processes (main and pool, read from
+/proc) and producer over the timed rounds, and last ``celery_ratio_<broker>=``
+for each broker.  The bench runs on its own settings: ``AGENT_*`` variables of
+the calling environment are ignored.
+
+On PostgreSQL our pool processes get ``AGENT_BENCH_FORK_FIX=1`` (see
+``bench/celery_noop.py``): they inherit the worker main process's pooled
+database connections across Celery's fork, and without the fix their first
+query fails ("server closed the connection unexpectedly"); the bench says so
+when it applies it.
 
 ``--profile DIR`` runs our workers under cProfile (see ``bench/celery_noop.py``)
 and the producer's timed rounds too, then prints where a job's time goes; the
@@ -85,6 +93,21 @@ class Process:
         with open(log, "ab") as out:
             self.process = subprocess.Popen(args, env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the processes of its session, living ones: main and pool."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[3]) == self.process.pid:  # field 6 of stat: the session id
+                total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+        return total / ticks
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -314,6 +337,9 @@ def bench_broker(broker: str, args: argparse.Namespace, tmp: Path) -> float:
     """Rounds of ours and the peer's on ``broker``; prints them, returns best ours / best peer."""
     store = "PostgreSQL (fresh schema)" if args.database_url else "SQLite file"
     print(f"broker {safe(broker)}, our store: {store}")
+    if args.database_url:
+        print("  NOTE: our pool processes drop the database connections inherited over fork "
+              "(AGENT_BENCH_FORK_FIX=1, bench/celery_noop.py); without it they fail on PostgreSQL")
     ours = peer = None
     try:
         ours = Ours(broker, database_url=args.database_url, concurrency=args.concurrency, poll=args.poll,
@@ -323,15 +349,23 @@ def bench_broker(broker: str, args: argparse.Namespace, tmp: Path) -> float:
         ours.round(args.warmup, timed=False)
         peer.round(args.warmup, timed=False)
         rates: dict[str, list[float]] = {"ours": [], "peer": []}
+        cpu: dict[str, list[float]] = {"ours": [0.0, 0.0], "peer": [0.0, 0.0]}  # worker, producer CPU seconds
         for index in range(args.rounds):
-            mine, theirs = args.jobs / ours.round(args.jobs), args.jobs / peer.round(args.jobs)
-            rates["ours"].append(mine)
-            rates["peer"].append(theirs)
+            for name, side in (("ours", ours), ("peer", peer)):
+                worker_cpu, producer_cpu = side.worker.cpu_seconds(), time.process_time()
+                rates[name].append(args.jobs / side.round(args.jobs))
+                cpu[name][0] += side.worker.cpu_seconds() - worker_cpu
+                cpu[name][1] += time.process_time() - producer_cpu
+            mine, theirs = rates["ours"][-1], rates["peer"][-1]
             print(f"  round {index + 1}: ours {mine:>8,.0f} jobs/s   raw Celery {theirs:>8,.0f} jobs/s   "
                   f"ours/peer {mine / theirs:.2f}")
         best_ours, best_peer = max(rates["ours"]), max(rates["peer"])
         ratio = best_ours / best_peer
         print(f"  best: ours {best_ours:,.0f} jobs/s   raw Celery {best_peer:,.0f} jobs/s   ours/peer {ratio:.2f}")
+        done = args.jobs * args.rounds
+        for name, label in (("ours", "ours"), ("peer", "raw Celery")):
+            print(f"  CPU per job, {label}: worker processes {cpu[name][0] / done * 1000:.2f} ms, "
+                  f"producer {cpu[name][1] / done * 1000:.2f} ms")
         print(f"  {'PASS' if ratio >= TARGET else 'FAIL'}: ours/raw Celery on {broker_kind(broker)} {ratio:.2f} "
               f"(target >= {TARGET})")
         if args.profile is not None and ours.producer_stats is not None:
