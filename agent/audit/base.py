@@ -128,11 +128,14 @@ class AuditStore:
         ``step``, ``status``, ``provenance``), replacing an earlier one of the same message."""
         raise NotImplementedError
 
-    def save_envelopes(self, run_id: str, envelopes: Sequence[Mapping[str, Any]]) -> int:
+    def save_envelopes(self, run_id: str, envelopes: Sequence[Mapping[str, Any]], *,
+                       validated: bool = False) -> int:
         """``save_envelope`` for each, in order (a store may do it in one transaction); how many were new.
-        Every envelope is checked before any is saved."""
-        for envelope in envelopes:
-            validate_envelope(envelope)
+        Every envelope is checked before any is saved, unless the caller says they were
+        (``validated``: the engine checks every node's envelope)."""
+        if not validated:
+            for envelope in envelopes:
+                validate_envelope(envelope)
         return sum(self.save_envelope(run_id, envelope) for envelope in envelopes)
 
     def save_deliveries(self, run_id: str, records: Sequence[Mapping[str, Any]]) -> list[AuditDelivery]:
@@ -211,6 +214,14 @@ class AuditStore:
 # -- helpers shared by the stores ------------------------------------------------------------
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def envelope_json(envelope: Mapping[str, Any], indexed: Sequence[Mapping[str, Any]]) -> str:
+    """``dumps(envelope)``, reusing the records' JSON that ``index_records`` already made."""
+    if list(envelope) != ["metadata", "records"]:
+        return dumps(envelope)
+    return '{"metadata":' + dumps(envelope["metadata"]) + ',"records":[' + ",".join(
+        r["record_json"] for r in indexed) + "]}"
 
 
 def envelope_hash(envelope: Mapping[str, Any]) -> str:

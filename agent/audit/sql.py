@@ -34,6 +34,7 @@ from agent.audit.base import (
     delivery_from,
     dumps,
     envelope_hash,
+    envelope_json,
     error_text,
     failure_from,
     found_record,
@@ -131,32 +132,41 @@ class SqlAuditStore(AuditStore):
     def save_envelope(self, run_id: str, envelope: Mapping[str, Any]) -> bool:
         return self.save_envelopes(run_id, [envelope]) == 1
 
-    def save_envelopes(self, run_id: str, envelopes: Sequence[Mapping[str, Any]]) -> int:
-        for envelope in envelopes:
-            validate_envelope(envelope)
+    def save_envelopes(self, run_id: str, envelopes: Sequence[Mapping[str, Any]], *,
+                       validated: bool = False) -> int:
+        if not validated:
+            for envelope in envelopes:
+                validate_envelope(envelope)
         now = self._clock()
-        rows = []
+        rows: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         for envelope in envelopes:
+            digest = envelope_hash(envelope)
+            if digest in rows:
+                continue
             meta = envelope["metadata"]
-            rows.append(({"run_id": run_id, "node": meta["node"], "flow": meta["flow"],
-                          "envelope_hash": envelope_hash(envelope), "envelope_json": dumps(envelope),
-                          "created_at": now},
-                         [{**r, "run_id": run_id, "node": meta["node"]} for r in index_records(envelope)]))
-        saved = 0
-        records: list[dict[str, Any]] = []
+            indexed = index_records(envelope)
+            rows[digest] = ({"run_id": run_id, "node": meta["node"], "flow": meta["flow"], "envelope_hash": digest,
+                             "envelope_json": envelope_json(envelope, indexed), "created_at": now},
+                            [{**r, "run_id": run_id, "node": meta["node"]} for r in indexed])
+        if not rows:
+            return 0
         with self._writing() as conn:
             self._require_run(conn, run_id)
-            for row, indexed in rows:
-                insert = (self._insert(_ENVELOPES).values(row)
-                          .on_conflict_do_nothing(index_elements=["run_id", "envelope_hash"]).returning(_ENVELOPES.c.id))
-                # rowcount says -1 under RETURNING on PostgreSQL: a returned id is what says "inserted".
-                if conn.execute(insert).first() is None:
-                    continue  # saved already, records and all
-                saved += 1
-                records.extend(indexed)
+            known = set(conn.execute(select(_ENVELOPES.c.envelope_hash).where(
+                _ENVELOPES.c.run_id == run_id, _ENVELOPES.c.envelope_hash.in_(list(rows)))).scalars())
+            fresh = [row for digest, row in rows.items() if digest not in known]  # saved already: records and all
+            if not fresh:
+                return 0
+            # One multi-row INSERT whose RETURNING says which were new: a concurrent saver of the same
+            # envelope (PostgreSQL) inserts it once, and only the winner writes its records.
+            insert = (self._insert(_ENVELOPES).values([row for row, _ in fresh])
+                      .on_conflict_do_nothing(index_elements=["run_id", "envelope_hash"])
+                      .returning(_ENVELOPES.c.envelope_hash))
+            inserted = set(conn.execute(insert).scalars())
+            records = [record for row, indexed in fresh if row["envelope_hash"] in inserted for record in indexed]
             if records:
                 conn.execute(_RECORDS.insert(), records)
-        return saved
+        return len(inserted)
 
     def save_failure(self, run_id: str, error: str | BaseException, envelope: Any = None) -> AuditFailure:
         failure = failure_from(run_id, error, envelope, self._clock())

@@ -193,7 +193,7 @@ class AuditHook:
         with self._lock:
             envelopes = self._pending.pop(run_id, [])
         if envelopes:
-            self.audit.save_envelopes(run_id, envelopes)
+            self.audit.save_envelopes(run_id, envelopes, validated=True)  # the engine checked each one
 
     def after_node(self, *, event: str, run_id: str, envelope: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
