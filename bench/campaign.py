@@ -139,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--no-celery", action="store_true")
     parser.add_argument("--child", choices=["embedded", "celery"], help=argparse.SUPPRESS)

@@ -31,15 +31,18 @@ __all__ = ["OutboxChannel"]
 
 
 def _write_once(path: Path, data: bytes) -> bool:
-    """Create ``path`` with ``data`` unless it exists; True if this call wrote it."""
+    """Create ``path`` with ``data`` unless it exists; True if this call wrote it.
+
+    The file appears whole (written under a temporary name, then hard-linked
+    into place), but is not yet on disk: ``_sync`` makes a batch's files
+    durable together, before any of them is marked sent.
+    """
     if path.exists():
         return False
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".eml")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -47,6 +50,23 @@ def _write_once(path: Path, data: bytes) -> bool:
         return True
     finally:
         os.unlink(tmp)
+
+
+def _sync(paths: list[str], directory: Path) -> None:
+    """fsync each file, then the directory: one journal commit carries the whole batch, where
+    an fsync per message cost a commit each."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if paths:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _file_message_id(path: Path) -> str | None:
@@ -113,6 +133,8 @@ class OutboxChannel(BaseAgent):
                 result.update(self._deliver(entry, created, directory, msg, context, marks))
                 first[key] = result
         finally:
+            # On disk before the ledger says sent: a crash in between leaves "sending", finished on retry.
+            _sync([location for _, state, location in marks if state == "sent" and location], directory)
             ledger.mark_many(marks)
             # A batch stopped by a failure leaves no claim on the messages it never tried.
             ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[attempted:]
