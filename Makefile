@@ -32,6 +32,8 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/lead_store.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/job_queue.py
+	$(BIN)/python bench/celery_path.py
+	$(BIN)/python bench/campaign.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

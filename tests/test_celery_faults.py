@@ -197,3 +197,30 @@ class TriggeredOnCeleryTest(CampaignOnCelery, unittest.TestCase):
         self.assertGreater(leads, 0)
         self.assertEqual({r.state for r in batches}, {"succeeded"})
         self.assertEqual(len(list(Path(self.settings.resolved_outbox_dir).glob("*.eml"))), leads)
+
+
+@requires_real_services()
+class ForkedPoolOnPostgresTest(unittest.TestCase):
+    """Celery's pool processes are forked from a parent that has used the database: each must use
+    connections of its own (an inherited PostgreSQL connection fails its first query)."""
+
+    def test_jobs_run_at_once_without_waiting_for_recovery(self) -> None:
+        from agent.queues import Job
+
+        home = postgres_home(self)
+        self.addCleanup(home.cleanup)
+        settings = get_settings(**{**home.settings.model_dump(), "broker_url": REDIS_BROKER})
+        topic = f"fork-{uuid.uuid4().hex[:8]}"
+        # recover_after far beyond the guard: a lost job would make join time out
+        queue = CeleryQueue(settings=settings, poll=0.05, recover_after=3600)
+        self.addCleanup(queue.close)
+        self.addCleanup(drop_queues, REDIS_BROKER, [topic])
+        worker = CeleryWorker(worker_env(settings, REDIS_BROKER), [topic], concurrency=2,
+                              log=Path(home.settings.home, "worker.log"))
+        self.addCleanup(worker.stop)
+        queue.enqueue_many(topic, [Job(orchestrator="test_echo", run_id=f"fork-{i}") for i in range(6)])
+        self.assertTrue(queue.join(topic, timeout=60), "jobs waited for recovery: a pool process failed them")
+        self.assertEqual(queue.stats(topic).dead, 0)
+        worker.stop()
+        log = Path(home.settings.home, "worker.log").read_text()
+        self.assertNotIn("will be taken again", log, "a pool process failed on the database")

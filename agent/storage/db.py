@@ -8,7 +8,9 @@ empty store.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +79,22 @@ def _describe(exc: SQLAlchemyError) -> str:
     return f"{exc.__class__.__name__}: {first}" if first else exc.__class__.__name__
 
 
+_ALL: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (Celery's prefork pool, multiprocessing) must not use its parent's pooled
+    # connections: their sockets are shared with the parent, and on PostgreSQL the first query
+    # fails.  Each engine forgets its pool here (close=False: the parent's connections stay open).
+    for db in list(_ALL):
+        db.engine.dispose(close=False)
+        db._ready_lock = threading.Lock()
+    Database._handles_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Database:
     """One database: its engine, schema migrations and session factory."""
 
@@ -116,6 +134,7 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._ready = False
         self._ready_lock = threading.Lock()
+        _ALL.add(self)
 
     @classmethod
     def for_settings(cls, settings: Settings | None = None) -> Database:

@@ -103,13 +103,31 @@ def runtime() -> WorkerRuntime:
 
 
 def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None) -> str:
-    """Run the job a message names; returns what happened: done, retry, dead, busy or skipped."""
-    rt = rt or runtime()
+    """Run the job a message names; returns what happened: done, retry, dead, busy, skipped or later."""
     try:
         job = Job.parse(data)
     except AgentError as exc:
         log.error("a message on %s is not a job and is dropped: %s", topic, exc)
         return "skipped"
+    try:
+        return _run(app, topic, job, rt or runtime())
+    except Exception as exc:
+        # Our store or the broker failed around the job (not the job itself, which execute_job
+        # answers for): ask for it again shortly rather than let Celery ack a message whose work
+        # is not done.  If the broker is down too, the ledger still holds the job open and
+        # recovery publishes it.
+        log.warning("job %s: %s: %s; it will be taken again", job.job_id, type(exc).__name__, exc)
+        try:
+            publish(app, topic, job, countdown=_AGAIN)
+        except Exception as again:
+            log.warning("job %s: not published again (%s); recovery will", job.job_id, type(again).__name__)
+        return "later"
+
+
+_AGAIN = 5.0  # seconds before a job whose infrastructure failed is taken again
+
+
+def _run(app: Any, topic: str, job: Job, rt: WorkerRuntime) -> str:
     claim = rt.ledger.claim(job.job_id, lease=rt.lease, holder=rt.holder)
     if claim is None:
         return "skipped"  # done, dead, or unknown: a late copy of the message
