@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agent.errors import ConfigurationError
@@ -63,10 +63,10 @@ def celery_app(settings: Settings | None = None, *, broker: str | None = None) -
     return app
 
 
-def publish(app: Any, topic: str, job: Job, *, countdown: float | None = None) -> None:
+def publish(app: Any, topic: str, job: Job, *, countdown: float | None = None, producer: Any = None) -> None:
     """Send one message asking a worker to run ``job`` (from the ledger) on ``topic``."""
     app.send_task(TASK, args=[topic, job.model_dump(mode="json")], task_id=job.job_id, queue=topic,
-                  countdown=countdown)
+                  countdown=countdown, producer=producer)
 
 
 class CeleryQueue(JobQueue):
@@ -100,6 +100,24 @@ class CeleryQueue(JobQueue):
         if created:
             self._publish(topic, parsed)
         return job_id
+
+    def enqueue_many(self, topic: str, jobs: Iterable[Job | Mapping[str, Any]]) -> list[str]:
+        """Every job checked, the new ones recorded in one statement, then published over one connection."""
+        check_topic(topic)
+        parsed = [Job.parse(job, f"jobs[{i}]") for i, job in enumerate(jobs)]
+        if self._stopped.is_set():
+            raise ConfigurationError("the queue is stopped; it takes no new jobs")
+        added = self.ledger.add_many(topic, parsed)
+        fresh = [job for job, (_, created) in zip(parsed, added) if created]
+        if fresh:
+            try:
+                with self.app.producer_or_acquire() as producer:
+                    for job in fresh:
+                        publish(self.app, topic, job, producer=producer)
+            except Exception as exc:  # recorded all the same: recover() publishes what did not go
+                log.warning("%d job(s) not all published (%s: %s); they are kept and will be published again",
+                            len(fresh), type(exc).__name__, exc)
+        return [job_id for job_id, _ in added]
 
     def _publish(self, topic: str, job: Job, countdown: float | None = None) -> bool:
         try:

@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import ConfigurationError, InvalidInput, StorageError
@@ -40,6 +41,7 @@ from agent.storage.times import as_utc, utc_clock
 __all__ = ["SqlJobLedger", "Claim", "Busy", "OPEN_STATES"]
 
 _JOBS = QueueJobRow.__table__
+_DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 OPEN_STATES = ("queued", "running", "delayed")
 
 
@@ -80,24 +82,53 @@ class SqlJobLedger:
         ``job_id``) wins: its id comes back with ``created`` False.  A dead job's
         key is released, so the same work can be queued again.
         """
+        return self.add_many(topic, [job])[0]
+
+    def add_many(self, topic: str, jobs: list[Job]) -> list[tuple[str, bool]]:
+        """``add`` for each job, new ones in one statement: ``[(job_id, created), ...]`` in order."""
         now = self._clock()
-        row = {"job_id": job.job_id, "topic": topic, "run_id": job.run_id, "state": "queued", "attempts": 0,
-               "max_attempts": job.max_attempts, "idempotency_key": job.idempotency_key,
-               "job_json": job.model_dump_json(exclude={"attempts"}), "last_error": None, "holder": None,
-               "due_at": None, "created_at": now, "updated_at": now}
-        for _ in range(3):
-            existing = self._existing(topic, job)
-            if existing is not None:
-                return existing, False
-            try:
-                with self.db.connect() as conn:
-                    conn.execute(_JOBS.insert().values(row))
-                return job.job_id, True
-            except StorageError as exc:
-                if not isinstance(exc.__cause__, IntegrityError):
-                    raise
-                # Another producer added the same key (or id) between our look and our insert.
-        raise StorageError(f"job {job.job_id}: its idempotency key keeps conflicting")
+        rows = [{"job_id": job.job_id, "topic": topic, "run_id": job.run_id, "state": "queued", "attempts": 0,
+                 "max_attempts": job.max_attempts, "idempotency_key": job.idempotency_key,
+                 "job_json": job.model_dump_json(exclude={"attempts"}), "last_error": None, "holder": None,
+                 "due_at": None, "created_at": now, "updated_at": now} for job in jobs]
+        inserted = self._insert_new(rows)
+        out = []
+        for job, row in zip(jobs, rows):
+            if job.job_id in inserted:
+                out.append((job.job_id, True))
+                continue
+            for _ in range(3):
+                # Taken by a live job (that one wins), or by dead ones (their key is released, then ours).
+                existing = self._existing(topic, job)
+                if existing is not None:
+                    out.append((existing, False))
+                    break
+                if job.job_id in self._insert_new([row]):
+                    out.append((job.job_id, True))
+                    break
+            else:
+                raise StorageError(f"job {job.job_id}: its idempotency key keeps conflicting")
+        return out
+
+    def _insert_new(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert the rows that clash with no live job id or key; the ids inserted."""
+        if not rows:
+            return set()
+        insert = _DIALECT_INSERT.get(self.db.dialect)
+        if insert is None:  # another database: one at a time, a clash is an IntegrityError
+            done = set()
+            for row in rows:
+                try:
+                    with self.db.connect() as conn:
+                        conn.execute(_JOBS.insert().values(row))
+                    done.add(row["job_id"])
+                except StorageError as exc:
+                    if not isinstance(exc.__cause__, IntegrityError):
+                        raise
+            return done
+        statement = insert(_JOBS).values(rows).on_conflict_do_nothing().returning(_JOBS.c.job_id)
+        with self.db.connect() as conn:
+            return set(conn.execute(statement).scalars())
 
     def _existing(self, topic: str, job: Job) -> str | None:
         same = _JOBS.c.job_id == job.job_id

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -51,6 +52,9 @@ class WorkerRuntime:
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.resolved: dict[str, Any] = {}
         self._queue: Any = None
+        self._held: dict[str, Claim] = {}
+        self._held_lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
 
     def queue(self, app: Any) -> Any:
         """The queue follow-up jobs go to: the same broker and ledger as the job in hand."""
@@ -62,24 +66,31 @@ class WorkerRuntime:
 
     @contextmanager
     def leased(self, claim: Claim) -> Iterator[None]:
-        """Renew the claim's lease every third of it until the block ends."""
-        done = threading.Event()
-
-        def keep() -> None:
-            while not done.wait(self.lease / 3):
-                try:
-                    if not self.ledger.renew(claim, lease=self.lease):
-                        return  # settled or taken over: nothing of ours to keep
-                except AgentError as exc:
-                    log.warning("job %s: lease not renewed: %s", claim.job.job_id, exc)
-
-        keeper = threading.Thread(target=keep, name="agent-lease", daemon=True)
-        keeper.start()
+        """Keep the claim's lease renewed (every third of it) until the block ends."""
+        with self._held_lock:
+            self._held[claim.job.job_id] = claim
+            if self._keeper is None:
+                # One keeper per process, for every job it holds: a thread per job cost more than
+                # a short job itself.
+                self._keeper = threading.Thread(target=self._keep, name="agent-lease", daemon=True)
+                self._keeper.start()
         try:
             yield
         finally:
-            done.set()
-            keeper.join()
+            with self._held_lock:
+                self._held.pop(claim.job.job_id, None)
+
+    def _keep(self) -> None:
+        while True:
+            time.sleep(self.lease / 3)
+            with self._held_lock:
+                held = list(self._held.values())
+            for claim in held:
+                try:
+                    if not self.ledger.renew(claim, lease=self.lease):
+                        log.warning("job %s: its lease was taken over", claim.job.job_id)
+                except AgentError as exc:
+                    log.warning("job %s: lease not renewed: %s", claim.job.job_id, exc)
 
 
 _runtime: WorkerRuntime | None = None
