@@ -44,23 +44,25 @@ def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
     return list(dict.fromkeys(ids))[: campaign.limits.per_run]
 
 
-def plan_batches(campaign: Campaign, run_key: str, lead_ids: list[int]) -> list[BatchPlan]:
-    """``lead_ids`` cut into ``limits.batch_size`` batches, one outreach job each."""
+def plan_batches(campaign: Campaign, run_key: str, lead_ids: list[int], *, topic: str) -> list[BatchPlan]:
+    """``lead_ids`` cut into ``limits.batch_size`` batches, one outreach job each, for ``topic``."""
     size = campaign.limits.batch_size
-    return [batch_plan(campaign, run_key, index, list(lead_ids[start:start + size]))
+    return [batch_plan(campaign, run_key, index, list(lead_ids[start:start + size]), topic=topic)
             for index, start in enumerate(range(0, len(lead_ids), size))]
 
 
-def batch_plan(campaign: Campaign, run_key: str, index: int, lead_ids: list[int], *,
+def batch_plan(campaign: Campaign, run_key: str, index: int, lead_ids: list[int], *, topic: str,
                resumed: bool = False) -> BatchPlan:
-    """Batch ``index`` of a campaign run: always the same run id and idempotency key."""
+    """Batch ``index`` of a campaign run: always the same run id and idempotency key.  The topic is
+    kept with it: a resume queues the batch where its idempotency key lives."""
     dump = campaign.model_dump(mode="json")
     job = Job(orchestrator=ORCHESTRATOR, run_id=batch_run_id(campaign.id, run_key, index),
               payload={"campaign": dump, "lead_ids": lead_ids},
               idempotency_key=f"campaign:{campaign.id}:{run_key}:batch:{index}",
               max_attempts=campaign.limits.max_attempts,
               meta={"campaign_id": campaign.id, "campaign_run": run_key, "batch": index, "resumed": resumed})
-    return BatchPlan(job, {"campaign_run": run_key, "batch": index, "lead_ids": lead_ids, "campaign": dump})
+    return BatchPlan(job, {"campaign_run": run_key, "batch": index, "lead_ids": lead_ids, "campaign": dump,
+                           "topic": topic})
 
 
 def record_plans(audit: Any, plans: list[BatchPlan], *, tenant: str) -> None:

@@ -76,7 +76,7 @@ class CampaignRunner:
                                                   f"{self.settings.tenant!r} (set AGENT_TENANT)")
         run_key = run_key or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         ids = self.find_leads(campaign) if lead_ids is None else list(lead_ids)
-        plans = plan_batches(campaign, run_key, ids)
+        plans = plan_batches(campaign, run_key, ids, topic=self.topic)
         record_plans(self.audit, plans, tenant=campaign.tenant)
         self.queue.enqueue_many(self.topic, [plan.job for plan in plans])
         return self.report(campaign.id, run_key)
@@ -86,17 +86,21 @@ class CampaignRunner:
         open_runs = [r for r in self.audit.list_runs(campaign_id=campaign_id, state=_OPEN, limit=100_000)
                      if r.orchestrator == ORCHESTRATOR and "campaign_run" in r.meta]  # batches of ours only
         keys: list[str] = []
+        topics: set[str] = set()
         for run in open_runs:
             meta = run.meta
             if meta["campaign_run"] not in keys:
                 keys.append(meta["campaign_run"])
+            topic = meta.get("topic", self.topic)
             plan = batch_plan(Campaign.parse(meta["campaign"]), meta["campaign_run"], meta["batch"],
-                              meta["lead_ids"], resumed=True)
-            self.queue.enqueue(self.topic, plan.job)
+                              meta["lead_ids"], topic=topic, resumed=True)
+            self.queue.enqueue(topic, plan.job)
+            topics.add(topic)
         recover = getattr(self.queue, "recover", None)
-        if open_runs and recover is not None:
+        if recover is not None:
             # A broker may have lost the messages of jobs it still had: send them again (copies are harmless).
-            recover(self.topic, after=0)
+            for topic in sorted(topics):
+                recover(topic, after=0)
         return [self.report(campaign_id, key) for key in keys]
 
     # -- running -------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ def worker(
     backend: str = typer.Option("celery", help="Queue backend: celery (the in-memory queue's workers run "
                                                "inside `agent campaign run`)."),
     broker: Optional[str] = typer.Option(None, help="Broker URL (default: the broker_url setting, "
-                                                    "AGENT_BROKER_URL)."),
+                                                    "AGENT_BROKER_URL; prefer it: a password on the "
+                                                    "command line shows in the process list)."),
     topic: list[str] = typer.Option(["campaigns"], "--topic", "-Q", help="Topic (Celery queue) to serve; repeatable."),
     concurrency: int = typer.Option(2, min=1, max=256, help="Worker processes."),
     loglevel: str = typer.Option("WARNING", help="Celery's log level."),

@@ -108,7 +108,8 @@ def _library_message(sender: str, to: str, subject: str, text: str, message_id: 
 _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                       r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 _WORDS = re.compile(r"[!-~]+(?: [!-~]+)*")
-_MESSAGE_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_MESSAGE_ID = re.compile(f"<{_ATOM}@{_ATOM}>")
 _BODY = re.compile(r"[\t\n -~]*")
 _LIMIT = 900  # well inside the 998 of a line, the header's name included
 
@@ -116,10 +117,12 @@ _LIMIT = 900  # well inside the 998 of a line, the header's name included
 def _plain_message(sender: str, to: str, subject: str, text: str, message_id: str, send_id: str,
                    stamp: str) -> bytes | None:
     """The library's bytes, written directly, when every part is one it would pass through as is."""
-    if not (_ADDRESS.fullmatch(to) and len(to) <= _LIMIT and _WORDS.fullmatch(subject) and "=?" not in subject
+    if not (_ADDRESS.fullmatch(to) and len(to) <= _LIMIT and _WORDS.fullmatch(subject)
             and len(subject) <= _LIMIT and _MESSAGE_ID.fullmatch(message_id) and _WORDS.fullmatch(send_id)
-            and len(send_id) <= _LIMIT and _BODY.fullmatch(text)):
+            and len(send_id) <= _LIMIT and _BODY.fullmatch(text) and not text.endswith("\n")):
         return None
+    if "=?" in subject or "=?" in to or "=?" in send_id or "=?" in message_id:
+        return None  # the library would read these as RFC 2047 encoded words
     lines = text.split("\n")
     if max(map(len, lines)) > _LIMIT:
         return None

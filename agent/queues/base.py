@@ -48,6 +48,15 @@ class Job(BaseModel):
 
     _utc = field_validator("enqueued_at")(_check_utc_iso)
 
+    @field_validator("meta")
+    @classmethod
+    def _known_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        # The audit trail files a job's run under meta["campaign_id"]: it must be a name.
+        campaign = meta.get("campaign_id")
+        if campaign is not None and (not isinstance(campaign, str) or not 1 <= len(campaign) <= 128):
+            raise ValueError("campaign_id must be a string of 1 to 128 characters")
+        return meta
+
     @classmethod
     def parse(cls, value: Job | Mapping[str, Any], prefix: str = "job") -> Job:
         """``value`` as a ``Job``; an error is a ``PayloadError`` naming ``<prefix>.<field>``."""

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from agent.errors import ConfigurationError
+from agent.errors import ConfigurationError, StorageError
 from agent.logs import get_logger
 from agent.queues.base import Job, JobQueue, QueueStats, check_topic
 from agent.queues.ledger import SqlJobLedger
@@ -90,6 +90,8 @@ class CeleryQueue(JobQueue):
         self.recover_after = self.settings.queue_recover_after if recover_after is None else recover_after
         self._stopped = threading.Event()
         self._last_recovery = time.monotonic()  # kept across join() calls: callers often join in short waits
+        self._unpublished: dict[str, tuple[str, Job]] = {}  # recorded, but the broker was down
+        self._unpublished_lock = threading.Lock()
 
     def enqueue(self, topic: str, job: Job | Mapping[str, Any]) -> str:
         check_topic(topic)
@@ -114,19 +116,33 @@ class CeleryQueue(JobQueue):
                 with self.app.producer_or_acquire() as producer:
                     for job in fresh:
                         publish(self.app, topic, job, producer=producer)
-            except Exception as exc:  # recorded all the same: recover() publishes what did not go
+            except Exception as exc:  # recorded all the same: join() and recover() publish what did not go
                 log.warning("%d job(s) not all published (%s: %s); they are kept and will be published again",
                             len(fresh), type(exc).__name__, exc)
+                with self._unpublished_lock:
+                    self._unpublished.update({job.job_id: (topic, job) for job in fresh})
         return [job_id for job_id, _ in added]
 
     def _publish(self, topic: str, job: Job, countdown: float | None = None) -> bool:
         try:
             publish(self.app, topic, job, countdown=countdown)
-            return True
-        except Exception as exc:  # the broker is down: the job is recorded, recover() sends it later
+        except Exception as exc:  # the broker is down: the job is recorded; join() and recover() send it
             log.warning("job %s: not published (%s: %s); it is kept and will be published again",
                         job.job_id, type(exc).__name__, exc)
+            with self._unpublished_lock:
+                self._unpublished[job.job_id] = (topic, job)
             return False
+        with self._unpublished_lock:
+            self._unpublished.pop(job.job_id, None)
+        return True
+
+    def _publish_kept(self) -> None:
+        """Try again the jobs this queue recorded while the broker was down."""
+        with self._unpublished_lock:
+            kept = list(self._unpublished.values())
+        for topic, job in kept:
+            if not self._publish(topic, job):
+                return  # still down: the rest can wait for the next look
 
     def recover(self, topic: str | None = None, *, after: float | None = None) -> int:
         """Publish again the open jobs whose message may be lost; how many were sent."""
@@ -149,9 +165,14 @@ class CeleryQueue(JobQueue):
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.ledger.open_count(topic) > 0:
             now = time.monotonic()
+            if self._unpublished:
+                self._publish_kept()
             if now - self._last_recovery >= self.recover_after:
                 self._last_recovery = now
-                self.recover(topic)
+                try:
+                    self.recover(topic)
+                except StorageError as exc:  # the store is busy or down: the next round tries again
+                    log.warning("recovery on %s failed: %s", topic, exc)
             if deadline is not None and now >= deadline:
                 return False
             wait = self.poll if deadline is None else min(self.poll, max(0.0, deadline - now))

@@ -32,7 +32,8 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from agent.errors import ConfigurationError, InvalidInput, StorageError
+from agent.errors import ConfigurationError, StorageError
+from agent.logs import redact
 from agent.queues.base import Job, QueueStats, error_text
 from agent.storage.db import Database
 from agent.storage.models import QueueJobRow
@@ -41,6 +42,7 @@ from agent.storage.times import as_utc, utc_clock
 __all__ = ["SqlJobLedger", "Claim", "Busy", "OPEN_STATES"]
 
 _JOBS = QueueJobRow.__table__
+_LOCK = "agent:queue"
 _DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 OPEN_STATES = ("queued", "running", "delayed")
 
@@ -134,13 +136,12 @@ class SqlJobLedger:
         same = _JOBS.c.job_id == job.job_id
         if job.idempotency_key is not None:
             same = or_(same, and_(_JOBS.c.topic == topic, _JOBS.c.idempotency_key == job.idempotency_key))
-        with self.db.connect() as conn:
+        # Read, then maybe write: the write lock first (SQLite would refuse to upgrade a stale read).
+        with self.db.connect(lock=_LOCK) as conn:
             found = conn.execute(select(_JOBS.c.job_id, _JOBS.c.state).where(same)).all()
             for job_id, state in found:
-                if state != "dead":
-                    return job_id
-            if any(job_id == job.job_id for job_id, _ in found):
-                raise InvalidInput("job_id", f"job {job.job_id} is dead; queue the work again under a new job_id")
+                if state != "dead" or job_id == job.job_id:
+                    return job_id  # live work with this key, or this very job, already dead-lettered
             if found:  # only dead holders of the key: release it
                 conn.execute(update(_JOBS).where(_JOBS.c.topic == topic,
                                                  _JOBS.c.idempotency_key == job.idempotency_key)
@@ -155,7 +156,9 @@ class SqlJobLedger:
         nothing to do (the job is unknown, done or dead).
         """
         now = self._clock()
-        free = or_(_JOBS.c.state.in_(("queued", "delayed")), and_(_JOBS.c.state == "running", _JOBS.c.due_at < now))
+        free = or_(_JOBS.c.state == "queued",
+                   and_(_JOBS.c.state == "delayed", or_(_JOBS.c.due_at.is_(None), _JOBS.c.due_at <= now)),
+                   and_(_JOBS.c.state == "running", _JOBS.c.due_at < now))
         change = (update(_JOBS).where(_JOBS.c.job_id == job_id, free)
                   .values(state="running", attempts=_JOBS.c.attempts + 1, holder=holder,
                           due_at=now + timedelta(seconds=lease), updated_at=now)
@@ -163,19 +166,21 @@ class SqlJobLedger:
         with self.db.connect() as conn:
             row = conn.execute(change).first()
             if row is None:
+                # Held under a live lease, or a retry not yet due: this copy comes back then.
                 held = conn.execute(select(_JOBS.c.due_at).where(_JOBS.c.job_id == job_id,
-                                                                 _JOBS.c.state == "running")).scalar()
+                                                                 _JOBS.c.state.in_(("running", "delayed")))).scalar()
                 return None if held is None else Busy(max(0.0, (as_utc(held) - now).total_seconds()))
         job = Job.model_validate_json(row.job_json).model_copy(update={"attempts": row.attempts})
         if row.last_error:
-            job.meta["last_error"] = row.last_error
+            job.meta["last_error"] = row.last_error  # redacted when it was stored
         return Claim(job)
 
     def renew(self, claim: Claim, *, lease: float) -> bool:
         """Push back the lease of an attempt in hand; False if the job is no longer ours."""
         now = self._clock()
         with self.db.connect() as conn:
-            return conn.execute(self._ours(claim).values(due_at=now + timedelta(seconds=lease))).rowcount == 1
+            return conn.execute(self._ours(claim).values(due_at=now + timedelta(seconds=lease),
+                                                         updated_at=now)).rowcount == 1
 
     def finish(self, claim: Claim) -> bool:
         """The attempt succeeded: the job is done."""
@@ -184,11 +189,11 @@ class SqlJobLedger:
     def retry(self, claim: Claim, *, delay: float, error: BaseException | str | None) -> bool:
         """The attempt failed: the job waits ``delay`` seconds before it may run again."""
         due = self._clock() + timedelta(seconds=max(0.0, delay))
-        return self._settle(claim, state="delayed", due_at=due, last_error=error_text(error))
+        return self._settle(claim, state="delayed", due_at=due, last_error=_stored(error))
 
     def bury(self, claim: Claim, *, error: BaseException | str | None) -> bool:
         """The job gives up: dead-lettered with its last error."""
-        return self._settle(claim, state="dead", due_at=None, last_error=error_text(error))
+        return self._settle(claim, state="dead", due_at=None, last_error=_stored(error))
 
     def _ours(self, claim: Claim) -> Any:
         # The attempt in hand, and no later one: the same attempt count, still running.
@@ -205,19 +210,20 @@ class SqlJobLedger:
         """Open jobs whose message may be lost, as ``(topic, job)``; each is marked touched, so the
         next call passes it over for ``after`` seconds more.
 
-        Overdue: queued and untouched for ``after`` seconds, delayed and past due
-        by as long, or running under a lease that ran out (its worker is gone).
+        Overdue: untouched for ``after`` seconds and either queued, delayed past
+        its due time, or running under a lease that ran out (its worker is gone).
         """
         now = self._clock()
         stale = now - timedelta(seconds=after)
-        query = select(_JOBS.c.id, _JOBS.c.topic, _JOBS.c.job_json, _JOBS.c.state, _JOBS.c.updated_at).where(or_(
-            and_(_JOBS.c.state == "queued", _JOBS.c.updated_at < stale),
-            and_(_JOBS.c.state == "delayed", _JOBS.c.due_at < stale),
-            and_(_JOBS.c.state == "running", _JOBS.c.due_at < now)))
+        query = select(_JOBS.c.id, _JOBS.c.topic, _JOBS.c.job_json, _JOBS.c.state, _JOBS.c.updated_at).where(
+            _JOBS.c.updated_at < stale, or_(
+                _JOBS.c.state == "queued",
+                and_(_JOBS.c.state == "delayed", _JOBS.c.due_at < now),
+                and_(_JOBS.c.state == "running", _JOBS.c.due_at < now)))
         if topic is not None:
             query = query.where(_JOBS.c.topic == topic)
         found = []
-        with self.db.connect() as conn:
+        with self.db.connect(lock=_LOCK) as conn:
             for row in conn.execute(query.order_by(_JOBS.c.id).limit(limit)).all():
                 # Compare and set: of two recoverers, one publishes the job again.
                 touched = conn.execute(update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.state == row.state,
@@ -268,3 +274,9 @@ class SqlJobLedger:
             return int(conn.execute(_JOBS.delete().where(_JOBS.c.state == "done", _JOBS.c.updated_at < cutoff))
                        .rowcount or 0)
 
+
+
+def _stored(error: BaseException | str | None) -> str | None:
+    """An error as the ledger keeps it (and messages carry it): redacted, at most 2,000 characters."""
+    text = error_text(error)
+    return None if text is None else redact(text)[:2000]

@@ -22,13 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from agent.errors import AgentError
-from agent.logs import get_logger
+from agent.errors import AgentError, InvalidInput
+from agent.logs import get_logger, redact
 from agent.queues.base import Job
 from agent.queues.celery_queue import TASK, celery_app, publish
 from agent.queues.ledger import Busy, Claim, SqlJobLedger
 from agent.settings import Settings, get_settings
-from agent.workers.execute import execute_job, give_up, queue_follow_ups
+from agent.workers.execute import execute_job, give_up, queue_follow_ups, retry_delay
 
 __all__ = ["worker_app", "run_job", "WorkerRuntime", "run_celery_worker"]
 
@@ -105,59 +105,55 @@ def _forget_runtime() -> None:
 os.register_at_fork(after_in_child=_forget_runtime)
 
 
-def runtime() -> WorkerRuntime:
+def runtime(settings: Settings | None = None) -> WorkerRuntime:
+    """This process's runtime, made on first use from ``settings`` (default: the environment's)."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = WorkerRuntime(get_settings())
+            _runtime = WorkerRuntime(settings or get_settings())
         return _runtime
 
 
 def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None) -> str:
-    """Run the job a message names; returns what happened: done, retry, dead, busy, skipped or later."""
+    """Run the job a message names; returns what happened: done, retry, dead, busy or skipped.
+
+    A failure of our own store or of the broker before the job is claimed
+    propagates: Celery logs it and acks the message, and the ledger, which
+    still holds the job open, has it published again by recovery.  Once the
+    job is claimed, every failure settles it: retried with backoff, or
+    dead-lettered when it is bad input or out of attempts.
+    """
     try:
         job = Job.parse(data)
     except AgentError as exc:
         log.error("a message on %s is not a job and is dropped: %s", topic, exc)
         return "skipped"
-    try:
-        return _run(app, topic, job, rt or runtime())
-    except Exception as exc:
-        # Our store or the broker failed around the job (not the job itself, which execute_job
-        # answers for): ask for it again shortly rather than let Celery ack a message whose work
-        # is not done.  If the broker is down too, the ledger still holds the job open and
-        # recovery publishes it.
-        log.warning("job %s: %s: %s; it will be taken again", job.job_id, type(exc).__name__, exc)
-        try:
-            publish(app, topic, job, countdown=_AGAIN)
-        except Exception as again:
-            log.warning("job %s: not published again (%s); recovery will", job.job_id, type(again).__name__)
-        return "later"
-
-
-_AGAIN = 5.0  # seconds before a job whose infrastructure failed is taken again
-
-
-def _run(app: Any, topic: str, job: Job, rt: WorkerRuntime) -> str:
+    rt = rt or runtime(getattr(app, "agent_settings", None))
     claim = rt.ledger.claim(job.job_id, lease=rt.lease, holder=rt.holder)
     if claim is None:
         return "skipped"  # done, dead, or unknown: a late copy of the message
     if isinstance(claim, Busy):
         publish(app, topic, job, countdown=claim.seconds + 1.0)
         return "busy"
+    with rt.leased(claim):  # held through the run, its follow-ups and its settling
+        try:
+            return _settle(app, topic, claim, rt)
+        except Exception as exc:
+            return _failed_around(app, topic, claim, rt, exc)
+
+
+def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime) -> str:
     if claim.exhausted:
-        give_up(claim.job, f"its worker was lost on each of its {claim.job.max_attempts} attempts",
-                audit=rt.audit)
-        rt.ledger.bury(claim, error="worker lost on every attempt")
-        return "dead"
-    with rt.leased(claim):
+        outcome = give_up(claim.job, f"its worker was lost on each of its {claim.job.max_attempts} attempts",
+                          audit=rt.audit)
+    else:
         outcome = execute_job(claim.job, registry=rt.registry, audit=rt.audit, resolved=rt.resolved,
                               retry_base=rt.settings.retry_base)
     if outcome.verdict == "ack":
         queue_follow_ups(rt.queue(app), outcome)  # before the job is done: a crash here repeats, loses nothing
         rt.ledger.finish(claim)
         return "done"
-    error = None if outcome.error is None else f"{type(outcome.error).__name__}: {outcome.error}"
+    error = None if outcome.error is None else redact(f"{type(outcome.error).__name__}: {outcome.error}")
     if outcome.verdict == "retry":
         if rt.ledger.retry(claim, delay=outcome.delay, error=error):
             publish(app, topic, claim.job, countdown=outcome.delay)
@@ -166,9 +162,24 @@ def _run(app: Any, topic: str, job: Job, rt: WorkerRuntime) -> str:
     return "dead"
 
 
+def _failed_around(app: Any, topic: str, claim: Claim, rt: WorkerRuntime, exc: Exception) -> str:
+    """Our store or the broker failed around a claimed job (the job's own failures are execute_job's
+    answer): bad input is dead at once, anything else is retried with backoff until out of attempts."""
+    error = redact(f"{type(exc).__name__}: {exc}")
+    log.warning("job %s: %s", claim.job.job_id, error)
+    if isinstance(exc, InvalidInput) or claim.job.attempts >= claim.job.max_attempts:
+        rt.ledger.bury(claim, error=error)
+        return "dead"
+    delay = retry_delay(claim.job.attempts, base=rt.settings.retry_base)
+    if rt.ledger.retry(claim, delay=delay, error=error):
+        publish(app, topic, claim.job, countdown=delay)
+    return "retry"
+
+
 def worker_app(settings: Settings | None = None, *, broker: str | None = None) -> Any:
     """The Celery app with our task registered: what ``celery -A`` and ``agent worker`` run."""
     app = celery_app(settings, broker=broker)
+    app.agent_settings = settings  # what this app's worker processes run jobs with (None: the environment)
 
     @app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
     def agent_run_job(self: Any, topic: str, data: Any) -> str:

@@ -63,12 +63,9 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
         run = audit.start_run(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
                               campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
         if run.state in ("succeeded", "dead"):
-            # Redelivered after it finished (its worker died before the ack): nothing to run again,
-            # but its follow-ups may not have been queued yet (queueing them twice adds nothing).
             log.warning("job %s: run %s is already %s; acked without running it", job.job_id, job.run_id,
                         run.state)
-            final = audit.last_envelope(job.run_id) if run.state == "succeeded" else None
-            return JobOutcome("ack", follow_ups=follow_ups(final.envelope) if final else ())
+            return _finished(audit, job.run_id, run.state)
         if run.state == "running":
             # The attempt before this one died with its worker (SIGKILL, lost lease): say so.
             audit.save_failure(job.run_id, "the previous attempt was lost with its worker")
@@ -113,11 +110,7 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
             # no batch, and a resume finds it.
             audit.start_run(item.job.run_id, orchestrator=item.job.orchestrator,
                             campaign_id=item.job.meta.get("campaign_id"), tenant=item.tenant, meta=item.audit_meta)
-        # A "duplicate" never overwrites the "sent" of the run that really sent it.
-        audit.save_deliveries(job.run_id, [
-            record for record in envelope["records"] if record.get("message_id") and (
-                record.get("status") == "sent" or
-                (record.get("status") == "duplicate" and audit.message(record["message_id"]) is None))])
+        audit.save_deliveries(job.run_id, _deliveries(envelope["records"], audit))
         _set_state(audit, job.run_id, "succeeded")
     return JobOutcome("ack", envelope=envelope, follow_ups=follow)
 
@@ -143,14 +136,38 @@ def follow_ups(envelope: dict[str, Any]) -> tuple[FollowUp, ...]:
         if not isinstance(follow, dict):
             raise InvalidInput(field, "must be an object with topic and job")
         audit_meta, tenant = follow.get("audit", {}), follow.get("tenant", "default")
-        if not isinstance(audit_meta, dict) or not isinstance(tenant, str):
-            raise InvalidInput(field, "audit must be an object and tenant a string")
+        if not isinstance(audit_meta, dict):
+            raise InvalidInput(f"{field}.audit", "must be an object")
+        if not isinstance(tenant, str) or not 1 <= len(tenant) <= 64:
+            raise InvalidInput(f"{field}.tenant", "must be a string of 1 to 64 characters")
         try:
             topic = check_topic(follow.get("topic"))
         except InvalidInput:
             raise InvalidInput(f"{field}.topic", "must be 1 to 64 letters, digits or _ . : -") from None
         found.append(FollowUp(topic, Job.parse(follow.get("job"), f"{field}.job"), audit_meta, tenant))
     return tuple(found)
+
+
+def _finished(audit: Any, run_id: str, state: str) -> JobOutcome:
+    """A job whose run already finished (its worker died before the ack): nothing to run again, but
+    its follow-ups may not have been queued yet, and queueing them twice adds nothing."""
+    final = audit.last_envelope(run_id) if state == "succeeded" else None
+    return JobOutcome("ack", follow_ups=follow_ups(final.envelope) if final else ())
+
+
+def _deliveries(records: list[dict[str, Any]], audit: Any) -> list[dict[str, Any]]:
+    """The records to keep as deliveries, one per message: a "duplicate" never overwrites the "sent"
+    of the run (or the earlier record of this run) that really sent it."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for record in records:
+        message_id, status = record.get("message_id"), record.get("status")
+        if not message_id or status not in ("sent", "duplicate"):
+            continue
+        if status == "sent":
+            chosen[message_id] = record
+        elif message_id not in chosen and audit.message(message_id) is None:
+            chosen[message_id] = record
+    return list(chosen.values())
 
 
 def give_up(job: Any, error: BaseException | str, *, audit: Any = None) -> JobOutcome:
@@ -160,7 +177,7 @@ def give_up(job: Any, error: BaseException | str, *, audit: Any = None) -> JobOu
         run = audit.start_run(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
                               campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
         if run.state in ("succeeded", "dead"):
-            return JobOutcome("ack")
+            return _finished(audit, job.run_id, run.state)
         audit.save_failure(job.run_id, error)
         if run.state == "queued":
             _set_state(audit, job.run_id, "running")  # the state machine reaches "dead" through "running"

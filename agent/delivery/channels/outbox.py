@@ -33,9 +33,9 @@ __all__ = ["OutboxChannel"]
 def _write_once(path: Path, data: bytes) -> bool:
     """Create ``path`` with ``data`` unless it exists; True if this call wrote it.
 
-    The file appears whole (written under a temporary name, then hard-linked
-    into place), but is not yet on disk: ``_sync`` makes a batch's files
-    durable together, before any of them is marked sent.
+    The file is on disk before it has its name (written and fsynced under a
+    temporary one, then hard-linked into place), so a crash never leaves a
+    truncated message under a key.
     """
     if path.exists():
         return False
@@ -43,6 +43,8 @@ def _write_once(path: Path, data: bytes) -> bool:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -52,21 +54,13 @@ def _write_once(path: Path, data: bytes) -> bool:
         os.unlink(tmp)
 
 
-def _sync(paths: list[str], directory: Path) -> None:
-    """fsync each file, then the directory: one journal commit carries the whole batch, where
-    an fsync per message cost a commit each."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    if paths:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _sync_directory(directory: Path) -> None:
+    """fsync the directory: the batch's new names are on disk before the ledger says sent."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _file_message_id(path: Path) -> str | None:
@@ -134,7 +128,8 @@ class OutboxChannel(BaseAgent):
                 first[key] = result
         finally:
             # On disk before the ledger says sent: a crash in between leaves "sending", finished on retry.
-            _sync([location for _, state, location in marks if state == "sent" and location], directory)
+            if any(state == "sent" for _, state, _ in marks):
+                _sync_directory(directory)
             ledger.mark_many(marks)
             # A batch stopped by a failure leaves no claim on the messages it never tried.
             ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[attempted:]

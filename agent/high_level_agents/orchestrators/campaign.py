@@ -81,7 +81,7 @@ class CampaignOrchestrator(BaseOrchestrator):
 def _plan(state: FlowState) -> Output:
     payload: CampaignPayload = state.input
     [found] = state.records("find")
-    plans = plan_batches(payload.campaign, payload.run_key, found["lead_ids"])
+    plans = plan_batches(payload.campaign, payload.run_key, found["lead_ids"], topic=payload.topic)
     records = [{"batch": plan.meta["batch"], "run_id": plan.job.run_id, "leads": len(plan.meta["lead_ids"]),
                 "campaign_id": payload.campaign.id,
                 FOLLOW_UP: {"topic": payload.topic, "job": plan.job.model_dump(mode="json"), "audit": plan.meta,

@@ -1,0 +1,84 @@
+"""The Celery task's body (``run_job``) in this process, against a real broker and ledger: how it
+settles a claimed job when everything around it goes wrong."""
+
+from __future__ import annotations
+
+import unittest
+import uuid
+
+from agent.builtins import bound_registry
+from agent.campaigns import Campaign, CampaignManager
+from agent.leads.sample import load_sample_data
+from agent.queues.ledger import SqlJobLedger
+from agent.settings import get_settings
+from agent.workers import execute_job
+from tests.celery_support import REDIS_BROKER, drop_queues
+from tests.support import TempHome, requires_real_services
+from tests.test_job_ledger import Clock
+
+
+@requires_real_services()
+class RunJobTest(unittest.TestCase):
+    def setUp(self) -> None:
+        from agent.queues.celery_queue import CeleryQueue
+        from agent.workers.celery_worker import WorkerRuntime, worker_app
+
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        load_sample_data(home.database(), size=300, tenant="default")
+        self.settings = get_settings(**{**home.settings.model_dump(), "broker_url": REDIS_BROKER})
+        self.topic = f"task-{uuid.uuid4().hex[:8]}"
+        self.addCleanup(drop_queues, REDIS_BROKER, [self.topic])
+        self.app = worker_app(self.settings)
+        self.rt = WorkerRuntime(self.settings)
+        self.clock = Clock()
+        self.rt.ledger = SqlJobLedger(home.database(), clock=self.clock)
+        self.queue = CeleryQueue(self.app, settings=self.settings, ledger=self.rt.ledger)
+        self.addCleanup(self.queue.close)
+
+    def test_a_plan_whose_worker_died_after_it_succeeded_still_queues_its_batches_and_is_done(self) -> None:
+        from agent.workers.celery_worker import run_job
+
+        # Given a triggered campaign whose planning job ran to success, then its worker died before
+        # it queued the batches or settled the job, on its only attempt
+        manager = CampaignManager(self.queue, bound_registry(self.settings), topic=self.topic)
+        manager.add(Campaign.parse({"id": "c", "lead_query": {"industry": "Fintech"}, "allow_delivery": True,
+                                    "template": {"subject": "Hi {{ lead.company }}", "body": "Hello"},
+                                    "limits": {"per_run": 12, "batch_size": 5, "max_attempts": 1}}))
+        manager.activate("c")
+        job_id = manager.trigger("c", key="k")["job_id"]
+        claim = self.rt.ledger.claim(job_id, lease=5, holder="dead:1")
+        outcome = execute_job(claim.job, registry=self.rt.registry, audit=self.rt.audit)
+        batches = len(outcome.follow_ups)
+        self.assertEqual(outcome.verdict, "ack")
+        self.assertGreaterEqual(batches, 2)
+        self.clock.advance(6)
+        # When a copy of its message is run
+        result = run_job(self.app, self.topic, claim.job.model_dump(mode="json"), rt=self.rt)
+        # Then it does not run again and is not dead-lettered: its batches are queued, the job done
+        self.assertEqual(result, "done")
+        self.assertEqual(self.rt.ledger.state(job_id)["state"], "done")
+        self.assertEqual(self.queue.stats(self.topic).ready, batches)
+        self.assertEqual(self.queue.stats(self.topic).dead, 0)
+
+    def test_a_job_whose_audit_write_fails_is_retried_then_dead_lettered_not_looped(self) -> None:
+        from agent.queues import Job
+        from agent.workers.celery_worker import run_job
+
+        # Given a job whose every run fails around the job itself (the audit store refuses it)
+        class BrokenAudit:
+            def start_run(self, *args: object, **kwargs: object) -> None:
+                raise RuntimeError("audit store down")
+
+        self.rt.audit = BrokenAudit()
+        job_id = self.queue.enqueue(self.topic, Job(orchestrator="lead_orchestrator", max_attempts=2))
+        data = Job(orchestrator="lead_orchestrator", job_id=job_id).model_dump(mode="json")
+        # When its messages come, each after the retry is due
+        first = run_job(self.app, self.topic, data, rt=self.rt)
+        self.clock.advance(3600)
+        second = run_job(self.app, self.topic, data, rt=self.rt)
+        # Then it was retried once, then dead-lettered with the error, and nothing is left open
+        self.assertEqual((first, second), ("retry", "dead"))
+        [dead] = self.queue.dead_letters(self.topic)
+        self.assertIn("audit store down", dead.meta["last_error"])
+        self.assertEqual(self.rt.ledger.open_count(self.topic), 0)
