@@ -26,6 +26,7 @@ from agent.audit.base import (
     AuditFailure,
     AuditRun,
     AuditStore,
+    TRANSITIONS,
     RunState,
     advance,
     check_page,
@@ -112,22 +113,28 @@ class SqlAuditStore(AuditStore):
     def set_state(self, run_id: str, state: RunState, *, error: str | BaseException | None = None) -> AuditRun:
         check_states(state)
         message = error_text(error)
+        sources = [name for name, moves in TRANSITIONS.items() if state in moves]
         while True:
+            now = self._clock()
+            running = state == "running"
+            # One statement: the move happens only from a state the machine allows, atomically.
+            # Entering "running" counts an attempt; "failed" -> "dead" keeps why it failed.
+            kept_error = _RUNS.c.error if state in ("failed", "dead") else None
+            change = (update(_RUNS).where(_RUNS.c.run_id == run_id, _RUNS.c.state.in_(sources))
+                      .values(state=state, updated_at=now,
+                              error=message if message is not None else kept_error,
+                              attempts=_RUNS.c.attempts + 1 if running else _RUNS.c.attempts,
+                              started_at=now if running else _RUNS.c.started_at,
+                              finished_at=now if state in FINISHED_STATES else None)
+                      .returning(*_RUNS.c))
+            with self._writing() as conn:
+                row = conn.execute(change).mappings().first()
+            if row is not None:
+                return _run(row)
             run = self.get_run(run_id)
             if run is None:
                 raise unknown_run(run_id)
-            moved = advance(run, state, error=message, now=self._clock())
-            # Compare and set: every cycle of the state machine passes through "running",
-            # which counts an attempt, so (state, attempts) unchanged means nobody moved it.
-            change = (update(_RUNS)
-                      .where(_RUNS.c.run_id == run_id, _RUNS.c.state == run.state,
-                             _RUNS.c.attempts == run.attempts)
-                      .values(state=moved.state, error=moved.error, attempts=moved.attempts,
-                              updated_at=moved.updated_at, started_at=moved.started_at,
-                              finished_at=moved.finished_at))
-            with self._writing() as conn:
-                if conn.execute(change).rowcount == 1:
-                    return moved
+            advance(run, state, error=message, now=now)  # names the refused move; else it moved meanwhile
 
     def save_envelope(self, run_id: str, envelope: Mapping[str, Any]) -> bool:
         return self.save_envelopes(run_id, [envelope]) == 1

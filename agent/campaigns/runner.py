@@ -13,6 +13,7 @@ the audit store, not in the queue.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,20 +106,25 @@ class CampaignRunner:
 
     # -- running -------------------------------------------------------------------------------
     def work(self, reports: list[CampaignReport], *, threads: int = 4,
-             progress: Callable[[CampaignReport], None] | None = None, poll: float = 0.2) -> list[CampaignReport]:
+             progress: Callable[[CampaignReport], None] | None = None, poll: float = 0.2,
+             timeout: float | None = None) -> list[CampaignReport]:
         """Wait until no queued batch is left, then return fresh reports.
 
         On a pull queue (the in-memory default) the batches run here, on
         ``threads`` worker threads; on a broker (Celery) they run on its workers
-        (``agent worker --backend celery``) and this only watches.
+        (``agent worker --backend celery``) and this only watches, for at most
+        ``timeout`` seconds when given.
         """
         worker = None
         if isinstance(self.queue, Queue):
             worker = Worker(self.queue, self.registry, topic=self.topic, audit_store=self.audit, poll=poll,
                             retry_base=self.settings.retry_base)
             worker.start(threads)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self.queue.join(self.topic, timeout=poll):
+                if deadline is not None and time.monotonic() > deadline:
+                    break  # the caller stops watching; the reports say what is left
                 if progress is not None:
                     for report in reports:
                         progress(self.report(report.campaign_id, report.run_key))

@@ -32,5 +32,6 @@ def worker(
     for name in topic:
         check_topic(name)
     settings = get_settings(**({"broker_url": broker} if broker else {}))
-    run_celery_worker(settings, topics=list(topic), concurrency=concurrency, loglevel=loglevel.upper(),
-                      hostname=hostname)
+    status = run_celery_worker(settings, topics=list(topic), concurrency=concurrency, loglevel=loglevel.upper(),
+                               hostname=hostname)
+    raise typer.Exit(status)

@@ -15,7 +15,10 @@ audit store, ledger) on its first job, after Celery has forked it.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -189,16 +192,21 @@ def worker_app(settings: Settings | None = None, *, broker: str | None = None) -
 
 
 def run_celery_worker(settings: Settings, *, topics: list[str], concurrency: int, loglevel: str = "WARNING",
-                      hostname: str | None = None) -> None:
-    """Run a Celery worker (prefork, ``concurrency`` processes) on ``topics`` in the foreground.
+                      hostname: str | None = None, restart_delay: float = 2.0) -> int:
+    """Run a Celery worker (prefork, ``concurrency`` processes) on ``topics`` until SIGTERM / SIGINT.
 
-    A background thread of the main process publishes again, now and then,
-    jobs whose message the broker may have lost.
+    The Celery worker runs in a child process (``celery -A agent.workers.celery_app``)
+    that this one supervises: if it dies on its own (an unrecoverable error,
+    such as a client library failing while the broker restarts) it is started
+    again after ``restart_delay`` seconds; SIGTERM and SIGINT are passed on
+    (Celery's warm shutdown: the batches in hand are finished).  A thread
+    publishes again, now and then, jobs whose message the broker may have lost.
+    The child gets this process's environment, with ``broker_url`` set from
+    ``settings``.  Returns the worker's exit status.
     """
     from agent.queues.celery_queue import CeleryQueue
 
-    app = worker_app(settings)
-    queue = CeleryQueue(app, settings=settings)
+    queue = CeleryQueue(worker_app(settings), settings=settings)
     stop = threading.Event()
 
     def recover() -> None:
@@ -210,11 +218,32 @@ def run_celery_worker(settings: Settings, *, topics: list[str], concurrency: int
                     log.warning("recovery on %s failed: %s: %s", topic, type(exc).__name__, exc)
 
     threading.Thread(target=recover, name="agent-recover", daemon=True).start()
-    argv = ["worker", "-Q", ",".join(topics), "-c", str(concurrency), "-P", "prefork", "-l", loglevel,
+    argv = [sys.executable, "-m", "celery", "-A", "agent.workers.celery_app", "worker", "-Q", ",".join(topics),
+            "-c", str(concurrency), "-P", "prefork", "-l", loglevel,
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if hostname:
         argv += ["-n", hostname]
+    env = {**os.environ, "AGENT_BROKER_URL": settings.broker_url or ""}
+    child: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        stop.set()
+        if child and child[0].poll() is None:
+            child[0].send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        app.worker_main(argv)
+        while True:
+            child[:] = [subprocess.Popen(argv, env=env)]
+            status = child[0].wait()
+            if stop.is_set():
+                return status
+            log.warning("the Celery worker exited on its own (status %s); starting it again in %.0f s",
+                        status, restart_delay)
+            if stop.wait(restart_delay):
+                return status
     finally:
         stop.set()
+        queue.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
