@@ -29,6 +29,7 @@ from agent.queues.celery_queue import CeleryQueue
 from agent.settings import get_settings
 from agent.storage.models import Contact, OutboxMessage
 from tests.celery_support import RABBIT_BROKER, REDIS_BROKER, CeleryWorker, drop_queues, wait_for, worker_env
+from tests.support import TempHome as TempHomeOnSqlite
 from tests.support import postgres_home, requires_real_services
 
 GUARD = 240.0
@@ -224,3 +225,33 @@ class ForkedPoolOnPostgresTest(unittest.TestCase):
         worker.stop()
         log = Path(home.settings.home, "worker.log").read_text()
         self.assertNotIn("raised unexpected", log, "a pool process failed on the database")
+
+
+@requires_real_services()
+class SupervisedWorkerTest(unittest.TestCase):
+    """`agent worker` starts its Celery worker again when it dies on its own."""
+
+    def test_a_celery_worker_killed_outright_is_started_again_and_the_jobs_finish(self) -> None:
+        from agent.queues import Job
+
+        home = TempHomeOnSqlite()
+        self.addCleanup(home.cleanup)
+        settings = get_settings(**{**home.settings.model_dump(), "broker_url": REDIS_BROKER})
+        topic = f"super-{uuid.uuid4().hex[:8]}"
+        queue = CeleryQueue(settings=settings, poll=0.05, recover_after=3600)
+        self.addCleanup(queue.close)
+        self.addCleanup(drop_queues, REDIS_BROKER, [topic])
+        worker = CeleryWorker(worker_env(settings, REDIS_BROKER), [topic], concurrency=1,
+                              log=Path(home.settings.home, "worker.log"))
+        self.addCleanup(worker.stop)
+        # Given the Celery worker under `agent worker`, SIGKILLed with its pool
+        celery = wait_for(worker.children, 30, "the Celery worker process")[0]
+        pool = subprocess.run(["pgrep", "-P", str(celery)], capture_output=True, text=True).stdout.split()
+        for pid in [celery, *map(int, pool)]:
+            os.kill(pid, signal.SIGKILL)
+        # When jobs come
+        queue.enqueue_many(topic, [Job(orchestrator="test_echo", run_id=f"s-{i}") for i in range(4)])
+        # Then a new Celery worker runs them, under the same supervisor
+        self.assertTrue(queue.join(topic, timeout=60))
+        self.assertIsNone(worker.process.poll())
+        self.assertNotIn(celery, worker.children())
