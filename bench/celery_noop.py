@@ -4,11 +4,6 @@
 ``bench_noop`` returns an envelope built once, so a job's cost is the queue's
 and the worker's own: ledger claim and finish, audit, envelope validation.
 
-``AGENT_BENCH_FORK_FIX=1``: on import (in a pool process, before its first
-query) drop the database connections inherited from the worker's main process
-without closing them; see below.  ``bench/celery_path.py`` sets it for
-PostgreSQL only, and says so.
-
 Profiling: with ``AGENT_BENCH_PROFILE=<dir>`` each worker process that loads
 this module (after Celery forked it: on its first job) runs under cProfile
 from then on, and every ``AGENT_BENCH_PROFILE_EVERY`` jobs (default 250)
@@ -26,17 +21,6 @@ from agent.envelope import make_envelope
 from agent.registry import Registry
 
 NAME = "bench_noop"
-
-if os.environ.get("AGENT_BENCH_FORK_FIX") == "1":
-    # Workaround, opt-in: a Celery pool process inherits its parent's Database handles, pooled
-    # connections and all, and on PostgreSQL two processes then talk over one socket ("server closed
-    # the connection unexpectedly").  This module is imported in the pool process before its first
-    # query, so it can drop the inherited connections here without closing them (the parent's).
-    from agent.storage.db import Database
-
-    for _db in list(Database._handles.values()):
-        _db.engine.dispose(close=False)
-
 
 class NoOp:
     """An orchestrator that does nothing: its envelope is built once."""

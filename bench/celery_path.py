@@ -33,12 +33,6 @@ CPU time per job of each side's worker processes (main and pool, read from
 for each broker.  The bench runs on its own settings: ``AGENT_*`` variables of
 the calling environment are ignored.
 
-On PostgreSQL our pool processes get ``AGENT_BENCH_FORK_FIX=1`` (see
-``bench/celery_noop.py``): they inherit the worker main process's pooled
-database connections across Celery's fork, and without the fix their first
-query fails ("server closed the connection unexpectedly"); the bench says so
-when it applies it.
-
 ``--profile DIR`` runs our workers under cProfile (see ``bench/celery_noop.py``)
 and the producer's timed rounds too, then prints where a job's time goes; the
 figures of such a run are slowed by the profiler and not for the target.
@@ -231,8 +225,6 @@ class Ours:
         env.update(AGENT_HOME=str(self.home), AGENT_DATABASE_URL=url, AGENT_SAMPLE_DATA="off",
                    AGENT_TENANT="default", AGENT_OUTBOX_DIR=str(self.home / "outbox"), AGENT_BROKER_URL=broker,
                    AGENT_PLUGINS="bench.celery_noop")
-        if self.schema is not None:
-            env["AGENT_BENCH_FORK_FIX"] = "1"  # see bench/celery_noop.py: without it the pool processes fail
         if profile is not None:
             env["AGENT_BENCH_PROFILE"] = str(profile / f"ours-{broker_kind(broker)}")
         self.worker = Process([sys.executable, "-m", "agent.cli", "worker", "--backend", "celery",
@@ -337,9 +329,6 @@ def bench_broker(broker: str, args: argparse.Namespace, tmp: Path) -> float:
     """Rounds of ours and the peer's on ``broker``; prints them, returns best ours / best peer."""
     store = "PostgreSQL (fresh schema)" if args.database_url else "SQLite file"
     print(f"broker {safe(broker)}, our store: {store}")
-    if args.database_url:
-        print("  NOTE: our pool processes drop the database connections inherited over fork "
-              "(AGENT_BENCH_FORK_FIX=1, bench/celery_noop.py); without it they fail on PostgreSQL")
     ours = peer = None
     try:
         ours = Ours(broker, database_url=args.database_url, concurrency=args.concurrency, poll=args.poll,
