@@ -82,3 +82,31 @@ class RunJobTest(unittest.TestCase):
         [dead] = self.queue.dead_letters(self.topic)
         self.assertIn("audit store down", dead.meta["last_error"])
         self.assertEqual(self.rt.ledger.open_count(self.topic), 0)
+
+
+class CeleryAppSettingsTest(unittest.TestCase):
+    """The Celery app is configured so that work is not lost (no broker needed to check)."""
+
+    def test_late_acks_reject_on_worker_lost_prefetch_one_and_a_long_visibility_timeout(self) -> None:
+        from agent.queues.celery_queue import TASK
+        from agent.workers.celery_worker import worker_app
+
+        app = worker_app(get_settings(broker_url="redis://127.0.0.1:6379/0", broker_visibility_timeout=7200))
+        conf = app.conf
+        self.assertTrue(conf.task_acks_late)
+        self.assertTrue(conf.task_reject_on_worker_lost)
+        self.assertEqual(conf.worker_prefetch_multiplier, 1)
+        self.assertEqual(conf.broker_transport_options["visibility_timeout"], 7200)
+        self.assertTrue(conf.task_ignore_result)
+        self.assertEqual(conf.accept_content, ["json"])
+        task = app.tasks[TASK]
+        self.assertTrue(task.acks_late and task.reject_on_worker_lost)
+
+    def test_a_missing_or_foreign_broker_url_is_refused_naming_the_setting(self) -> None:
+        from agent.errors import ConfigurationError
+        from agent.queues.celery_queue import celery_app
+
+        for url in (None, "http://127.0.0.1:6379"):
+            with self.subTest(url=url), self.assertRaises(ConfigurationError) as caught:
+                celery_app(get_settings(broker_url=url))
+            self.assertIn("broker_url", str(caught.exception))
