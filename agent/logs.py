@@ -16,7 +16,7 @@ __all__ = ["RedactingFilter", "redact", "configure_logging", "get_logger"]
 
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # scheme://user:password@host → scheme://user:***@host
-    (re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE), r"\g<pre>***@"),
+    (re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE), r"\g<pre>***@"),
     (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE), "Bearer ***"),
     # api_key=..., token: ..., password="..."
     (re.compile(r"(?P<key>\b(?:api[_-]?key|secret|token|password|passwd|authorization)\b\s*[=:]\s*)"

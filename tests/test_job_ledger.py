@@ -119,3 +119,32 @@ class SqliteLedgerTest(LedgerContract, unittest.TestCase):
 class PostgresLedgerTest(LedgerContract, unittest.TestCase):
     def make_home(self) -> TempHome:
         return postgres_home(self)
+
+
+class LedgerEdgesTest(unittest.TestCase):
+    def setUp(self) -> None:
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        self.db = home.database()
+        self.ledger = SqlJobLedger(self.db)
+
+    def test_the_same_job_twice_in_one_call_is_one_job(self) -> None:
+        job = Job(orchestrator="o")
+        self.assertEqual(self.ledger.add_many("t", [job, job]), [(job.job_id, True), (job.job_id, False)])
+        self.assertEqual(self.ledger.stats("t").ready, 1)
+
+    def test_many_jobs_go_in_statements_of_bounded_size(self) -> None:
+        results = self.ledger.add_many("t", [Job(orchestrator="o") for _ in range(1_200)])
+        self.assertTrue(all(created for _, created in results))
+        self.assertEqual(self.ledger.stats("t").ready, 1_200)
+
+    def test_a_stored_job_this_version_cannot_read_is_dead_lettered_not_retried(self) -> None:
+        from sqlalchemy import text
+
+        job_id, _ = self.ledger.add("t", Job(orchestrator="o"))
+        with self.db.connect() as conn:
+            conn.execute(text("UPDATE queue_jobs SET job_json = :bad WHERE job_id = :j"),
+                         {"bad": '{"orchestrator": 5}', "j": job_id})
+        self.assertIsNone(self.ledger.claim(job_id, lease=30))
+        self.assertEqual(self.ledger.state(job_id)["state"], "dead")
+        self.assertEqual(self.ledger.overdue("t", after=0), [])

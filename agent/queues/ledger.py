@@ -33,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import ConfigurationError, StorageError
-from agent.logs import redact
+from agent.logs import get_logger, redact
 from agent.queues.base import Job, QueueStats, error_text
 from agent.storage.db import Database
 from agent.storage.models import QueueJobRow
@@ -43,6 +43,7 @@ __all__ = ["SqlJobLedger", "Claim", "Busy", "OPEN_STATES"]
 
 _JOBS = QueueJobRow.__table__
 _LOCK = "agent:queue"
+log = get_logger("agent.queue")
 _DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 OPEN_STATES = ("queued", "running", "delayed")
 
@@ -93,10 +94,18 @@ class SqlJobLedger:
                  "max_attempts": job.max_attempts, "idempotency_key": job.idempotency_key,
                  "job_json": job.model_dump_json(exclude={"attempts"}), "last_error": None, "holder": None,
                  "due_at": None, "created_at": now, "updated_at": now} for job in jobs]
-        inserted = self._insert_new(rows)
+        # One statement per 500 new rows (a statement's bound parameters are limited); a job id twice
+        # in one call is one job, the first.
+        first = {row["job_id"]: row for row in reversed(rows)}
+        unique = list(first.values())[::-1]
+        inserted: set[str] = set()
+        for start in range(0, len(unique), 500):
+            inserted |= self._insert_new(unique[start:start + 500])
         out = []
+        seen: set[str] = set()
         for job, row in zip(jobs, rows):
-            if job.job_id in inserted:
+            if job.job_id in inserted and job.job_id not in seen:
+                seen.add(job.job_id)
                 out.append((job.job_id, True))
                 continue
             for _ in range(3):
@@ -170,7 +179,15 @@ class SqlJobLedger:
                 held = conn.execute(select(_JOBS.c.due_at).where(_JOBS.c.job_id == job_id,
                                                                  _JOBS.c.state.in_(("running", "delayed")))).scalar()
                 return None if held is None else Busy(max(0.0, (as_utc(held) - now).total_seconds()))
-        job = Job.model_validate_json(row.job_json).model_copy(update={"attempts": row.attempts})
+        job = _readable(row.job_json)
+        if job is None:
+            # Written by an older version this one cannot read: dead-lettered, not retried forever.
+            with self.db.connect() as conn:
+                conn.execute(update(_JOBS).where(_JOBS.c.job_id == job_id, _JOBS.c.state == "running")
+                             .values(state="dead", holder=None, due_at=None, updated_at=now,
+                                     last_error="the stored job cannot be read by this version"))
+            return None
+        job = job.model_copy(update={"attempts": row.attempts})
         if row.last_error:
             job.meta["last_error"] = row.last_error  # redacted when it was stored
         return Claim(job)
@@ -229,8 +246,9 @@ class SqlJobLedger:
                 touched = conn.execute(update(_JOBS).where(_JOBS.c.id == row.id, _JOBS.c.state == row.state,
                                                            _JOBS.c.updated_at == row.updated_at)
                                        .values(updated_at=now)).rowcount
-                if touched == 1:
-                    found.append((row.topic, Job.model_validate_json(row.job_json)))
+                job = _readable(row.job_json)
+                if touched == 1 and job is not None:  # an unreadable one is dead-lettered by its next claim
+                    found.append((row.topic, job))
         return found
 
     # -- queries -----------------------------------------------------------------------------
@@ -262,9 +280,10 @@ class SqlJobLedger:
                                 .order_by(_JOBS.c.updated_at, _JOBS.c.id)).all()
         jobs = []
         for row in rows:
-            job = Job.model_validate_json(row.job_json)
-            jobs.append(job.model_copy(update={"attempts": row.attempts,
-                                               "meta": {**job.meta, "last_error": row.last_error}}))
+            job = _readable(row.job_json)
+            if job is not None:
+                jobs.append(job.model_copy(update={"attempts": row.attempts,
+                                                   "meta": {**job.meta, "last_error": row.last_error}}))
         return jobs
 
     def prune(self, *, older_than: timedelta, now: datetime | None = None) -> int:
@@ -274,6 +293,15 @@ class SqlJobLedger:
             return int(conn.execute(_JOBS.delete().where(_JOBS.c.state == "done", _JOBS.c.updated_at < cutoff))
                        .rowcount or 0)
 
+
+
+def _readable(text: str) -> Job | None:
+    """A stored job, or None if this version cannot read it (it is logged)."""
+    try:
+        return Job.model_validate_json(text)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        log.error("a stored job cannot be read: %s", str(exc).splitlines()[0])
+        return None
 
 
 def _stored(error: BaseException | str | None) -> str | None:

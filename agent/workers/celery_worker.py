@@ -72,7 +72,7 @@ class WorkerRuntime:
         """Keep the claim's lease renewed (every third of it) until the block ends."""
         with self._held_lock:
             self._held[claim.job.job_id] = claim
-            if self._keeper is None:
+            if self._keeper is None or not self._keeper.is_alive():
                 # One keeper per process, for every job it holds: a thread per job cost more than
                 # a short job itself.
                 self._keeper = threading.Thread(target=self._keep, name="agent-lease", daemon=True)
@@ -90,10 +90,15 @@ class WorkerRuntime:
                 held = list(self._held.values())
             for claim in held:
                 try:
-                    if not self.ledger.renew(claim, lease=self.lease):
-                        log.warning("job %s: its lease was taken over", claim.job.job_id)
-                except AgentError as exc:
-                    log.warning("job %s: lease not renewed: %s", claim.job.job_id, exc)
+                    renewed = self.ledger.renew(claim, lease=self.lease)
+                except Exception as exc:  # the store is busy or down: the next round tries again
+                    log.warning("job %s: lease not renewed: %s: %s", claim.job.job_id, type(exc).__name__, exc)
+                    continue
+                if not renewed:
+                    with self._held_lock:
+                        if self._held.get(claim.job.job_id) is claim:
+                            # Settled meanwhile, or its lease lapsed and another worker took it over.
+                            del self._held[claim.job.job_id]
 
 
 _runtime: WorkerRuntime | None = None
@@ -167,11 +172,13 @@ def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime) -> str:
 
 def _failed_around(app: Any, topic: str, claim: Claim, rt: WorkerRuntime, exc: Exception) -> str:
     """Our store or the broker failed around a claimed job (the job's own failures are execute_job's
-    answer): bad input is dead at once, anything else is retried with backoff until out of attempts."""
+    answer).  Bad input is dead at once.  Anything else is retried with backoff, a few times past
+    ``max_attempts`` too: the run may have succeeded and only its follow-ups or its settling failed,
+    which the next claim (the exhausted path) finishes without running it again."""
     error = redact(f"{type(exc).__name__}: {exc}")
     log.warning("job %s: %s", claim.job.job_id, error)
-    if isinstance(exc, InvalidInput) or claim.job.attempts >= claim.job.max_attempts:
-        rt.ledger.bury(claim, error=error)
+    if isinstance(exc, InvalidInput) or claim.job.attempts >= claim.job.max_attempts + _GRACE:
+        _bury_audited(claim, rt, error)
         return "dead"
     delay = retry_delay(claim.job.attempts, base=rt.settings.retry_base)
     if rt.ledger.retry(claim, delay=delay, error=error):
@@ -179,30 +186,46 @@ def _failed_around(app: Any, topic: str, claim: Claim, rt: WorkerRuntime, exc: E
     return "retry"
 
 
+_GRACE = 3  # attempts past max_attempts for failures around a job, not of it
+
+
+def _bury_audited(claim: Claim, rt: WorkerRuntime, error: str) -> None:
+    rt.ledger.bury(claim, error=error)
+    try:  # best effort: the audit run says dead too, not "running" for ever
+        give_up(claim.job, error, audit=rt.audit)
+    except Exception as exc:
+        log.warning("job %s: its audit run was not marked dead: %s", claim.job.job_id, type(exc).__name__)
+
+
 def worker_app(settings: Settings | None = None, *, broker: str | None = None) -> Any:
     """The Celery app with our task registered: what ``celery -A`` and ``agent worker`` run."""
     app = celery_app(settings, broker=broker)
     app.agent_settings = settings  # what this app's worker processes run jobs with (None: the environment)
 
-    @app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def agent_run_job(self: Any, topic: str, data: Any) -> str:
-        return run_job(self.app, topic, data)
-
+    app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(_agent_run_job)
     return app
+
+
+def _agent_run_job(task: Any, topic: str, data: Any) -> str:
+    """The Celery task: one callable, whichever app registers it."""
+    return run_job(task.app, topic, data)
 
 
 def run_celery_worker(settings: Settings, *, topics: list[str], concurrency: int, loglevel: str = "WARNING",
                       hostname: str | None = None, restart_delay: float = 2.0) -> int:
-    """Run a Celery worker (prefork, ``concurrency`` processes) on ``topics`` until SIGTERM / SIGINT.
+    """Run a Celery worker (prefork, ``concurrency`` processes) on ``topics`` until SIGTERM / SIGINT / SIGHUP.
 
     The Celery worker runs in a child process (``celery -A agent.workers.celery_app``)
-    that this one supervises: if it dies on its own (an unrecoverable error,
-    such as a client library failing while the broker restarts) it is started
-    again after ``restart_delay`` seconds; SIGTERM and SIGINT are passed on
-    (Celery's warm shutdown: the batches in hand are finished).  A thread
-    publishes again, now and then, jobs whose message the broker may have lost.
-    The child gets this process's environment, with ``broker_url`` set from
-    ``settings``.  Returns the worker's exit status.
+    that this one supervises.  The child gets ``settings`` as ``AGENT_*``
+    variables, runs in a process group of its own (a terminal's Ctrl-C reaches
+    only this process, which passes one SIGTERM on: Celery's warm shutdown,
+    the batches in hand are finished) and is told to stop if this process dies.
+    If it dies on its own (an unrecoverable error, such as a client library
+    failing while the broker restarts) it is started again, after
+    ``restart_delay`` seconds doubling up to a minute while it keeps dying
+    quickly; an exit that says its configuration is wrong (64 to 78) is final.
+    A thread publishes again, now and then, jobs whose message the broker may
+    have lost.  Returns the worker's exit status.
     """
     from agent.queues.celery_queue import CeleryQueue
 
@@ -223,27 +246,57 @@ def run_celery_worker(settings: Settings, *, topics: list[str], concurrency: int
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if hostname:
         argv += ["-n", hostname]
-    env = {**os.environ, "AGENT_BROKER_URL": settings.broker_url or ""}
+    env = _settings_env(settings)
     child: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, frame: Any) -> None:
         stop.set()
         if child and child[0].poll() is None:
-            child[0].send_signal(signum)
+            child[0].send_signal(signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    delay = restart_delay
     try:
-        while True:
-            child[:] = [subprocess.Popen(argv, env=env)]
-            status = child[0].wait()
-            if stop.is_set():
+        while not stop.is_set():
+            started = time.monotonic()
+            child[:] = [subprocess.Popen(argv, env=env, process_group=0, preexec_fn=_stop_with_parent)]
+            if stop.is_set():  # a signal came while the child was being started
+                child[0].send_signal(signal.SIGTERM)
+            status = _exit_status(child[0].wait())
+            if stop.is_set() or 64 <= status <= 78:
                 return status
-            log.warning("the Celery worker exited on its own (status %s); starting it again in %.0f s",
-                        status, restart_delay)
-            if stop.wait(restart_delay):
-                return status
+            delay = restart_delay if time.monotonic() - started > 60 else min(60.0, delay * 2)
+            log.warning("the Celery worker exited on its own (status %s); starting it again in %.0f s", status, delay)
+            stop.wait(delay)
+        return 0
     finally:
         stop.set()
         queue.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    """This process's environment with ``settings`` as ``AGENT_*`` variables (the worker's child reads them)."""
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_SETTINGS_FILE"}
+    for name, value in settings.model_dump().items():
+        key = f"AGENT_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervising process dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the child outlives a killed supervisor
+
+
+def _exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode  # killed by signal N: 128 + N

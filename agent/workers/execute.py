@@ -151,7 +151,10 @@ def follow_ups(envelope: dict[str, Any]) -> tuple[FollowUp, ...]:
 def _finished(audit: Any, run_id: str, state: str) -> JobOutcome:
     """A job whose run already finished (its worker died before the ack): nothing to run again, but
     its follow-ups may not have been queued yet, and queueing them twice adds nothing."""
-    final = audit.last_envelope(run_id) if state == "succeeded" else None
+    if state == "dead":
+        run = audit.get_run(run_id)
+        return JobOutcome("dead", error=AgentCallError("job", (run.error if run else None) or "its run is dead"))
+    final = audit.last_envelope(run_id)
     return JobOutcome("ack", follow_ups=follow_ups(final.envelope) if final else ())
 
 
