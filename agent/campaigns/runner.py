@@ -63,6 +63,7 @@ class CampaignRunner:
         self.audit = audit or SqlAuditStore(Database.for_settings(self.settings))
         self.queue = queue or InMemoryQueue(visibility_timeout=600)
         self.topic = check_topic(topic)
+        self._topics = {self.topic}  # and those a resume queued batches on (their own)
 
     # -- planning ------------------------------------------------------------------------------
     def find_leads(self, campaign: Campaign) -> list[int]:
@@ -97,6 +98,7 @@ class CampaignRunner:
                               meta["lead_ids"], topic=topic, resumed=True)
             self.queue.enqueue(topic, plan.job)
             topics.add(topic)
+            self._topics.add(topic)
         recover = getattr(self.queue, "recover", None)
         if recover is not None:
             # A broker may have lost the messages of jobs it still had: send them again (copies are harmless).
@@ -115,22 +117,25 @@ class CampaignRunner:
         (``agent worker --backend celery``) and this only watches, for at most
         ``timeout`` seconds when given.
         """
-        worker = None
+        workers = []
         if isinstance(self.queue, Queue):
-            worker = Worker(self.queue, self.registry, topic=self.topic, audit_store=self.audit, poll=poll,
-                            retry_base=self.settings.retry_base)
-            worker.start(threads)
+            for topic in sorted(self._topics):
+                worker = Worker(self.queue, self.registry, topic=topic, audit_store=self.audit, poll=poll,
+                                retry_base=self.settings.retry_base)
+                worker.start(threads)
+                workers.append(worker)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while not self.queue.join(self.topic, timeout=poll):
+            while not all(self.queue.join(topic, timeout=poll / len(self._topics)) for topic in sorted(self._topics)):
                 if deadline is not None and time.monotonic() > deadline:
                     break  # the caller stops watching; the reports say what is left
                 if progress is not None:
                     for report in reports:
                         progress(self.report(report.campaign_id, report.run_key))
         finally:
-            if worker is not None:
+            for worker in workers:
                 worker.stop()
+            for worker in workers:
                 worker.join()
         return [self.report(r.campaign_id, r.run_key) for r in reports]
 

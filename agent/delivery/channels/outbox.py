@@ -39,7 +39,8 @@ def _write_once(path: Path, data: bytes) -> bool:
     """
     if path.exists():
         return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".eml")
+    # Not named *.eml: a crash can leave it behind, and it must never pass for a message.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
