@@ -19,6 +19,8 @@ from typing import Any
 
 from celery import Celery
 
+from agent.queues.celery_queue import reliable_conf
+
 TASK = "bench.noop"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/11"
 COUNTER_URL = os.environ.get("BENCH_PEER_COUNTER", "redis://127.0.0.1:6379/11")
@@ -47,17 +49,7 @@ def counter() -> Any:
 def make_app(broker: str) -> Celery:
     """A Celery app on ``broker`` with our reliability settings and the no-op task."""
     peer = Celery("bench_peer", broker=broker, set_as_current=False)
-    peer.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_transport_options={"visibility_timeout": 3600.0},
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-    )
+    peer.conf.update(**reliable_conf(3600.0))  # exactly what our app runs with
 
     @peer.task(name=TASK, acks_late=True, reject_on_worker_lost=True)
     def noop(key: str) -> None:

@@ -127,3 +127,9 @@ def load_campaign(path: str | Path) -> Campaign:
         raise PayloadError("file", f"{file.name} is not valid {'JSON' if file.suffix == '.json' else 'YAML'}: "
                                    f"{str(exc).splitlines()[0]}") from None
     return Campaign.parse(data)
+
+
+def check_tenant(campaign: Campaign, tenant: str, *, who: str = "this orchestrator") -> None:
+    """A campaign works on one tenant's leads: another tenant's is refused, naming ``campaign.tenant``."""
+    if campaign.tenant != tenant:
+        raise PayloadError("campaign.tenant", f"is {campaign.tenant!r}, but {who} works for tenant {tenant!r}")

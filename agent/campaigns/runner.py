@@ -21,9 +21,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from agent.audit import AuditStore, SqlAuditStore
-from agent.campaigns.model import Campaign
+from agent.campaigns.model import Campaign, check_tenant
 from agent.campaigns.planning import ORCHESTRATOR, batch_plan, find_leads, plan_batches, record_plans
-from agent.errors import PayloadError
 from agent.queues import InMemoryQueue, JobQueue, Queue, check_topic
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
@@ -73,9 +72,7 @@ class CampaignRunner:
     def start(self, campaign: Campaign, *, run_key: str | None = None,
               lead_ids: list[int] | None = None) -> CampaignReport:
         """Record and queue one job per batch of leads; returns the run's report (nothing done yet)."""
-        if campaign.tenant != self.settings.tenant:
-            raise PayloadError("campaign.tenant", f"is {campaign.tenant!r}, but this store works for tenant "
-                                                  f"{self.settings.tenant!r} (set AGENT_TENANT)")
+        check_tenant(campaign, self.settings.tenant, who="this store (AGENT_TENANT)")
         run_key = run_key or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         ids = self.find_leads(campaign) if lead_ids is None else list(lead_ids)
         plans = plan_batches(campaign, run_key, ids, topic=self.topic)

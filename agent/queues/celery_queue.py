@@ -29,7 +29,7 @@ from agent.queues.base import Job, JobQueue, QueueStats, check_topic
 from agent.queues.ledger import SqlJobLedger
 from agent.settings import Settings, get_settings
 
-__all__ = ["CeleryQueue", "celery_app", "publish", "TASK"]
+__all__ = ["CeleryQueue", "celery_app", "reliable_conf", "publish", "TASK"]
 
 log = get_logger("agent.queue")
 
@@ -48,19 +48,23 @@ def celery_app(settings: Settings | None = None, *, broker: str | None = None) -
     if not url.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
         raise ConfigurationError("setting broker_url: must be a redis:// or amqp:// URL")
     app = Celery("agent", broker=url, set_as_current=False)
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        task_default_queue="orchestrate",
-    )
+    app.conf.update(**reliable_conf(settings.broker_visibility_timeout), task_default_queue="orchestrate")
     return app
+
+
+def reliable_conf(visibility_timeout: float) -> dict[str, Any]:
+    """Celery settings under which work is not lost (also what the benchmark's raw peer runs with)."""
+    return {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
 
 
 def publish(app: Any, topic: str, job: Job, *, countdown: float | None = None, producer: Any = None) -> None:

@@ -20,12 +20,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.campaigns.model import Campaign
+from agent.campaigns.model import Campaign, check_tenant
 from agent.campaigns.planning import find_leads, plan_batches
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.outputs import Output
 from agent.engine.state import FlowState
-from agent.errors import PayloadError
 from agent.high_level_agents.orchestrators.base import BaseOrchestrator
 
 __all__ = ["CampaignOrchestrator", "CampaignPayload", "FOLLOW_UP"]
@@ -61,9 +60,7 @@ class CampaignOrchestrator(BaseOrchestrator):
 
     def validate_payload(self, payload: Any) -> CampaignPayload:
         model: CampaignPayload = super().validate_payload(payload)
-        if model.campaign.tenant != self.tenant:
-            raise PayloadError("campaign.tenant", f"is {model.campaign.tenant!r}, but this orchestrator "
-                                                  f"runs for tenant {self.tenant!r}")
+        check_tenant(model.campaign, self.tenant)
         return model
 
     def build_flow(self, variant: Any = None) -> FlowGraph:

@@ -24,12 +24,11 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.campaigns.model import Campaign
+from agent.campaigns.model import Campaign, check_tenant
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.outputs import Output
 from agent.engine.state import FlowState
 from agent.envelope import PROVENANCE, make_provenance
-from agent.errors import PayloadError
 from agent.high_level_agents.orchestrators.base import BaseOrchestrator
 from agent.high_level_agents.orchestrators.delivery import DeliveryOrchestrator
 
@@ -73,10 +72,8 @@ class OutreachOrchestrator(BaseOrchestrator):
 
     def validate_payload(self, payload: Any) -> OutreachPayload:
         model: OutreachPayload = super().validate_payload(payload)
-        if model.campaign.tenant != self.tenant:
-            # Leads are loaded for this orchestrator's tenant: another tenant's campaign must not use them.
-            raise PayloadError("campaign.tenant", f"is {model.campaign.tenant!r}, but this orchestrator "
-                                                  f"runs for tenant {self.tenant!r}")
+        # Leads are loaded for this orchestrator's tenant: another tenant's campaign must not use them.
+        check_tenant(model.campaign, self.tenant)
         return model
 
     def build_flow(self, variant: Any = None) -> FlowGraph:
