@@ -148,3 +148,32 @@ class LedgerEdgesTest(unittest.TestCase):
         self.assertIsNone(self.ledger.claim(job_id, lease=30))
         self.assertEqual(self.ledger.state(job_id)["state"], "dead")
         self.assertEqual(self.ledger.overdue("t", after=0), [])
+
+
+class JobsCliTest(unittest.TestCase):
+    def test_jobs_stats_and_dead_show_the_ledger_with_errors_redacted(self) -> None:
+        import json
+        import os
+        import subprocess
+        import sys
+
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        ledger = SqlJobLedger(home.database())
+        job_id, _ = ledger.add("campaigns", Job(orchestrator="outreach_orchestrator", run_id="r1"))
+        ledger.add("campaigns", Job(orchestrator="outreach_orchestrator", run_id="r2"))
+        ledger.bury(ledger.claim(job_id, lease=30), error="SMTPError: 550 for jane@acme.example")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(AGENT_HOME=str(home.path), AGENT_DATABASE_URL=home.settings.resolved_database_url,
+                   AGENT_SAMPLE_DATA="off")
+
+        def agent(*args: str) -> str:
+            done = subprocess.run([sys.executable, "-m", "agent.cli", "jobs", *args, "--json"], env=env,
+                                  capture_output=True, text=True, timeout=60)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            return done.stdout
+
+        stats, dead = json.loads(agent("stats")), json.loads(agent("dead"))
+        self.assertEqual((stats["ready"], stats["dead"]), (1, 1))
+        self.assertEqual([(d["job_id"], d["run_id"]) for d in dead], [(job_id, "r1")])
+        self.assertEqual(dead[0]["last_error"], "SMTPError: 550 for ***@acme.example")

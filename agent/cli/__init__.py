@@ -36,6 +36,7 @@ app.add_typer(db_app, name="db")
 def _add_commands() -> None:
     from agent.cli.campaign import campaign_app, runs_app, trace
     from agent.cli.flows import flow_app
+    from agent.cli.jobs import jobs_app
     from agent.cli.worker import worker
 
     app.add_typer(flow_app, name="flow")
@@ -43,6 +44,7 @@ def _add_commands() -> None:
     app.add_typer(runs_app, name="runs")
     app.command("trace")(trace)
     app.command("worker")(worker)
+    app.add_typer(jobs_app, name="jobs")
 
 
 _add_commands()
