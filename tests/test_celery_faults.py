@@ -200,6 +200,21 @@ class TriggeredOnCeleryTest(CampaignOnCelery, unittest.TestCase):
         self.assertEqual(len(list(Path(self.settings.resolved_outbox_dir).glob("*.eml"))), leads)
 
 
+def queue_and_worker(test: unittest.TestCase, home: Any, *, concurrency: int) -> tuple[CeleryQueue, str, CeleryWorker]:
+    """A queue and an `agent worker` on Redis, on a topic of their own, for ``home``; all cleaned up.
+    The queue's recover_after is far beyond any guard: a job lost would make join time out."""
+    test.addCleanup(home.cleanup)
+    settings = get_settings(**{**home.settings.model_dump(), "broker_url": REDIS_BROKER})
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    queue = CeleryQueue(settings=settings, poll=0.05, recover_after=3600)
+    test.addCleanup(queue.close)
+    test.addCleanup(drop_queues, REDIS_BROKER, [topic])
+    worker = CeleryWorker(worker_env(settings, REDIS_BROKER), [topic], concurrency=concurrency,
+                          log=Path(home.settings.home, "worker.log"))
+    test.addCleanup(worker.stop)
+    return queue, topic, worker
+
+
 @requires_real_services()
 class ForkedPoolOnPostgresTest(unittest.TestCase):
     """Celery's pool processes are forked from a parent that has used the database: each must use
@@ -209,16 +224,7 @@ class ForkedPoolOnPostgresTest(unittest.TestCase):
         from agent.queues import Job
 
         home = postgres_home(self)
-        self.addCleanup(home.cleanup)
-        settings = get_settings(**{**home.settings.model_dump(), "broker_url": REDIS_BROKER})
-        topic = f"fork-{uuid.uuid4().hex[:8]}"
-        # recover_after far beyond the guard: a lost job would make join time out
-        queue = CeleryQueue(settings=settings, poll=0.05, recover_after=3600)
-        self.addCleanup(queue.close)
-        self.addCleanup(drop_queues, REDIS_BROKER, [topic])
-        worker = CeleryWorker(worker_env(settings, REDIS_BROKER), [topic], concurrency=2,
-                              log=Path(home.settings.home, "worker.log"))
-        self.addCleanup(worker.stop)
+        queue, topic, worker = queue_and_worker(self, home, concurrency=2)
         queue.enqueue_many(topic, [Job(orchestrator="test_echo", run_id=f"fork-{i}") for i in range(6)])
         self.assertTrue(queue.join(topic, timeout=60), "jobs waited for recovery: a pool process failed them")
         self.assertEqual(queue.stats(topic).dead, 0)
@@ -235,15 +241,7 @@ class SupervisedWorkerTest(unittest.TestCase):
         from agent.queues import Job
 
         home = TempHomeOnSqlite()
-        self.addCleanup(home.cleanup)
-        settings = get_settings(**{**home.settings.model_dump(), "broker_url": REDIS_BROKER})
-        topic = f"super-{uuid.uuid4().hex[:8]}"
-        queue = CeleryQueue(settings=settings, poll=0.05, recover_after=3600)
-        self.addCleanup(queue.close)
-        self.addCleanup(drop_queues, REDIS_BROKER, [topic])
-        worker = CeleryWorker(worker_env(settings, REDIS_BROKER), [topic], concurrency=1,
-                              log=Path(home.settings.home, "worker.log"))
-        self.addCleanup(worker.stop)
+        queue, topic, worker = queue_and_worker(self, home, concurrency=1)
         # Given the Celery worker under `agent worker`, SIGKILLed with its pool
         celery = wait_for(worker.children, 30, "the Celery worker process")[0]
         pool = subprocess.run(["pgrep", "-P", str(celery)], capture_output=True, text=True).stdout.split()

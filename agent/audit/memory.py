@@ -86,6 +86,16 @@ class InMemoryAuditStore(AuditStore):
 
     def save_envelope(self, run_id: str, envelope: Mapping[str, Any]) -> bool:
         validate_envelope(envelope)
+        return self._save_envelope(run_id, envelope)
+
+    def save_envelopes(self, run_id: str, envelopes: Sequence[Mapping[str, Any]], *,
+                       validated: bool = False) -> int:
+        if not validated:
+            for envelope in envelopes:  # all checked before any is kept
+                validate_envelope(envelope)
+        return sum(self._save_envelope(run_id, envelope) for envelope in envelopes)
+
+    def _save_envelope(self, run_id: str, envelope: Mapping[str, Any]) -> bool:
         digest = envelope_hash(envelope)
         meta = envelope["metadata"]
         indexed = index_records(envelope)

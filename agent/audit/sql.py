@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from agent.audit.base import (
@@ -44,7 +43,7 @@ from agent.audit.base import (
 )
 from agent.envelope import validate_envelope
 from agent.errors import ConfigurationError
-from agent.storage.db import Database
+from agent.storage.db import Database, upsert_insert
 from agent.storage.times import as_utc, aware, utc_clock
 from agent.storage.models import (
     AuditDeliveryRow,
@@ -62,7 +61,6 @@ _RECORDS = AuditRecordRow.__table__
 _FAILURES = AuditFailureRow.__table__
 _DELIVERIES = AuditDeliveryRow.__table__
 _CHILDREN = (_RECORDS, _ENVELOPES, _FAILURES, _DELIVERIES)
-_DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 class SqlAuditStore(AuditStore):
@@ -70,7 +68,8 @@ class SqlAuditStore(AuditStore):
 
     def __init__(self, db: Database | str, *, clock: Callable[[], datetime] | None = None) -> None:
         self.db = Database(db) if isinstance(db, str) else db
-        if self.db.dialect not in _DIALECT_INSERT:
+        self._insert = upsert_insert(self.db.dialect)
+        if self._insert is None:
             raise ConfigurationError(f"SqlAuditStore works on SQLite or PostgreSQL, not {self.db.dialect}")
         if self.db.dialect == "sqlite" and self.db.engine.url.database in (None, "", ":memory:"):
             # Each connection of an in-memory SQLite database is a database of its own.
@@ -78,7 +77,6 @@ class SqlAuditStore(AuditStore):
                                      "for an audit trail in memory use InMemoryAuditStore")
         self.db.migrate()
         self._clock = utc_clock(clock)
-        self._insert = _DIALECT_INSERT[self.db.dialect]
         self._sqlite = self.db.dialect == "sqlite"
         # SQLite has one writer at a time: this process's threads queue here, not in its busy handler.
         self._thread_lock = threading.Lock()

@@ -39,7 +39,7 @@ def _runner(backend: str = "memory") -> Any:
     return CampaignRunner(settings, queue=CeleryQueue(settings=settings))
 
 
-def _work(runner: Any, reports: list[Any], threads: int, as_json: bool) -> None:
+def _work(runner: Any, reports: list[Any], threads: int, as_json: bool) -> list[Any]:
     if as_json or not reports:
         finished = runner.work(reports, threads=threads)
     else:
@@ -57,6 +57,7 @@ def _work(runner: Any, reports: list[Any], threads: int, as_json: bool) -> None:
     _summary(finished, runner, as_json)
     if any(r.states["dead"] for r in finished):
         raise typer.Exit(1)  # some batches gave up: `agent runs list --state dead` says which and why
+    return finished
 
 
 def _summary(reports: list[Any], runner: Any, as_json: bool) -> None:

@@ -71,9 +71,9 @@ def run_demo(console: Console, *, as_json: bool = False) -> dict[str, Any]:
         return result
 
     # A demo run before this one (same run keys): its finished batches are acked without running again.
-    earlier = runner.report(campaign.id, RUN_KEY)
+    earlier = runner.report(campaign.id, RUN_KEY, messages=False)
     repeat = earlier.batches > 0 and earlier.states["succeeded"] == earlier.batches
-    quiet = repeat or runner.report(campaign.id, GATE_RUN_KEY).finished
+    quiet = repeat or runner.report(campaign.id, GATE_RUN_KEY, messages=False).finished
 
     # The gate: one batch of the same leads with allow_delivery off (the default) writes nothing.
     gated = campaign.model_copy(update={"allow_delivery": False})
@@ -96,8 +96,8 @@ def run_demo(console: Console, *, as_json: bool = False) -> dict[str, Any]:
         else:
             console.rule(Text("3. The campaign run: batch jobs on the in-memory queue, run by worker threads"),
                          align="left")
-            _work(runner, [report], THREADS, False)  # progress bar and summary table, as `agent campaign run`
-            report = runner.report(campaign.id, RUN_KEY)
+            # Progress bar and summary table, as `agent campaign run`.
+            [report] = _work(runner, [report], THREADS, False)
     after = _eml_count(outbox)
     result["report"] = {**_report_dict(report), "finished_before": repeat}
     result["outbox_files"] = {"before": before, "after": after, "new": after - before}

@@ -14,11 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import StorageError
-from agent.storage.db import Database
+from agent.storage.db import Database, upsert_insert
 from agent.storage.models import OutboxMessage, utcnow
 
 __all__ = ["LedgerEntry", "OutboxLedger"]
@@ -76,7 +75,7 @@ class OutboxLedger:
         """
         if not claims:
             return {}
-        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(self.db.dialect)
+        insert = upsert_insert(self.db.dialect)
         if insert is None:  # another database: one claim at a time
             return {c["idempotency_key"]: self.claim(c["idempotency_key"], **{k: v for k, v in c.items()
                                                                               if k != "idempotency_key"})

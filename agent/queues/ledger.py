@@ -29,13 +29,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import ConfigurationError, StorageError
 from agent.logs import get_logger, redact
 from agent.queues.base import Job, QueueStats, error_text
-from agent.storage.db import Database
+from agent.storage.db import Database, upsert_insert
 from agent.storage.models import QueueJobRow
 from agent.storage.times import as_utc, utc_clock
 
@@ -44,7 +43,6 @@ __all__ = ["SqlJobLedger", "Claim", "Busy", "OPEN_STATES"]
 _JOBS = QueueJobRow.__table__
 _LOCK = "agent:queue"
 log = get_logger("agent.queue")
-_DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 OPEN_STATES = ("queued", "running", "delayed")
 
 
@@ -125,7 +123,7 @@ class SqlJobLedger:
         """Insert the rows that clash with no live job id or key; the ids inserted."""
         if not rows:
             return set()
-        insert = _DIALECT_INSERT.get(self.db.dialect)
+        insert = upsert_insert(self.db.dialect)
         if insert is None:  # another database: one at a time, a clash is an IntegrityError
             done = set()
             for row in rows:

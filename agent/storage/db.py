@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from agent.errors import ConfigurationError, StorageError
 from agent.settings import Settings, get_settings
 
-__all__ = ["Database", "MIGRATIONS_DIR"]
+__all__ = ["Database", "MIGRATIONS_DIR", "upsert_insert", "bulk_cache"]
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -33,6 +33,18 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # it is kept small; a bulk import raises its own connection's (see ``bulk_cache``).
 CACHE_KIB = 8192
 BULK_CACHE_KIB = 65536
+
+
+def upsert_insert(dialect: str) -> Any:
+    """The dialect's ``insert`` with ``on_conflict_do_nothing`` / ``on_conflict_do_update`` (SQLite and
+    PostgreSQL), or None for a database without them."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    return insert
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from agent.storage.db import upsert_insert
 from agent.storage.models import DataVersion
 
 __all__ = ["bump_version", "read_version"]
@@ -16,11 +17,9 @@ __all__ = ["bump_version", "read_version"]
 
 def bump_version(conn: Connection, tenant: str, scope: str) -> None:
     """Increment the counter, creating it on first use (an atomic upsert)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(DataVersion).values(tenant_id=tenant, scope=scope, version=1)
+    # PostgreSQL's upsert, else SQLite's (the same ON CONFLICT syntax)
+    dialect = "postgresql" if conn.dialect.name == "postgresql" else "sqlite"
+    stmt = upsert_insert(dialect)(DataVersion).values(tenant_id=tenant, scope=scope, version=1)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[DataVersion.tenant_id, DataVersion.scope],
         set_={"version": DataVersion.version + 1}))

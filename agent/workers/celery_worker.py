@@ -229,7 +229,7 @@ def run_celery_worker(settings: Settings, *, topics: list[str], concurrency: int
     """
     from agent.queues.celery_queue import CeleryQueue
 
-    queue = CeleryQueue(worker_app(settings), settings=settings)
+    queue = CeleryQueue(celery_app(settings), settings=settings)  # publishes only: runs no task here
     stop = threading.Event()
 
     def recover() -> None:
