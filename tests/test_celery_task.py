@@ -62,11 +62,12 @@ class RunJobTest(unittest.TestCase):
         self.assertEqual(self.queue.stats(self.topic).dead, 0)
 
     def test_a_job_whose_audit_write_fails_is_retried_then_dead_lettered_not_looped_forever(self) -> None:
+        from agent.audit import AuditStore
         from agent.queues import Job
         from agent.workers.celery_worker import run_job
 
         # Given a job whose every run fails around the job itself (the audit store refuses it)
-        class BrokenAudit:
+        class BrokenAudit(AuditStore):
             def start_run(self, *args: object, **kwargs: object) -> None:
                 raise RuntimeError("audit store down")
 

@@ -39,6 +39,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "dead": frozenset(),
 }
 MAX_RUN_ID = 64
+LOST_ATTEMPT = "the previous attempt was lost with its worker"
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,47 @@ class AuditStore:
     def save_deliveries(self, run_id: str, records: Sequence[Mapping[str, Any]]) -> list[AuditDelivery]:
         """``save_delivery`` for each record (a store may do it in one transaction)."""
         return [self.save_delivery(run_id, record) for record in records]
+
+    # -- a job's attempt: two calls (a store may make each one transaction) ---------------------
+    def begin_attempt(self, run_id: str, *, orchestrator: str, job_id: str | None = None,
+                      campaign_id: str | None = None, tenant: str = "default",
+                      meta: Mapping[str, Any] | None = None) -> AuditRun:
+        """Start an attempt of a job's run: the run is created if unknown, then moved to ``running``.
+
+        A run found ``running`` lost its previous attempt with its worker: that
+        is saved as a failure (and the run as ``failed``) first.  A finished run
+        (``succeeded`` or ``dead``) comes back unchanged: the caller runs nothing.
+        A run another attempt moved meanwhile comes back as it now is.
+        """
+        run = self.start_run(run_id, orchestrator=orchestrator, job_id=job_id, campaign_id=campaign_id,
+                             tenant=tenant, meta=meta)
+        if run.state in ("succeeded", "dead"):
+            return run
+        try:
+            if run.state == "running":
+                self.save_failure(run_id, LOST_ATTEMPT)
+                self.set_state(run_id, "failed")
+            return self.set_state(run_id, "running")
+        except InvalidInput:
+            return self.get_run(run_id) or run
+
+    def end_attempt(self, run_id: str, state: RunState, *, envelopes: Sequence[Mapping[str, Any]] = (),
+                    error: str | BaseException | None = None, runs: Sequence[Mapping[str, Any]] = (),
+                    deliveries: Sequence[Mapping[str, Any]] = ()) -> AuditRun:
+        """End an attempt: keep its node ``envelopes`` (checked already, by the engine or the
+        caller), its ``error`` as a failure, the follow-up ``runs`` it starts (each
+        ``start_run``'s keyword arguments, with ``run_id``) and its ``deliveries``; then
+        move the run to ``state`` (``set_state``'s refusal if the move is not allowed)."""
+        check_states(state)
+        if envelopes:
+            self.save_envelopes(run_id, envelopes, validated=True)
+        if error is not None:
+            self.save_failure(run_id, error)
+        for start in runs:
+            self.start_run(**start)
+        if deliveries:
+            self.save_deliveries(run_id, deliveries)
+        return self.set_state(run_id, state)
 
     def get_run(self, run_id: str) -> AuditRun | None:
         raise NotImplementedError

@@ -9,17 +9,16 @@ write transaction begins IMMEDIATE, so writers queue instead of failing an upgra
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from agent.audit.base import (
     FINISHED_STATES,
+    LOST_ATTEMPT,
     AuditDelivery,
     AuditEnvelope,
     AuditFailure,
@@ -44,6 +43,7 @@ from agent.audit.base import (
 from agent.envelope import validate_envelope
 from agent.errors import ConfigurationError
 from agent.storage.db import Database, upsert_insert
+from agent.storage.prepared import Prepared, param, read_time
 from agent.storage.times import as_utc, aware, utc_clock
 from agent.storage.models import (
     AuditDeliveryRow,
@@ -61,6 +61,17 @@ _RECORDS = AuditRecordRow.__table__
 _FAILURES = AuditFailureRow.__table__
 _DELIVERIES = AuditDeliveryRow.__table__
 _CHILDREN = (_RECORDS, _ENVELOPES, _FAILURES, _DELIVERIES)
+_RUN_COLUMNS = tuple(_RUNS.c.keys())
+_START_COLUMNS = ("run_id", "orchestrator", "state", "job_id", "campaign_id", "tenant_id", "meta_json", "attempts",
+                  "created_at", "updated_at")
+_ENVELOPE_COLUMNS = ("run_id", "node", "flow", "envelope_hash", "envelope_json", "created_at")
+_DELIVERY_COLUMNS = ("message_id", "run_id", "to_address", "lead_id", "campaign_id", "step", "status", "created_at",
+                     "provenance_json")
+_GET_RUN = Prepared(select(_RUNS).where(_RUNS.c.run_id == param("run_id")))
+_ADD_RECORD = Prepared(insert(_RECORDS).values({c: param(c) for c in (
+    "run_id", "node", "hash", "lead_id", "message_id", "parents_json", "record_json")}))
+_ADD_FAILURE = Prepared(insert(_FAILURES).values({c: param(c) for c in (
+    "run_id", "node", "error_type", "message", "code", "envelope_json", "created_at")}))
 
 
 class SqlAuditStore(AuditStore):
@@ -68,71 +79,130 @@ class SqlAuditStore(AuditStore):
 
     def __init__(self, db: Database | str, *, clock: Callable[[], datetime] | None = None) -> None:
         self.db = Database(db) if isinstance(db, str) else db
-        self._insert = upsert_insert(self.db.dialect)
-        if self._insert is None:
+        insert = upsert_insert(self.db.dialect)
+        if insert is None:
             raise ConfigurationError(f"SqlAuditStore works on SQLite or PostgreSQL, not {self.db.dialect}")
+        self._insert = insert
         if self.db.dialect == "sqlite" and self.db.engine.url.database in (None, "", ":memory:"):
             # Each connection of an in-memory SQLite database is a database of its own.
             raise ConfigurationError("SqlAuditStore needs a SQLite file (or PostgreSQL); "
                                      "for an audit trail in memory use InMemoryAuditStore")
         self.db.migrate()
         self._clock = utc_clock(clock)
-        self._sqlite = self.db.dialect == "sqlite"
-        # SQLite has one writer at a time: this process's threads queue here, not in its busy handler.
-        self._thread_lock = threading.Lock()
+        # The statements every job runs, compiled once (see agent.storage.prepared).
+        self._start = Prepared(insert(_RUNS).values({c: param(c) for c in _START_COLUMNS})
+                               .on_conflict_do_nothing(index_elements=["run_id"]))
+        self._add_envelope = Prepared(insert(_ENVELOPES).values({c: param(c) for c in _ENVELOPE_COLUMNS})
+                                      .on_conflict_do_nothing(index_elements=["run_id", "envelope_hash"])
+                                      .returning(_ENVELOPES.c.id))
+        self._changes: dict[tuple[str, bool], Prepared] = {}
+        keep = insert(_DELIVERIES)
+        self._keep_delivery = keep.on_conflict_do_update(
+            index_elements=["message_id"], set_={k: keep.excluded[k] for k in _DELIVERY_COLUMNS if k != "message_id"})
 
-    @contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        if not self._sqlite:
-            with self.db.connect() as conn:
-                yield conn
-            return
-        with self._thread_lock, self.db.connect(lock="agent:audit") as conn:
-            yield conn
+    def _writing(self) -> Any:
+        # On SQLite, writers wait for the file's writer lock and begin IMMEDIATE.
+        return self.db.connect(write=True)
 
     def _require_run(self, conn: Connection, run_id: str) -> None:
-        if conn.execute(select(_RUNS.c.id).where(_RUNS.c.run_id == run_id)).first() is None:
+        if _GET_RUN.execute(conn, {"run_id": run_id}).fetchone() is None:
             raise unknown_run(run_id)
 
     # -- writes ------------------------------------------------------------------------------
+    def _start_values(self, run_id: str, orchestrator: str, job_id: str | None, campaign_id: str | None,
+                      tenant: str, meta: Mapping[str, Any] | None, now: datetime) -> dict[str, Any]:
+        body = dumps(check_start(run_id, orchestrator, job_id, campaign_id, tenant, meta))
+        return {"run_id": run_id, "orchestrator": orchestrator, "state": "queued", "job_id": job_id,
+                "campaign_id": campaign_id, "tenant_id": tenant, "meta_json": body, "attempts": 0,
+                "created_at": now, "updated_at": now}
+
     def start_run(self, run_id: str, *, orchestrator: str, job_id: str | None = None,
                   campaign_id: str | None = None, tenant: str = "default",
                   meta: Mapping[str, Any] | None = None) -> AuditRun:
-        body = dumps(check_start(run_id, orchestrator, job_id, campaign_id, tenant, meta))
-        now = self._clock()
-        values = {"run_id": run_id, "orchestrator": orchestrator, "state": "queued", "job_id": job_id,
-                  "campaign_id": campaign_id, "tenant_id": tenant, "meta_json": body, "attempts": 0,
-                  "error": None, "created_at": now, "updated_at": now, "started_at": None, "finished_at": None}
+        values = self._start_values(run_id, orchestrator, job_id, campaign_id, tenant, meta, self._clock())
         with self._writing() as conn:
-            conn.execute(self._insert(_RUNS).values(values).on_conflict_do_nothing(index_elements=["run_id"]))
-            row = conn.execute(select(_RUNS).where(_RUNS.c.run_id == run_id)).mappings().one()
-        return _run(row)
+            self._start.execute(conn, values)
+            return _run_row(_GET_RUN.execute(conn, {"run_id": run_id}).fetchone())
+
+    def begin_attempt(self, run_id: str, *, orchestrator: str, job_id: str | None = None,
+                      campaign_id: str | None = None, tenant: str = "default",
+                      meta: Mapping[str, Any] | None = None) -> AuditRun:
+        now = self._clock()
+        values = self._start_values(run_id, orchestrator, job_id, campaign_id, tenant, meta, now)
+        with self._writing() as conn:  # one transaction
+            self._start.execute(conn, values)
+            run = _run_row(_GET_RUN.execute(conn, {"run_id": run_id}).fetchone())
+            if run.state in ("succeeded", "dead"):
+                return run
+            if run.state == "running":
+                self._add_failure(conn, failure_from(run_id, LOST_ATTEMPT, None, now))
+                self._change(conn, run_id, "failed", None, now)
+            row = self._change(conn, run_id, "running", None, now)
+            return run if row is None else _run_row(row)
+
+    def end_attempt(self, run_id: str, state: RunState, *, envelopes: Sequence[Mapping[str, Any]] = (),
+                    error: str | BaseException | None = None, runs: Sequence[Mapping[str, Any]] = (),
+                    deliveries: Sequence[Mapping[str, Any]] = ()) -> AuditRun:
+        check_states(state)
+        now = self._clock()
+        rows = self._envelope_rows(run_id, envelopes, now)
+        failure = None if error is None else failure_from(run_id, error, None, now)
+        starts = [self._start_values(start["run_id"], start["orchestrator"], start.get("job_id"),
+                                     start.get("campaign_id"), start.get("tenant", "default"), start.get("meta"), now)
+                  for start in runs]
+        upsert, kept = self._delivery_rows(run_id, deliveries)
+        with self._writing() as conn:  # one transaction
+            self._require_run(conn, run_id)
+            self._insert_envelopes(conn, rows)
+            if failure is not None:
+                self._add_failure(conn, failure)
+            if starts:
+                self._start.execute_many(conn, starts)
+            if kept:
+                conn.execute(upsert, kept)
+            row = self._change(conn, run_id, state, error_text(error), now)
+        # Refused: set_state names the refused move (or makes it, if the run moved meanwhile).
+        return _run_row(row) if row is not None else self.set_state(run_id, state, error=error)
 
     def set_state(self, run_id: str, state: RunState, *, error: str | BaseException | None = None) -> AuditRun:
         check_states(state)
         message = error_text(error)
-        sources = [name for name, moves in TRANSITIONS.items() if state in moves]
         while True:
             now = self._clock()
+            with self._writing() as conn:
+                row = self._change(conn, run_id, state, message, now)
+            if row is not None:
+                return _run_row(row)
+            self._refused(run_id, state, message, now)  # raises, unless it moved meanwhile: try again
+
+    def _change(self, conn: Connection, run_id: str, state: str, message: str | None, now: datetime) -> Any:
+        """The compare-and-set move of ``run_id`` to ``state``: the changed row, or None if refused."""
+        key = (state, message is not None)
+        change = self._changes.get(key)
+        if change is None:
+            sources = [name for name, moves in TRANSITIONS.items() if state in moves]
             running = state == "running"
             # One statement: the move happens only from a state the machine allows, atomically.
             # Entering "running" counts an attempt; "failed" -> "dead" keeps why it failed.
             kept_error = _RUNS.c.error if state in ("failed", "dead") else None
-            change = (update(_RUNS).where(_RUNS.c.run_id == run_id, _RUNS.c.state.in_(sources))
-                      .values(state=state, updated_at=now,
-                              error=message if message is not None else kept_error,
-                              attempts=_RUNS.c.attempts + 1 if running else _RUNS.c.attempts,
-                              started_at=now if running else _RUNS.c.started_at,
-                              finished_at=now if state in FINISHED_STATES else None)
-                      .returning(*_RUNS.c))
-            with self._writing() as conn:
-                row = conn.execute(change).mappings().first()
-            if row is not None:
-                return _run(row)
-            run = self.get_run(run_id)
-            if run is None:
-                raise unknown_run(run_id)
-            advance(run, state, error=message, now=now)  # names the refused move; else it moved meanwhile
+            change = self._changes.setdefault(key, Prepared(
+                update(_RUNS).where(_RUNS.c.run_id == param("target"), _RUNS.c.state.in_(sources))
+                .values(state=state, updated_at=param("now"),
+                        error=param("message") if message is not None else kept_error,
+                        attempts=_RUNS.c.attempts + 1 if running else _RUNS.c.attempts,
+                        started_at=param("now") if running else _RUNS.c.started_at,
+                        finished_at=param("now") if state in FINISHED_STATES else None)
+                .returning(*_RUNS.c)))
+        params = {"target": run_id, "now": now}
+        if message is not None:
+            params["message"] = message
+        return change.execute(conn, params).fetchone()
+
+    def _refused(self, run_id: str, state: str, message: str | None, now: datetime) -> AuditRun:
+        run = self.get_run(run_id)
+        if run is None:
+            raise unknown_run(run_id)
+        return advance(run, state, error=message, now=now)  # names the refused move; else it moved meanwhile
 
     def save_envelope(self, run_id: str, envelope: Mapping[str, Any]) -> bool:
         return self.save_envelopes(run_id, [envelope]) == 1
@@ -142,7 +212,16 @@ class SqlAuditStore(AuditStore):
         if not validated:
             for envelope in envelopes:
                 validate_envelope(envelope)
-        now = self._clock()
+        rows = self._envelope_rows(run_id, envelopes, self._clock())
+        if not rows:
+            return 0
+        with self._writing() as conn:
+            self._require_run(conn, run_id)
+            return self._insert_envelopes(conn, rows)
+
+    @staticmethod
+    def _envelope_rows(run_id: str, envelopes: Sequence[Mapping[str, Any]],
+                       now: datetime) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         rows: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         for envelope in envelopes:
             digest = envelope_hash(envelope)
@@ -153,35 +232,35 @@ class SqlAuditStore(AuditStore):
             rows[digest] = ({"run_id": run_id, "node": meta["node"], "flow": meta["flow"], "envelope_hash": digest,
                              "envelope_json": envelope_json(envelope, indexed), "created_at": now},
                             [{**r, "run_id": run_id, "node": meta["node"]} for r in indexed])
-        if not rows:
-            return 0
-        with self._writing() as conn:
-            self._require_run(conn, run_id)
-            known = set(conn.execute(select(_ENVELOPES.c.envelope_hash).where(
-                _ENVELOPES.c.run_id == run_id, _ENVELOPES.c.envelope_hash.in_(list(rows)))).scalars())
-            fresh = [row for digest, row in rows.items() if digest not in known]  # saved already: records and all
-            if not fresh:
-                return 0
-            # One multi-row INSERT whose RETURNING says which were new: a concurrent saver of the same
-            # envelope (PostgreSQL) inserts it once, and only the winner writes its records.
-            insert = (self._insert(_ENVELOPES).values([row for row, _ in fresh])
-                      .on_conflict_do_nothing(index_elements=["run_id", "envelope_hash"])
-                      .returning(_ENVELOPES.c.envelope_hash))
-            inserted = set(conn.execute(insert).scalars())
-            records = [record for row, indexed in fresh if row["envelope_hash"] in inserted for record in indexed]
-            if records:
-                conn.execute(_RECORDS.insert(), records)
-        return len(inserted)
+        return list(rows.values())
+
+    def _insert_envelopes(self, conn: Connection, rows: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> int:
+        """Each envelope once (a concurrent saver of the same one, on PostgreSQL, inserts it once), and
+        the records of those that were new; how many were new."""
+        records: list[dict[str, Any]] = []
+        new = 0
+        for row, indexed in rows:
+            if self._add_envelope.execute(conn, row).fetchone() is not None:
+                new += 1
+                records.extend(indexed)
+        if records:
+            _ADD_RECORD.execute_many(conn, records)
+        return new
 
     def save_failure(self, run_id: str, error: str | BaseException, envelope: Any = None) -> AuditFailure:
         failure = failure_from(run_id, error, envelope, self._clock())
         with self._writing() as conn:
             self._require_run(conn, run_id)
-            conn.execute(_FAILURES.insert().values(
-                run_id=run_id, node=failure.node, error_type=failure.error_type, message=failure.message,
-                code=failure.code, envelope_json=None if envelope is None else dumps(failure.envelope),
-                created_at=failure.saved_at))
+            self._add_failure(conn, failure)
         return failure
+
+    @staticmethod
+    def _add_failure(conn: Connection, failure: AuditFailure) -> None:
+        _ADD_FAILURE.execute(conn, {
+            "run_id": failure.run_id, "node": failure.node, "error_type": failure.error_type,
+            "message": failure.message, "code": failure.code,
+            "envelope_json": None if failure.envelope is None else dumps(failure.envelope),
+            "created_at": failure.saved_at})
 
     def save_delivery(self, run_id: str, record: Mapping[str, Any]) -> AuditDelivery:
         return self.save_deliveries(run_id, [record])[0]
@@ -190,16 +269,22 @@ class SqlAuditStore(AuditStore):
         deliveries = [delivery_from(run_id, record, self._clock()) for record in records]
         if not deliveries:
             return []
-        rows = [{"message_id": d.message_id, "run_id": run_id, "to_address": d.to, "lead_id": d.lead_id,
-                 "campaign_id": d.campaign_id, "step": d.step, "status": d.status, "created_at": d.saved_at,
-                 "provenance_json": None if d.provenance is None else dumps(d.provenance)} for d in deliveries]
-        insert = self._insert(_DELIVERIES)
-        upsert = insert.on_conflict_do_update(
-            index_elements=["message_id"], set_={k: insert.excluded[k] for k in rows[0] if k != "message_id"})
+        upsert, rows = self._delivery_rows(run_id, records, deliveries)
         with self._writing() as conn:
             self._require_run(conn, run_id)
             conn.execute(upsert, rows)
         return deliveries
+
+    def _delivery_rows(self, run_id: str, records: Sequence[Mapping[str, Any]],
+                       deliveries: Sequence[AuditDelivery] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+        """The upsert keeping ``records`` as deliveries, and its rows."""
+        if deliveries is None:
+            now = self._clock()
+            deliveries = [delivery_from(run_id, record, now) for record in records]
+        rows = [{"message_id": d.message_id, "run_id": run_id, "to_address": d.to, "lead_id": d.lead_id,
+                 "campaign_id": d.campaign_id, "step": d.step, "status": d.status, "created_at": d.saved_at,
+                 "provenance_json": None if d.provenance is None else dumps(d.provenance)} for d in deliveries]
+        return self._keep_delivery, rows
 
     # -- queries -----------------------------------------------------------------------------
     def get_run(self, run_id: str) -> AuditRun | None:
@@ -283,5 +368,10 @@ class SqlAuditStore(AuditStore):
 def _run(row: Mapping[str, Any]) -> AuditRun:
     return AuditRun(row["run_id"], row["orchestrator"], row["state"], row["job_id"], row["campaign_id"],
                     row["tenant_id"], json.loads(row["meta_json"]), row["attempts"], row["error"],
-                    aware(row["created_at"]), aware(row["updated_at"]), aware(row["started_at"]),
-                    aware(row["finished_at"]))
+                    read_time(row["created_at"]), read_time(row["updated_at"]), read_time(row["started_at"]),
+                    read_time(row["finished_at"]))
+
+
+def _run_row(row: Sequence[Any]) -> AuditRun:
+    """A run from a driver's row of every ``audit_runs`` column, in table order."""
+    return _run(dict(zip(_RUN_COLUMNS, row)))

@@ -36,12 +36,28 @@ from agent.logs import get_logger, redact
 from agent.queues.base import Job, QueueStats, error_text
 from agent.storage.db import Database, upsert_insert
 from agent.storage.models import QueueJobRow
+from agent.storage.prepared import Prepared, param
 from agent.storage.times import as_utc, utc_clock
 
 __all__ = ["SqlJobLedger", "Claim", "Busy", "OPEN_STATES"]
 
 _JOBS = QueueJobRow.__table__
 _LOCK = "agent:queue"
+# The statements every job runs, compiled once (see agent.storage.prepared).
+_CLAIM = Prepared(
+    update(_JOBS).where(_JOBS.c.job_id == param("target"), or_(
+        _JOBS.c.state == "queued",
+        and_(_JOBS.c.state == "delayed", or_(_JOBS.c.due_at.is_(None), _JOBS.c.due_at <= param("now"))),
+        and_(_JOBS.c.state == "running", _JOBS.c.due_at < param("now"))))
+    .values(state="running", attempts=_JOBS.c.attempts + 1, holder=param("holder"), due_at=param("due"),
+            updated_at=param("now"))
+    .returning(_JOBS.c.job_json, _JOBS.c.attempts, _JOBS.c.last_error))
+_OURS = update(_JOBS).where(_JOBS.c.job_id == param("target"), _JOBS.c.attempts == param("attempts"),
+                            _JOBS.c.state == "running")
+_RENEW = Prepared(_OURS.values(due_at=param("due"), updated_at=param("now")))
+_FINISH = Prepared(_OURS.values(state=param("state"), holder=None, due_at=param("due"), updated_at=param("now")))
+_SETTLE = Prepared(_OURS.values(state=param("state"), holder=None, due_at=param("due"), updated_at=param("now"),
+                                last_error=param("error")))
 log = get_logger("agent.queue")
 OPEN_STATES = ("queued", "running", "delayed")
 
@@ -163,62 +179,51 @@ class SqlJobLedger:
         nothing to do (the job is unknown, done or dead).
         """
         now = self._clock()
-        free = or_(_JOBS.c.state == "queued",
-                   and_(_JOBS.c.state == "delayed", or_(_JOBS.c.due_at.is_(None), _JOBS.c.due_at <= now)),
-                   and_(_JOBS.c.state == "running", _JOBS.c.due_at < now))
-        change = (update(_JOBS).where(_JOBS.c.job_id == job_id, free)
-                  .values(state="running", attempts=_JOBS.c.attempts + 1, holder=holder,
-                          due_at=now + timedelta(seconds=lease), updated_at=now)
-                  .returning(_JOBS.c.job_json, _JOBS.c.attempts, _JOBS.c.last_error))
-        with self.db.connect() as conn:
-            row = conn.execute(change).first()
+        with self.db.connect(write=True) as conn:
+            row = _CLAIM.execute(conn, {"target": job_id, "now": now, "holder": holder,
+                                        "due": now + timedelta(seconds=lease)}).fetchone()
             if row is None:
                 # Held under a live lease, or a retry not yet due: this copy comes back then.
                 held = conn.execute(select(_JOBS.c.due_at).where(_JOBS.c.job_id == job_id,
                                                                  _JOBS.c.state.in_(("running", "delayed")))).scalar()
                 return None if held is None else Busy(max(0.0, (as_utc(held) - now).total_seconds()))
-        job = _readable(row.job_json)
+        job_json, attempts, last_error = row
+        job = _readable(job_json)
         if job is None:
             # Written by an older version this one cannot read: dead-lettered, not retried forever.
-            with self.db.connect() as conn:
+            with self.db.connect(write=True) as conn:
                 conn.execute(update(_JOBS).where(_JOBS.c.job_id == job_id, _JOBS.c.state == "running")
                              .values(state="dead", holder=None, due_at=None, updated_at=now,
                                      last_error="the stored job cannot be read by this version"))
             return None
-        job = job.model_copy(update={"attempts": row.attempts})
-        if row.last_error:
-            job.meta["last_error"] = row.last_error  # redacted when it was stored
+        job = job.model_copy(update={"attempts": attempts})
+        if last_error:
+            job.meta["last_error"] = last_error  # redacted when it was stored
         return Claim(job)
 
     def renew(self, claim: Claim, *, lease: float) -> bool:
         """Push back the lease of an attempt in hand; False if the job is no longer ours."""
         now = self._clock()
-        with self.db.connect() as conn:
-            return conn.execute(self._ours(claim).values(due_at=now + timedelta(seconds=lease),
-                                                         updated_at=now)).rowcount == 1
+        return self._settle(claim, _RENEW, due=now + timedelta(seconds=lease), now=now)
 
     def finish(self, claim: Claim) -> bool:
         """The attempt succeeded: the job is done."""
-        return self._settle(claim, state="done", due_at=None)
+        return self._settle(claim, _FINISH, state="done", due=None)
 
     def retry(self, claim: Claim, *, delay: float, error: BaseException | str | None) -> bool:
         """The attempt failed: the job waits ``delay`` seconds before it may run again."""
         due = self._clock() + timedelta(seconds=max(0.0, delay))
-        return self._settle(claim, state="delayed", due_at=due, last_error=_stored(error))
+        return self._settle(claim, _SETTLE, state="delayed", due=due, error=_stored(error))
 
     def bury(self, claim: Claim, *, error: BaseException | str | None) -> bool:
         """The job gives up: dead-lettered with its last error."""
-        return self._settle(claim, state="dead", due_at=None, last_error=_stored(error))
+        return self._settle(claim, _SETTLE, state="dead", due=None, error=_stored(error))
 
-    def _ours(self, claim: Claim) -> Any:
-        # The attempt in hand, and no later one: the same attempt count, still running.
-        return update(_JOBS).where(_JOBS.c.job_id == claim.job.job_id, _JOBS.c.attempts == claim.job.attempts,
-                                   _JOBS.c.state == "running")
-
-    def _settle(self, claim: Claim, **values: Any) -> bool:
-        with self.db.connect() as conn:
-            return conn.execute(self._ours(claim).values(holder=None, updated_at=self._clock(),
-                                                         **values)).rowcount == 1
+    def _settle(self, claim: Claim, statement: Prepared, **values: Any) -> bool:
+        # Only the attempt in hand, and no later one: the same attempt count, still running.
+        params = {"target": claim.job.job_id, "attempts": claim.job.attempts, "now": self._clock(), **values}
+        with self.db.connect(write=True) as conn:
+            return statement.execute(conn, params).rowcount == 1
 
     # -- recovery ----------------------------------------------------------------------------
     def overdue(self, topic: str | None, *, after: float, limit: int = 1000) -> list[tuple[str, Job]]:

@@ -8,11 +8,12 @@ empty store.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,47 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+class WriterLock:
+    """Writers of one SQLite file, one at a time across this machine's processes.
+
+    A thread lock, then ``flock`` on a file beside the database.  SQLite alone
+    would make a second writer poll in its busy handler, sleeping up to 100 ms
+    between looks, so two busy processes spend most of their time asleep; a
+    writer waiting here wakes as soon as the lock is free.  Reentrant within a
+    thread.  A forked child opens its own lock file (an inherited descriptor
+    would share the parent's lock instead of waiting for it).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = f"{path}-writer.lock"
+        self._reset()
+
+    def _reset(self) -> None:
+        self._thread = threading.RLock()
+        self._fd: int | None = None
+        self._depth = 0
+
+    def after_fork(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the parent keeps its own copy, and with it its lock
+        self._reset()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread:
+            if self._depth == 0:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 def _describe(exc: SQLAlchemyError) -> str:
     """The error's class and the first line of the driver's message (no row values)."""
     orig = getattr(exc, "orig", None)
@@ -101,6 +143,8 @@ def _after_fork_in_child() -> None:
     for db in list(_ALL):
         db.engine.dispose(close=False)
         db._ready_lock = threading.Lock()
+        if db._writers is not None:
+            db._writers.after_fork()
     Database._handles_lock = threading.Lock()  # another thread may have held it at the fork
 
 
@@ -122,10 +166,13 @@ class Database:
         self.dialect = parsed.get_backend_name()
         # Row values never reach error messages or logs.
         options: dict[str, Any] = {"future": True, "hide_parameters": True}
+        self._writers: WriterLock | None = None
         if self.dialect == "sqlite":
             database = parsed.database
-            if database and database != ":memory:":
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if database and database != ":memory:" and not database.startswith("file:"):
+                path = Path(database).expanduser()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._writers = WriterLock(str(path.resolve()))
             options["connect_args"] = {"check_same_thread": False, **(connect_args or {})}
         else:
             if parsed.drivername == "postgresql":
@@ -226,16 +273,20 @@ class Database:
             session.close()
 
     @contextmanager
-    def connect(self, *, lock: str | None = None) -> Iterator[Connection]:
+    def connect(self, *, lock: str | None = None, write: bool = False) -> Iterator[Connection]:
         """A Core connection in a transaction (bulk paths).
 
-        With ``lock``, writers that name the same lock run one at a time: on
-        SQLite the transaction begins IMMEDIATE (the database's write lock);
-        on PostgreSQL it takes a transaction-scoped advisory lock on the name.
+        ``write`` says the transaction will write: on SQLite it waits for the
+        file's ``WriterLock``, then begins IMMEDIATE (the database's write
+        lock), so it never fails to upgrade a read; on PostgreSQL it changes
+        nothing (rows lock themselves).  ``lock`` implies ``write``, and on
+        PostgreSQL also takes a transaction-scoped advisory lock on the name:
+        writers that name the same lock run one at a time.
         """
+        sqlite_writer = self.dialect == "sqlite" and (write or lock is not None)
         try:
-            with self.engine.connect() as conn:
-                if lock is not None:
+            with self._writer(sqlite_writer), self.engine.connect() as conn:
+                if sqlite_writer:
                     conn.execution_options(agent_write_lock=True)
                 with conn.begin():
                     if lock is not None and self.dialect == "postgresql":
@@ -243,6 +294,9 @@ class Database:
                     yield conn
         except SQLAlchemyError as exc:
             raise StorageError(f"database error: {_describe(exc)}") from exc
+
+    def _writer(self, wanted: bool) -> Any:
+        return self._writers.hold() if wanted and self._writers is not None else nullcontext()
 
     def count(self, model: Any, **filters: Any) -> int:
         with self.session() as s:

@@ -58,20 +58,21 @@ def retry_delay(attempt: int, *, base: float = 1.0, max_delay: float = 300.0,
 
 def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: dict[str, Any] | None = None,
                 retry_base: float = 1.0) -> JobOutcome:
-    """Run one job; the outcome tells the caller whether to ack, retry or dead-letter it."""
+    """Run one job; the outcome tells the caller whether to ack, retry or dead-letter it.
+
+    The audit trail of an attempt is two writes: ``begin_attempt`` before the
+    run, and ``end_attempt`` after it with everything the run produced (node
+    envelopes, failure, follow-up runs, deliveries) and its final state.
+    """
     if audit is not None:
-        run = audit.start_run(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
-                              campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
+        run = audit.begin_attempt(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
+                                  campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
         if run.state in ("succeeded", "dead"):
             log.warning("job %s: run %s is already %s; acked without running it", job.job_id, job.run_id,
                         run.state)
             return _finished(audit, job.run_id, run.state)
-        if run.state == "running":
-            # The attempt before this one died with its worker (SIGKILL, lost lease): say so.
-            audit.save_failure(job.run_id, "the previous attempt was lost with its worker")
-            _set_state(audit, job.run_id, "failed")
-        _set_state(audit, job.run_id, "running")
     hook = None
+    nodes: list[dict[str, Any]] = []
     try:
         orchestrator = _resolve(registry, job.orchestrator, resolved, audit)
         hook = _hook(orchestrator, audit) if audit is not None else None
@@ -81,7 +82,7 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
             envelope = validate_envelope(orchestrator.run(job.payload, run_id=job.run_id))
         finally:
             if hook is not None:
-                hook.flush(job.run_id)  # what the nodes did, also when the run failed half-way
+                nodes = hook.take(job.run_id)  # what the nodes did, also when the run failed half-way
     except Exception as exc:
         error = exc if isinstance(exc, AgentError) else AgentCallError(job.orchestrator, f"{type(exc).__name__}: {exc}")
         # Bad input and unknown names never get better on a retry.
@@ -91,8 +92,7 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
                     "dead" if verdict == "dead" else "will retry", job.attempts, job.max_attempts,
                     type(error).__name__, error)
         if audit is not None:
-            audit.save_failure(job.run_id, error)
-            _set_state(audit, job.run_id, "dead" if verdict == "dead" else "failed")
+            _end(audit, job.run_id, "dead" if verdict == "dead" else "failed", envelopes=nodes, error=error)
         delay = retry_delay(job.attempts, base=retry_base) if verdict == "retry" else 0.0
         return JobOutcome(verdict, error=error, delay=delay)
     try:
@@ -100,18 +100,15 @@ def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: di
     except InvalidInput as exc:
         log.warning("job %s run %s dead: a follow-up job is malformed: %s", job.job_id, job.run_id, exc)
         if audit is not None:
-            audit.save_failure(job.run_id, exc)
-            _set_state(audit, job.run_id, "dead")
+            _end(audit, job.run_id, "dead", envelopes=nodes, error=exc)
         return JobOutcome("dead", error=exc)
     if audit is not None:
-        audit.save_envelope(job.run_id, envelope)
-        for item in follow:
-            # Recorded before it is queued (and before this run says succeeded): a crash in between loses
-            # no batch, and a resume finds it.
-            audit.start_run(item.job.run_id, orchestrator=item.job.orchestrator,
-                            campaign_id=item.job.meta.get("campaign_id"), tenant=item.tenant, meta=item.audit_meta)
-        audit.save_deliveries(job.run_id, _deliveries(envelope["records"], audit))
-        _set_state(audit, job.run_id, "succeeded")
+        # The follow-up runs are recorded with this run's success (before they are queued): a crash in
+        # between loses no batch, and a resume finds it.
+        runs = [{"run_id": item.job.run_id, "orchestrator": item.job.orchestrator, "tenant": item.tenant,
+                 "campaign_id": item.job.meta.get("campaign_id"), "meta": item.audit_meta} for item in follow]
+        _end(audit, job.run_id, "succeeded", envelopes=[*nodes, envelope], runs=runs,
+             deliveries=_deliveries(envelope["records"], audit))
     return JobOutcome("ack", envelope=envelope, follow_ups=follow)
 
 
@@ -181,10 +178,9 @@ def give_up(job: Any, error: BaseException | str, *, audit: Any = None) -> JobOu
                               campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
         if run.state in ("succeeded", "dead"):
             return _finished(audit, job.run_id, run.state)
-        audit.save_failure(job.run_id, error)
         if run.state == "queued":
             _set_state(audit, job.run_id, "running")  # the state machine reaches "dead" through "running"
-        _set_state(audit, job.run_id, "dead")
+        _end(audit, job.run_id, "dead", error=error)
     return JobOutcome("dead", error=error if isinstance(error, BaseException) else AgentCallError(
         job.orchestrator, error))
 
@@ -194,9 +190,10 @@ class AuditHook:
     lineage can be walked from a sent message back through the draft to the lead row.
 
     Only runs opened with ``begin`` are kept (a planning search on the same
-    engine is not a job), and their envelopes are buffered, then written in one
-    transaction by ``flush``: a map node's items make one envelope each, and a
-    transaction apiece cost more than the work they record.
+    engine is not a job), and their envelopes are buffered until ``take`` hands
+    them to the attempt's ``end_attempt`` (or ``flush`` writes them): a map
+    node's items make one envelope each, and a transaction apiece cost more
+    than the work they record.
     """
 
     def __init__(self, audit: Any) -> None:
@@ -208,12 +205,17 @@ class AuditHook:
         with self._lock:
             self._pending.setdefault(run_id, [])
 
-    def flush(self, run_id: str) -> None:
-        """Write what the run's nodes produced, in the order they ended, and stop listening to it."""
+    def take(self, run_id: str) -> list[dict[str, Any]]:
+        """What the run's nodes produced, in the order they ended (the engine checked each one);
+        the hook stops listening to the run."""
         with self._lock:
-            envelopes = self._pending.pop(run_id, [])
+            return self._pending.pop(run_id, [])
+
+    def flush(self, run_id: str) -> None:
+        """Write what the run's nodes produced, and stop listening to it."""
+        envelopes = self.take(run_id)
         if envelopes:
-            self.audit.save_envelopes(run_id, envelopes, validated=True)  # the engine checked each one
+            self.audit.save_envelopes(run_id, envelopes, validated=True)
 
     def after_node(self, *, event: str, run_id: str, envelope: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
@@ -243,6 +245,16 @@ def _hook(instance: Any, audit: Any) -> AuditHook | None:
         if isinstance(hook, AuditHook) and hook.audit is audit:
             return hook
     return None
+
+
+def _end(audit: Any, run_id: str, state: str, **kwargs: Any) -> None:
+    try:
+        audit.end_attempt(run_id, state, **kwargs)
+    except InvalidInput as exc:
+        if exc.field != "state":
+            raise
+        # A redelivered job finds its run in a later state (e.g. already succeeded elsewhere).
+        log.warning("run %s: %s", run_id, exc)
 
 
 def _set_state(audit: Any, run_id: str, state: str) -> None:
