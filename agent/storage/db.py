@@ -191,6 +191,7 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._ambient = threading.local()  # this thread's transaction(), if any
         self._ready = False
         self._ready_lock = threading.Lock()
         _ALL.add(self)
@@ -282,8 +283,22 @@ class Database:
         nothing (rows lock themselves).  ``lock`` implies ``write``, and on
         PostgreSQL also takes a transaction-scoped advisory lock on the name:
         writers that name the same lock run one at a time.
+
+        Inside this thread's ``transaction()`` on this database, the block
+        joins that transaction instead of opening one.
         """
         sqlite_writer = self.dialect == "sqlite" and (write or lock is not None)
+        joined = getattr(self._ambient, "conn", None)
+        if joined is not None:
+            if sqlite_writer and not self._ambient.writer:
+                raise StorageError("a write inside a read-only transaction() of the same database")
+            try:
+                if lock is not None and self.dialect == "postgresql":
+                    joined.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": lock})
+            except SQLAlchemyError as exc:
+                raise StorageError(f"database error: {_describe(exc)}") from exc
+            yield joined
+            return
         try:
             with self._writer(sqlite_writer), self.engine.connect() as conn:
                 if sqlite_writer:
@@ -294,6 +309,22 @@ class Database:
                     yield conn
         except SQLAlchemyError as exc:
             raise StorageError(f"database error: {_describe(exc)}") from exc
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Connection]:
+        """One transaction that every ``connect`` of this thread on this database joins until the
+        block ends: several stores' writes (a job's claim and its audit) commit together, or not
+        at all.  Nested, it joins the outer one."""
+        if getattr(self._ambient, "conn", None) is not None:
+            with self.connect(write=write) as conn:
+                yield conn
+            return
+        with self.connect(write=write) as conn:
+            self._ambient.conn, self._ambient.writer = conn, write
+            try:
+                yield conn
+            finally:
+                self._ambient.conn = None
 
     def _writer(self, wanted: bool) -> Any:
         return self._writers.hold() if wanted and self._writers is not None else nullcontext()

@@ -1,6 +1,6 @@
 """The Celery side of the queue: the task that runs a job, and ``agent worker --backend celery``.
 
-The task does what the local ``Worker`` does, with the same ``execute_job``:
+The task does what the local ``Worker`` does, with the same ``Attempt`` (``execute_job``):
 claim the job in the ``SqlJobLedger`` (attempt + 1, a lease that a keeper
 thread renews while the job runs), run it, then finish it, retry it later
 (a new message with a countdown) or bury it.  A message for a job whose lease
@@ -31,7 +31,7 @@ from agent.queues.base import Job
 from agent.queues.celery_queue import TASK, celery_app, publish
 from agent.queues.ledger import Busy, Claim, SqlJobLedger
 from agent.settings import Settings, get_settings
-from agent.workers.execute import execute_job, give_up, queue_follow_ups, retry_delay
+from agent.workers.execute import Attempt, JobOutcome, give_up, queue_follow_ups, retry_delay
 
 __all__ = ["worker_app", "run_job", "WorkerRuntime", "run_celery_worker"]
 
@@ -49,6 +49,7 @@ class WorkerRuntime:
         self.settings = settings
         db = Database.for_settings(settings)
         self.registry = bound_registry(settings)
+        self.db = db
         self.audit = SqlAuditStore(db)
         self.ledger = SqlJobLedger(db)
         self.lease = settings.queue_lease
@@ -58,6 +59,11 @@ class WorkerRuntime:
         self._held: dict[str, Claim] = {}
         self._held_lock = threading.Lock()
         self._keeper: threading.Thread | None = None
+
+    def attempt(self, job: Job) -> Attempt:
+        """An attempt of ``job`` with this process's registry and audit store."""
+        return Attempt(job, registry=self.registry, audit=self.audit, resolved=self.resolved,
+                       retry_base=self.settings.retry_base)
 
     def queue(self, app: Any) -> Any:
         """The queue follow-up jobs go to: the same broker and ledger as the job in hand."""
@@ -137,7 +143,19 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None)
         log.error("a message on %s is not a job and is dropped: %s", topic, exc)
         return "skipped"
     rt = rt or runtime(getattr(app, "agent_settings", None))
-    claim = rt.ledger.claim(job.job_id, lease=rt.lease, holder=rt.holder)
+    began: tuple[Attempt, JobOutcome | None] | None = None
+    try:
+        with rt.db.transaction():  # the claim and the attempt's audited start commit together
+            claim = rt.ledger.claim(job.job_id, lease=rt.lease, holder=rt.holder)
+            if isinstance(claim, Claim) and not claim.exhausted:
+                attempt = rt.attempt(claim.job)
+                began = (attempt, attempt.begin())
+    except Exception as exc:
+        # Nothing was written.  The claim on its own, then: the audit's failure meets the claimed job
+        # again below and settles it (retried, or dead-lettered).
+        log.warning("job %s: claimed without its audit: %s", job.job_id, redact(f"{type(exc).__name__}: {exc}"))
+        began = None
+        claim = rt.ledger.claim(job.job_id, lease=rt.lease, holder=rt.holder)
     if claim is None:
         return "skipped"  # done, dead, or unknown: a late copy of the message
     if isinstance(claim, Busy):
@@ -145,18 +163,28 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None)
         return "busy"
     with rt.leased(claim):  # held through the run, its follow-ups and its settling
         try:
-            return _settle(app, topic, claim, rt)
+            return _settle(app, topic, claim, rt, began)
         except Exception as exc:
             return _failed_around(app, topic, claim, rt, exc)
 
 
-def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime) -> str:
+def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime,
+            began: tuple[Attempt, JobOutcome | None] | None = None) -> str:
     if claim.exhausted:
         outcome = give_up(claim.job, f"its worker was lost on each of its {claim.job.max_attempts} attempts",
                           audit=rt.audit)
     else:
-        outcome = execute_job(claim.job, registry=rt.registry, audit=rt.audit, resolved=rt.resolved,
-                              retry_base=rt.settings.retry_base)
+        attempt, outcome = began if began is not None else (rt.attempt(claim.job), None)
+        if began is None:
+            outcome = attempt.begin()
+        if outcome is None:
+            attempt.run()
+            if attempt.outcome.verdict == "ack" and not attempt.outcome.follow_ups:
+                with rt.db.transaction():  # the audited end and the job's finish commit together
+                    attempt.end()
+                    rt.ledger.finish(claim)
+                return "done"
+            outcome = attempt.end()
     if outcome.verdict == "ack":
         queue_follow_ups(rt.queue(app), outcome)  # before the job is done: a crash here repeats, loses nothing
         rt.ledger.finish(claim)

@@ -22,7 +22,8 @@ from agent.logs import get_logger
 from agent.queues.base import Job, check_topic
 from agent.registry import Registry
 
-__all__ = ["JobOutcome", "FollowUp", "follow_ups", "queue_follow_ups", "execute_job", "give_up", "retry_delay", "AuditHook"]
+__all__ = ["JobOutcome", "FollowUp", "follow_ups", "queue_follow_ups", "execute_job", "Attempt", "give_up",
+           "retry_delay", "AuditHook"]
 
 log = get_logger("agent.worker")
 
@@ -58,58 +59,107 @@ def retry_delay(attempt: int, *, base: float = 1.0, max_delay: float = 300.0,
 
 def execute_job(job: Any, *, registry: Registry, audit: Any = None, resolved: dict[str, Any] | None = None,
                 retry_base: float = 1.0) -> JobOutcome:
-    """Run one job; the outcome tells the caller whether to ack, retry or dead-letter it.
+    """Run one job; the outcome tells the caller whether to ack, retry or dead-letter it."""
+    attempt = Attempt(job, registry=registry, audit=audit, resolved=resolved, retry_base=retry_base)
+    early = attempt.begin()
+    if early is not None:
+        return early
+    attempt.run()
+    return attempt.end()
 
-    The audit trail of an attempt is two writes: ``begin_attempt`` before the
-    run, and ``end_attempt`` after it with everything the run produced (node
-    envelopes, failure, follow-up runs, deliveries) and its final state.
+
+class Attempt:
+    """One attempt of a job in three steps, which ``execute_job`` takes in a row.
+
+    ``begin`` audits the attempt's start (``begin_attempt``), ``run`` runs the
+    orchestrator and decides the outcome, ``end`` audits everything the run
+    produced (node envelopes, failure, follow-up runs, deliveries) with its
+    final state (``end_attempt``) and returns the outcome.  So an attempt's
+    audit trail is two writes, and a caller with writes of its own (the Celery
+    task's claim and settle in the job ledger) can put each in one transaction
+    with them.
     """
-    if audit is not None:
+
+    def __init__(self, job: Any, *, registry: Registry, audit: Any = None,
+                 resolved: dict[str, Any] | None = None, retry_base: float = 1.0) -> None:
+        self.job, self.registry, self.audit = job, registry, audit
+        self.resolved, self.retry_base = resolved, retry_base
+        self._outcome: JobOutcome | None = None
+        self._ending: tuple[str, dict[str, Any]] | None = None  # end_attempt's state and arguments
+
+    def begin(self) -> JobOutcome | None:
+        """Audit the start; an outcome if there is nothing to run (the run finished already)."""
+        job, audit = self.job, self.audit
+        if audit is None:
+            return None
         run = audit.begin_attempt(job.run_id, orchestrator=job.orchestrator, job_id=job.job_id,
                                   campaign_id=job.meta.get("campaign_id"), meta={"attempt": job.attempts})
         if run.state in ("succeeded", "dead"):
             log.warning("job %s: run %s is already %s; acked without running it", job.job_id, job.run_id,
                         run.state)
             return _finished(audit, job.run_id, run.state)
-    hook = None
-    nodes: list[dict[str, Any]] = []
-    try:
-        orchestrator = _resolve(registry, job.orchestrator, resolved, audit)
-        hook = _hook(orchestrator, audit) if audit is not None else None
-        if hook is not None:
-            hook.begin(job.run_id)
+        return None
+
+    def run(self) -> None:
+        """Run the orchestrator and decide the outcome (a job's own failure is an outcome too)."""
+        job, audit = self.job, self.audit
+        hook = None
+        nodes: list[dict[str, Any]] = []
         try:
-            envelope = validate_envelope(orchestrator.run(job.payload, run_id=job.run_id))
-        finally:
+            orchestrator = _resolve(self.registry, job.orchestrator, self.resolved, audit)
+            hook = _hook(orchestrator, audit) if audit is not None else None
             if hook is not None:
-                nodes = hook.take(job.run_id)  # what the nodes did, also when the run failed half-way
-    except Exception as exc:
-        error = exc if isinstance(exc, AgentError) else AgentCallError(job.orchestrator, f"{type(exc).__name__}: {exc}")
-        # Bad input and unknown names never get better on a retry.
-        permanent = isinstance(error, (InvalidInput, RegistryError))
-        verdict: Verdict = "dead" if permanent or job.attempts >= job.max_attempts else "retry"
-        log.warning("job %s run %s %s (attempt %d of %d): %s: %s", job.job_id, job.run_id,
-                    "dead" if verdict == "dead" else "will retry", job.attempts, job.max_attempts,
-                    type(error).__name__, error)
-        if audit is not None:
-            _end(audit, job.run_id, "dead" if verdict == "dead" else "failed", envelopes=nodes, error=error)
-        delay = retry_delay(job.attempts, base=retry_base) if verdict == "retry" else 0.0
-        return JobOutcome(verdict, error=error, delay=delay)
-    try:
-        follow = follow_ups(envelope)
-    except InvalidInput as exc:
-        log.warning("job %s run %s dead: a follow-up job is malformed: %s", job.job_id, job.run_id, exc)
-        if audit is not None:
-            _end(audit, job.run_id, "dead", envelopes=nodes, error=exc)
-        return JobOutcome("dead", error=exc)
-    if audit is not None:
+                hook.begin(job.run_id)
+            try:
+                envelope = validate_envelope(orchestrator.run(job.payload, run_id=job.run_id))
+            finally:
+                if hook is not None:
+                    nodes = hook.take(job.run_id)  # what the nodes did, also when the run failed half-way
+        except Exception as exc:
+            error = exc if isinstance(exc, AgentError) else AgentCallError(
+                job.orchestrator, f"{type(exc).__name__}: {exc}")
+            # Bad input and unknown names never get better on a retry.
+            permanent = isinstance(error, (InvalidInput, RegistryError))
+            verdict: Verdict = "dead" if permanent or job.attempts >= job.max_attempts else "retry"
+            log.warning("job %s run %s %s (attempt %d of %d): %s: %s", job.job_id, job.run_id,
+                        "dead" if verdict == "dead" else "will retry", job.attempts, job.max_attempts,
+                        type(error).__name__, error)
+            delay = retry_delay(job.attempts, base=self.retry_base) if verdict == "retry" else 0.0
+            self._decide(JobOutcome(verdict, error=error, delay=delay), "dead" if verdict == "dead" else "failed",
+                         envelopes=nodes, error=error)
+            return
+        try:
+            follow = follow_ups(envelope)
+        except InvalidInput as exc:
+            log.warning("job %s run %s dead: a follow-up job is malformed: %s", job.job_id, job.run_id, exc)
+            self._decide(JobOutcome("dead", error=exc), "dead", envelopes=nodes, error=exc)
+            return
         # The follow-up runs are recorded with this run's success (before they are queued): a crash in
         # between loses no batch, and a resume finds it.
         runs = [{"run_id": item.job.run_id, "orchestrator": item.job.orchestrator, "tenant": item.tenant,
                  "campaign_id": item.job.meta.get("campaign_id"), "meta": item.audit_meta} for item in follow]
-        _end(audit, job.run_id, "succeeded", envelopes=[*nodes, envelope], runs=runs,
-             deliveries=_deliveries(envelope["records"], audit))
-    return JobOutcome("ack", envelope=envelope, follow_ups=follow)
+        deliveries = _deliveries(envelope["records"], audit) if audit is not None else []
+        self._decide(JobOutcome("ack", envelope=envelope, follow_ups=follow), "succeeded",
+                     envelopes=[*nodes, envelope], runs=runs, deliveries=deliveries)
+
+    def _decide(self, outcome: JobOutcome, state: str, **ending: Any) -> None:
+        self._outcome, self._ending = outcome, (state, ending)
+
+    @property
+    def outcome(self) -> JobOutcome:
+        """What ``run`` decided (before ``end`` audits it)."""
+        if self._outcome is None:
+            raise RuntimeError("the attempt has not run")
+        return self._outcome
+
+    def end(self) -> JobOutcome:
+        """Audit what the run produced and its final state; the outcome."""
+        outcome = self.outcome
+        if self.audit is not None and self._ending is not None:
+            state, ending = self._ending
+            _end(self.audit, self.job.run_id, state, **ending)
+            self._ending = None  # written once, even if end is called again
+        return outcome
 
 
 def queue_follow_ups(queue: Any, outcome: JobOutcome) -> None:
