@@ -22,7 +22,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from email_validator import EmailNotValidError, validate_email
 from jinja2 import StrictUndefined, Template
 from jinja2.exceptions import (
     SecurityError,
@@ -32,7 +31,7 @@ from jinja2.exceptions import (
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agent.delivery.message import is_one_line
+from agent.delivery.message import is_one_line, wire_address
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.agents.base import BaseAgent
@@ -207,9 +206,9 @@ def _recipient(email: Any) -> str:
     if not isinstance(email, str) or not email.strip():
         raise PayloadError("lead.email", "the lead has no email address")
     try:
-        validate_email(email.strip(), check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as exc:
-        raise PayloadError("lead.email", f"not a deliverable email address ({exc})") from None
+        wire_address(email.strip())
+    except ValueError as exc:
+        raise PayloadError("lead.email", str(exc)) from None
     return email.strip()
 
 

@@ -66,9 +66,14 @@ class LeadSearchAgent(BaseAgent):
                 run_id=context.run_id, node=context.node, table="contacts", row_id=row["lead_id"],
             )
             records.append(row)
+        if result.total is None:  # a keyset page: the next one starts after its last lead
+            paging = {"after_id": query.after_id,
+                      "next_after_id": records[-1]["lead_id"] if len(records) == query.limit else None}
+        else:
+            more = query.offset + len(records) < result.total
+            paging = {"offset": query.offset, "next_offset": query.offset + len(records) if more else None}
         return make_envelope(
             records, source=self.source, run_id=context.run_id, flow=context.flow, node=context.node,
             agent="lead_search", total_count=result.total, duration_ms=context.elapsed_ms(),
-            query=result.query, strategies=result.strategies, limit=query.limit, offset=query.offset,
-            next_offset=query.offset + len(records) if query.offset + len(records) < result.total else None,
+            query=result.query, strategies=result.strategies, limit=query.limit, **paging,
         )

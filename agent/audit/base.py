@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from agent.envelope import validate_envelope
+from agent.envelope import canonical_json, validate_envelope
 from agent.errors import InvalidInput
 
 __all__ = ["AuditStore", "AuditRun", "AuditEnvelope", "AuditFailure", "AuditDelivery", "RunState",
@@ -64,7 +64,7 @@ class AuditRun:
 
 @dataclass(frozen=True)
 class AuditEnvelope:
-    """One saved envelope; ``hash`` is the sha256 of its canonical JSON."""
+    """One saved envelope; ``hash`` identifies its content (``envelope_hash``)."""
 
     run_id: str
     node: str | None
@@ -259,17 +259,23 @@ def dumps(value: Any) -> str:
 
 
 def envelope_json(envelope: Mapping[str, Any], indexed: Sequence[Mapping[str, Any]]) -> str:
-    """``dumps(envelope)``, reusing the records' JSON that ``index_records`` already made."""
+    """The envelope's JSON, reusing the records' JSON that ``index_records`` already made."""
     if list(envelope) != ["metadata", "records"]:
         return dumps(envelope)
     return '{"metadata":' + dumps(envelope["metadata"]) + ',"records":[' + ",".join(
         r["record_json"] for r in indexed) + "]}"
 
 
-def envelope_hash(envelope: Mapping[str, Any]) -> str:
-    """sha256 of the envelope's canonical JSON (sorted keys): what makes a save idempotent."""
-    text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def envelope_hash(envelope: Mapping[str, Any], indexed: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """sha256 of the envelope's canonical JSON, metadata then each record (``index_records``'
+    canonical record texts, when given, are not made again): what makes a save idempotent."""
+    texts = [r["record_json"] for r in indexed] if indexed is not None else [
+        canonical_json(r) for r in envelope["records"]]
+    digest = hashlib.sha256(canonical_json(envelope["metadata"]).encode("utf-8"))
+    for text in texts:
+        digest.update(b"\n")
+        digest.update(text.encode("utf-8"))
+    return digest.hexdigest()
 
 
 def check_run_id(run_id: Any) -> str:
@@ -360,7 +366,7 @@ def index_records(envelope: Mapping[str, Any]) -> list[dict[str, Any]]:
         provenance = record["provenance"]
         out.append({"hash": provenance["hash"], "parents_json": dumps(list(provenance["parents"])),
                     "lead_id": _index_id(record.get("lead_id")),
-                    "message_id": _index_id(record.get("message_id")), "record_json": dumps(record)})
+                    "message_id": _index_id(record.get("message_id")), "record_json": canonical_json(record)})
     return out
 
 

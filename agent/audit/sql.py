@@ -224,11 +224,11 @@ class SqlAuditStore(AuditStore):
                        now: datetime) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
         rows: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
         for envelope in envelopes:
-            digest = envelope_hash(envelope)
+            indexed = index_records(envelope)
+            digest = envelope_hash(envelope, indexed)
             if digest in rows:
                 continue
             meta = envelope["metadata"]
-            indexed = index_records(envelope)
             rows[digest] = ({"run_id": run_id, "node": meta["node"], "flow": meta["flow"], "envelope_hash": digest,
                              "envelope_json": envelope_json(envelope, indexed), "created_at": now},
                             [{**r, "run_id": run_id, "node": meta["node"]} for r in indexed])

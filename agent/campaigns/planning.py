@@ -30,17 +30,25 @@ class BatchPlan:
 
 
 def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
-    """The campaign's lead ids, best match first, at most ``limits.per_run``."""
+    """The campaign's lead ids, best match first, at most ``limits.per_run``.
+
+    A query of filters alone is read in keyset pages (``after_id``): each page
+    reads on from where the last ended, and nothing is counted.  A name or
+    company query (ordered by its fuzzy score) and free text (which may name a
+    company) are read by offset.
+    """
     query = {"text": campaign.lead_query} if isinstance(campaign.lead_query, str) else dict(campaign.lead_query)
+    keyset = not (query.get("name") or query.get("company") or query.get("text"))
     ids: list[int] = []
-    offset = 0
+    cursor: dict[str, int] = {"after_id": 0} if keyset else {"offset": 0}
     while len(ids) < campaign.limits.per_run:
         page = min(_PAGE, campaign.limits.per_run - len(ids))
-        envelope = lead_orchestrator.run({"lead_query": {**query, "limit": page, "offset": offset}})
+        envelope = lead_orchestrator.run({"lead_query": {**query, "limit": page, **cursor}})
         ids.extend(int(r["lead_id"]) for r in envelope["records"])
-        offset = envelope["metadata"].get("next_offset") or 0
-        if not offset or not envelope["records"]:
+        following = envelope["metadata"].get("next_after_id" if keyset else "next_offset")
+        if following is None or not envelope["records"]:
             break
+        cursor = {"after_id": following} if keyset else {"offset": following}
     return list(dict.fromkeys(ids))[: campaign.limits.per_run]
 
 

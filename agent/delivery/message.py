@@ -22,9 +22,11 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
 from functools import lru_cache
 
+from email_validator import EmailNotValidError, validate_email
+
 from agent.errors import InvalidInput
 
-__all__ = ["is_one_line", "build_message", "new_message_id", "sender_domain", "SMTP_POLICY"]
+__all__ = ["is_one_line", "build_message", "new_message_id", "sender_domain", "wire_address", "SMTP_POLICY"]
 
 
 
@@ -154,3 +156,18 @@ def is_one_line(text: str) -> bool:
     """No character that ends a line or is a control: the email library also breaks lines at
     U+2028, U+2029, NEL, VT and FF, and a header must never carry a control character."""
     return not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
+
+
+@lru_cache(maxsize=65536)
+def wire_address(value: str) -> str:
+    """The form of ``value`` that goes on the wire: an ASCII address (punycode domain), lower-cased.
+
+    No SMTPUTF8: a non-ASCII local part cannot be put in a To: header.  Raises
+    ``ValueError`` saying why an address is refused.  Cached: a batch checks
+    each address at the copywriter and again at delivery.
+    """
+    try:
+        result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address ({exc})") from None
+    return str(result.ascii_email).lower()

@@ -57,7 +57,7 @@ class Node:
     timeout: float | None = None
     allow_partial: bool = False
     max_visits: int | None = None
-    lineage: str | None = "all"
+    lineage: str | tuple[str, str] | None = "all"
     limit_key: Callable[[Any], Mapping[str, str]] | None = None
     merge_key: str | Callable[[Mapping[str, Any]], Any] | None = None
     combine: Callable[..., Any] | None = None
@@ -140,7 +140,7 @@ class Flow:
              request: Callable[..., Any] | None = None, each: Callable[[Any], Iterable[Any]] | None = None,
              key: str | Callable[[Any], Any] | None = None, concurrency: int = 4,
              retry: Retry | None = None, timeout: float | None = None, allow_partial: bool = False,
-             max_visits: int | None = None, lineage: str | None = "all",
+             max_visits: int | None = None, lineage: str | tuple[str, str] | None = "all",
              limit_key: Callable[[Any], Mapping[str, str]] | None = None, description: str = "") -> Flow:
         """Add a task node: ``fn(state)`` or the registered ``agent`` (exactly one).
 
@@ -154,7 +154,8 @@ class Flow:
         - ``max_visits`` bounds how often a loop may come back here.
         - ``lineage``: which upstream records a new record derives from: ``"all"``
           (every record the node read), a field name (upstream records with the same
-          value) or ``None``.
+          value), a pair ``(field, upstream_field)`` (upstream records whose
+          ``upstream_field`` equals the record's ``field``) or ``None``.
         - ``limit_key(state)`` gives the Dispatcher's rate-limit key (tenant, campaign).
         """
         if (fn is None) == (agent is None):
@@ -169,6 +170,9 @@ class Flow:
             raise FlowError(name, "key= only applies to a map node (each=)")
         if not (_integer(concurrency) and 1 <= concurrency <= 1024):
             raise FlowError(name, "concurrency must be an integer from 1 to 1024")
+        if not (lineage is None or (isinstance(lineage, str) and lineage) or (
+                isinstance(lineage, tuple) and len(lineage) == 2 and all(isinstance(f, str) and f for f in lineage))):
+            raise FlowError(name, 'lineage must be "all", a field name, a pair of field names or None')
         self._add(Node(name=name, fn=fn, agent=agent, request=request, each=each, item_key=key,
                        concurrency=concurrency, retry=self._retry(name, retry),
                        timeout=self._timeout(name, timeout), allow_partial=bool(allow_partial),

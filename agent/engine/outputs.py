@@ -54,23 +54,24 @@ def build_envelope(records: list[dict[str, Any]], *, run_id: str, flow: str, nod
     return {"metadata": metadata, "records": records}
 
 
-def parents_for(lineage: str | None, upstream: Sequence[Mapping[str, Any]]) -> Any:
+def parents_for(lineage: str | tuple[str, str] | None, upstream: Sequence[Mapping[str, Any]]) -> Any:
     """A function record -> parent hashes, for new records of a node that read ``upstream``."""
     if lineage is None or not upstream:
         return lambda record: []
     if lineage == "all":
         hashes = [r[PROVENANCE]["hash"] for r in upstream]
         return lambda record: hashes
+    field, upstream_field = (lineage, lineage) if isinstance(lineage, str) else lineage
     by_value: dict[Any, list[str]] = {}
     for r in upstream:
-        value = r.get(lineage)
+        value = r.get(upstream_field)
         if value is not None and not isinstance(value, (dict, list)):
             by_value.setdefault(value, []).append(r[PROVENANCE]["hash"])
-    return lambda record: by_value.get(record.get(lineage), [])
+    return lambda record: by_value.get(record.get(field), [])
 
 
 def to_envelope(out: Any, *, run_id: str, flow: str, node: str, agent: str | None,
-                upstream: Sequence[Mapping[str, Any]], lineage: str | None,
+                upstream: Sequence[Mapping[str, Any]], lineage: str | tuple[str, str] | None,
                 duration_ms: float) -> dict[str, Any]:
     """Normalise a node's return value; raises ``EnvelopeError`` naming the field."""
     if out is None:

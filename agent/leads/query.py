@@ -31,6 +31,10 @@ class LeadQuery(BaseModel):
     text: str | None = Field(**_TEXT, description='Free text, e.g. "CTOs at Acme in Berlin".')
     limit: int = Field(default=25, ge=1, le=500)
     offset: int = Field(default=0, ge=0, le=1_000_000)
+    after_id: int | None = Field(
+        default=None, ge=0, description="Keyset paging: the leads after this lead id, in id order; each page "
+                                        "reads only what follows (``next_after_id`` of the page before). "
+                                        "Not with name or company, whose order is their fuzzy score.")
     min_score: float | None = Field(default=None, ge=0, le=100, description="Fuzzy match cut-off.")
 
     @field_validator("name", "company", "domain", "email", "title", "industry", "location", "text")

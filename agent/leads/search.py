@@ -31,7 +31,7 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 @dataclass
 class SearchResult:
     rows: list[dict[str, Any]]
-    total: int
+    total: int | None  # None for a keyset page (``after_id``): counting every match would read them all
     query: dict[str, Any]
     strategies: list[str] = field(default_factory=list)
 
@@ -61,6 +61,13 @@ class LeadSearch:
         scores: dict[int, float] | None = None
         person: str | None = None
         cutoff = q.min_score if q.min_score is not None else self.fuzzy_cutoff
+        if q.after_id is not None:
+            if q.company or q.name:
+                raise PayloadError("lead_query.after_id", "cannot page a name or company search by id "
+                                                          "(its order is the fuzzy score); use offset")
+            if q.offset:
+                raise PayloadError("lead_query.after_id", "cannot be combined with offset")
+            conditions.append(Contact.id > q.after_id)
 
         with self.db.connect() as conn:
             if q.company or q.name:
@@ -106,6 +113,11 @@ class LeadSearch:
             if scores is not None:
                 page_ids, score_of, total = self._ranked_by_score(
                     conn, base, where, scores, person, q, person_required=bool(q.company and q.name))
+            elif q.after_id is not None:
+                # One read from where the last page ended, no count: paging costs one pass in all.
+                total = None
+                page_ids = list(conn.execute(base.where(where).order_by(Contact.id).limit(q.limit)).scalars())
+                score_of = {}
             else:
                 total = conn.execute(select(func.count()).select_from(base.where(where).subquery())).scalar_one()
                 order = [rank, Contact.id] if rank is not None else [Contact.id]
@@ -115,7 +127,8 @@ class LeadSearch:
             rows = self._load(conn, page_ids)
         for row in rows:
             row["match"] = {"strategies": strategies, "score": score_of.get(row["lead_id"])}
-        return SearchResult(rows=rows, total=int(total), query=q.model_dump(exclude_none=True),
+        return SearchResult(rows=rows, total=None if total is None else int(total),
+                            query=q.model_dump(exclude_none=True),
                             strategies=strategies)
 
     def _full_text(self, text_query: str) -> tuple[ColumnElement[bool], Any]:

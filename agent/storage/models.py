@@ -75,6 +75,7 @@ class Contact(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "email", name="uq_contacts_tenant_email"),
         Index("ix_contacts_tenant_company", "tenant_id", "company_id"),
+        Index("ix_contacts_tenant_id", "tenant_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

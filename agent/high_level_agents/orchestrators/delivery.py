@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,7 +28,7 @@ from pydantic import (
     field_validator,
 )
 
-from agent.delivery.message import is_one_line
+from agent.delivery.message import is_one_line, wire_address
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.outputs import Output
 from agent.engine.state import FlowState
@@ -82,14 +81,8 @@ class OutgoingMessage(BaseModel):
     @field_validator("to")
     @classmethod
     def _address(cls, value: str) -> str:
-        # The form that goes on the wire: an ASCII address (punycode domain), lower-cased.  No
-        # SMTPUTF8: a non-ASCII local part cannot be put in a To: header, so refuse it here,
-        # before a ledger row is claimed for it.
-        try:
-            result = validate_email(value, check_deliverability=False, allow_smtputf8=False)
-        except EmailNotValidError as exc:
-            raise ValueError(f"not a valid email address ({exc})") from None
-        return result.ascii_email.lower()
+        # Refused here, before a ledger row is claimed for it.
+        return wire_address(value)
 
     @field_validator("subject")
     @classmethod
@@ -149,7 +142,9 @@ class DeliveryOrchestrator(BaseOrchestrator):
         return (Flow(self.name, input_model=DeliveryPayload)
                 .node("prepare", _prepare, description="the messages as sent, each tied to its input record")
                 .node("disabled", _disabled, description="delivery is off: every message is skipped")
-                .node("suppression", agent="suppression_gate", request=_suppression_request)
+                # Each address's verdict derives from the messages to it, not from the whole batch.
+                .node("suppression", agent="suppression_gate", request=_suppression_request,
+                      lineage=("address", "to"))
                 .node("channel", agent=variant or "outbox", request=_channel_request)
                 .node("deliver", _deliver, description="every message's outcome, in input order")
                 .route("prepare", _delivery_switch, {"on": "suppression", "off": "disabled"})
