@@ -120,6 +120,78 @@ class AuditStoreContract:
         self.assertEqual(again, first)
         self.assertEqual((again.state, again.orchestrator, again.campaign_id), ("running", "lead", None))
 
+    # -- a job's attempt in two writes -------------------------------------------------------
+    def test_begin_attempt_creates_the_run_and_starts_its_first_attempt(self) -> None:
+        # When
+        run = self.store.begin_attempt("r1", orchestrator="lead", job_id="j1", campaign_id="c1", meta={"attempt": 1})
+        # Then
+        self.assertEqual((run.state, run.attempts, run.job_id, run.campaign_id, run.meta, run.started_at),
+                         ("running", 1, "j1", "c1", {"attempt": 1}, T0))
+        self.assertEqual(self.store.get_run("r1"), run)
+        self.assertEqual(self.store.failures("r1"), [])
+
+    def test_begin_attempt_on_a_run_left_running_records_the_lost_attempt_first(self) -> None:
+        # Given a run whose attempt died with its worker
+        self.store.begin_attempt("r1", orchestrator="lead")
+        self.clock.advance(minutes=5)
+        # When the job is run again
+        run = self.store.begin_attempt("r1", orchestrator="lead")
+        # Then the lost attempt is on the record, and a second attempt is running
+        self.assertEqual((run.state, run.attempts, run.started_at), ("running", 2, T0 + timedelta(minutes=5)))
+        [lost] = self.store.failures("r1")
+        self.assertIn("lost with its worker", lost.message)
+
+    def test_begin_attempt_on_a_finished_run_changes_nothing(self) -> None:
+        for final in ("succeeded", "dead"):
+            with self.subTest(final=final):
+                # Given
+                done = self.started(f"r-{final}", "running", final)
+                # When
+                run = self.store.begin_attempt(f"r-{final}", orchestrator="lead")
+                # Then
+                self.assertEqual(run, done)
+                self.assertEqual(self.store.get_run(f"r-{final}"), done)
+
+    def test_end_attempt_keeps_everything_the_attempt_produced_and_moves_the_run(self) -> None:
+        # Given
+        chain = Chain()
+        self.store.begin_attempt("r1", orchestrator="lead")
+        self.clock.advance(minutes=1)
+        # When
+        run = self.store.end_attempt(
+            "r1", "succeeded",
+            envelopes=[envelope("fetch", chain.lead), envelope("enrich", chain.enriched),
+                       envelope("draft", chain.draft)],
+            runs=[{"run_id": "next-1", "orchestrator": "outreach", "campaign_id": "c1", "meta": {"batch": 0}}],
+            deliveries=[chain.delivery()])
+        # Then the run is done, its trail is whole, and the follow-up run waits
+        self.assertEqual((run.state, run.finished_at), ("succeeded", T0 + timedelta(minutes=1)))
+        self.assertEqual([e.node for e in self.store.envelopes("r1")], ["fetch", "enrich", "draft"])
+        self.assertEqual(self.store.message(MID).status, "sent")
+        self.assertEqual([r["node"] for r in self.store.lineage(MID)], ["draft", "enrich", "fetch"])
+        follow = self.store.get_run("next-1")
+        self.assertEqual((follow.state, follow.orchestrator, follow.campaign_id, follow.meta),
+                         ("queued", "outreach", "c1", {"batch": 0}))
+
+    def test_end_attempt_with_an_error_records_the_failure(self) -> None:
+        # Given
+        self.store.begin_attempt("r1", orchestrator="lead")
+        # When
+        run = self.store.end_attempt("r1", "failed", error=ValueError("the API said no"))
+        # Then
+        self.assertEqual((run.state, run.error), ("failed", "ValueError: the API said no"))
+        [failure] = self.store.failures("r1")
+        self.assertEqual((failure.error_type, failure.message), ("ValueError", "the API said no"))
+
+    def test_end_attempt_refuses_a_move_the_state_machine_forbids(self) -> None:
+        # Given a run that succeeded already
+        self.started("r1", "running", "succeeded")
+        # When / Then
+        with self.assertRaises(InvalidInput) as caught:
+            self.store.end_attempt("r1", "failed", error="late")
+        self.assertEqual(caught.exception.field, "state")
+        self.assertEqual(self.store.get_run("r1").state, "succeeded")
+
     def test_a_run_that_succeeds_records_its_start_finish_and_one_attempt(self) -> None:
         # Given
         self.started("r1")

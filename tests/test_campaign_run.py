@@ -108,6 +108,19 @@ class CampaignRunnerTest(unittest.TestCase):
         self.assertTrue(any(s.startswith("contacts/") for s in sources), sources)
 
 
+    def test_each_suppression_verdict_derives_from_the_message_to_its_address_alone(self) -> None:
+        # Given a finished batch of five leads
+        runner = self.runner()
+        runner.work([runner.start(campaign(limits={"per_run": 5, "batch_size": 5}))], threads=1)
+        run = next(r for r in self.audit.list_runs(campaign_id="acme") if r.state == "succeeded")
+        [prepared] = [e.envelope["records"] for e in self.audit.envelopes(run.run_id, node="prepare")]
+        [verdicts] = [e.envelope["records"] for e in self.audit.envelopes(run.run_id, node="suppression")]
+        # Then each verdict's one parent is the message to that address, not the whole batch
+        by_address = {m["to"]: m["provenance"]["hash"] for m in prepared}
+        self.assertEqual(len(verdicts), 5)
+        for verdict in verdicts:
+            self.assertEqual(verdict["provenance"]["parents"], [by_address[verdict["address"]]])
+
 class CampaignRunnerEdgesTest(CampaignRunnerTest):
     """Found in review: a bad lead fails alone, plans are recorded whole, foreign runs are left alone."""
 

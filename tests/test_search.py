@@ -36,6 +36,26 @@ class LeadSearchSuite:
     def search(self, **query):  # type: ignore[no-untyped-def]
         return self.orch.run({"lead_query": query})
 
+    def test_keyset_pages_read_every_match_once_in_id_order(self) -> None:
+        # Given the matches of a filter, read in one go
+        whole = self.search(title="Head", limit=500)["records"]
+        self.assertGreater(len(whole), 20)
+        # When they are read in keyset pages of 7, each after the last id of the one before
+        seen, after, pages = [], 0, 0
+        while after is not None:
+            env = self.search(title="Head", limit=7, after_id=after)
+            seen.extend(r["lead_id"] for r in env["records"])
+            after = env["metadata"]["next_after_id"]
+            pages += 1
+            self.assertLess(pages, 500, "paging does not end")
+        # Then every match came once, in id order
+        self.assertEqual(seen, sorted(r["lead_id"] for r in whole))
+
+    def test_keyset_paging_of_a_fuzzy_search_is_refused_naming_the_field(self) -> None:
+        with self.assertRaises(PayloadError) as caught:
+            self.search(company="Acme", after_id=0)
+        self.assertEqual(caught.exception.field, "lead_query.after_id")
+
     def test_exact_company_name_ranks_that_company_first_with_full_score(self) -> None:
         # When
         env = self.search(company="Acme Corp", limit=50)

@@ -8,7 +8,7 @@ from unittest import mock
 
 from sqlalchemy import inspect
 
-from agent.errors import ConfigurationError, StorageError
+from agent.errors import ConfigurationError, InvalidInput, StorageError
 from agent.settings import get_settings
 from agent.storage.db import Database
 from tests.support import PostgresSchema, TempHome, requires_real_services
@@ -147,3 +147,81 @@ class PostgresMigrationTest(MigrationSuite, unittest.TestCase):
     def tearDown(self) -> None:
         self.home.cleanup()
         self.schema.drop()
+
+
+class TransactionTest(unittest.TestCase):
+    """``Database.transaction``: several stores' writes commit together, or not at all."""
+
+    def setUp(self) -> None:
+        from agent.audit import SqlAuditStore
+        from agent.queues.ledger import SqlJobLedger
+
+        self.home = TempHome()
+        self.addCleanup(self.home.cleanup)
+        self.db = self.home.database()
+        self.audit, self.ledger = SqlAuditStore(self.db), SqlJobLedger(self.db)
+
+    def test_writes_of_two_stores_in_one_transaction_commit_together(self) -> None:
+        from agent.queues import Job
+
+        # Given a queued job
+        [(job_id, _)] = self.ledger.add_many("t", [Job(orchestrator="lead")])
+        # When its claim and its audited start are written in one transaction
+        with self.db.transaction():
+            claim = self.ledger.claim(job_id, lease=60)
+            self.audit.begin_attempt(claim.job.run_id, orchestrator="lead", job_id=job_id)
+        # Then both are there
+        self.assertEqual(self.ledger.state(job_id)["state"], "running")
+        self.assertEqual(self.audit.get_run(claim.job.run_id).state, "running")
+
+    def test_a_failure_inside_the_transaction_writes_nothing_of_either(self) -> None:
+        from agent.queues import Job
+
+        # Given a queued job
+        [(job_id, _)] = self.ledger.add_many("t", [Job(orchestrator="lead", run_id="run-1")])
+        # When the audit write fails after the claim, within one transaction
+        with self.assertRaises(InvalidInput), self.db.transaction():
+            self.ledger.claim(job_id, lease=60)
+            self.audit.begin_attempt("run-1", orchestrator="")  # refused: no orchestrator
+        # Then the claim was rolled back with it: the job is still queued, no run exists
+        self.assertEqual(self.ledger.state(job_id)["state"], "queued")
+        self.assertIsNone(self.audit.get_run("run-1"))
+
+    def test_a_nested_transaction_joins_the_outer_one(self) -> None:
+        with self.assertRaises(RuntimeError), self.db.transaction():
+            with self.db.transaction():
+                self.audit.start_run("inner", orchestrator="lead")
+            raise RuntimeError("the outer block fails after the inner one ended")
+        self.assertIsNone(self.audit.get_run("inner"))
+
+
+class WriterLockTest(unittest.TestCase):
+    """SQLite writers of one file take turns through a lock file, across processes."""
+
+    def test_a_forked_child_waits_for_the_lock_its_parent_holds(self) -> None:
+        import fcntl
+        import multiprocessing
+
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        db = home.database()
+        context = multiprocessing.get_context("fork")
+        answer = context.Queue()
+
+        def child() -> None:
+            # The child's own descriptor: without it, flock on the inherited one would succeed at once.
+            locks = db._writers
+            with locks._thread:
+                fd = os.open(locks.path, os.O_RDWR) if locks._fd is None else locks._fd
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    answer.put("got it")
+                except BlockingIOError:
+                    answer.put("waits")
+
+        with db.connect(write=True) as conn:  # the parent holds the writer lock
+            conn.exec_driver_sql("SELECT 1")
+            proc = context.Process(target=child)
+            proc.start()
+            proc.join(30)
+        self.assertEqual(answer.get(timeout=30), "waits")

@@ -182,7 +182,7 @@ class AuditStore:
             self.start_run(**start)
         if deliveries:
             self.save_deliveries(run_id, deliveries)
-        return self.set_state(run_id, state)
+        return self.set_state(run_id, state, error=error)
 
     def get_run(self, run_id: str) -> AuditRun | None:
         raise NotImplementedError

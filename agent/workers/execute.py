@@ -139,8 +139,11 @@ class Attempt:
         runs = [{"run_id": item.job.run_id, "orchestrator": item.job.orchestrator, "tenant": item.tenant,
                  "campaign_id": item.job.meta.get("campaign_id"), "meta": item.audit_meta} for item in follow]
         deliveries = _deliveries(envelope["records"], audit) if audit is not None else []
+        # The run's answer is most often its last node's envelope: kept once (an equal one is a no-op
+        # to the store, but costs it the work of finding that out).
+        kept = nodes if nodes and nodes[-1] == envelope else [*nodes, envelope]
         self._decide(JobOutcome("ack", envelope=envelope, follow_ups=follow), "succeeded",
-                     envelopes=[*nodes, envelope], runs=runs, deliveries=deliveries)
+                     envelopes=kept, runs=runs, deliveries=deliveries)
 
     def _decide(self, outcome: JobOutcome, state: str, **ending: Any) -> None:
         self._outcome, self._ending = outcome, (state, ending)
