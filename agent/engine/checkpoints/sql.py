@@ -1,26 +1,24 @@
 """SQL checkpoints (SQLite or PostgreSQL) through SQLAlchemy Core.
 
-One short transaction per saved step.  On SQLite it begins IMMEDIATE, so
-concurrent writers queue on the lock instead of failing an upgrade.
+One short transaction per saved step, its statement compiled once.  On
+SQLite writers take turns on the database's writer lock and begin IMMEDIATE,
+so they queue instead of failing an upgrade.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, insert, select, update
 
 from agent.engine.checkpoints.base import CheckpointRun, CheckpointStore, RunStatus, utc_clock, as_utc
 from agent.errors import ConfigurationError, StorageError
 from agent.storage.db import Database
+from agent.storage.prepared import Prepared, param
 from agent.storage.times import aware
 from agent.storage.models import EngineRun, EngineStep
 
@@ -28,17 +26,25 @@ __all__ = ["SqlCheckpointStore"]
 
 _RUNS = EngineRun.__table__
 _STEPS = EngineStep.__table__
-# Values are bound at execution; the SET / VALUES columns are the parameters' keys.
-_INSERT_STEP = insert(_STEPS)
-_INSERT_RUN = insert(_RUNS)
-_SET_STATUS = update(_RUNS).where(_RUNS.c.run_id == bindparam("target_run_id"))
-_CLAIM = _SET_STATUS.where(_RUNS.c.status == bindparam("expected_status"))
-_CLAIM_WAITING = _CLAIM.where(_RUNS.c.waiting_for == bindparam("expected_waiting_for"))
+# The statements of every step, compiled once (see agent.storage.prepared).
+_INSERT_STEP = Prepared(insert(_STEPS).values({c: param(c) for c in (
+    "run_id", "step", "seq", "envelope_json", "created_at")}))
+_INSERT_RUN = Prepared(insert(_RUNS).values({c: param(c) for c in (
+    "run_id", "flow", "status", "waiting_for", "input_hash", "input_json", "created_at", "updated_at")}))
+_SET = {"status": param("status"), "waiting_for": param("waiting_for"), "updated_at": param("updated_at")}
+_SET_STATUS = Prepared(update(_RUNS).where(_RUNS.c.run_id == param("target_run_id")).values(_SET))
+_CLAIM = Prepared(update(_RUNS).where(_RUNS.c.run_id == param("target_run_id"),
+                                      _RUNS.c.status == param("expected_status")).values(_SET))
+_CLAIM_WAITING = Prepared(update(_RUNS).where(_RUNS.c.run_id == param("target_run_id"),
+                                              _RUNS.c.status == param("expected_status"),
+                                              _RUNS.c.waiting_for == param("expected_waiting_for")).values(_SET))
 
 
-def _sqlite_time(value: datetime) -> str:
-    # How SQLAlchemy's SQLite DateTime stores a value: naive text (the clock gives UTC).
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+def _duplicate(error: BaseException | None) -> bool:
+    """A broken unique key (the row is there already); a missing run (foreign key) is not one."""
+    if isinstance(error, sqlite3.IntegrityError):
+        return "UNIQUE" in str(error)
+    return getattr(error, "sqlstate", None) == "23505"
 
 
 class SqlCheckpointStore(CheckpointStore):
@@ -52,20 +58,9 @@ class SqlCheckpointStore(CheckpointStore):
                                      "for checkpoints in memory use MemoryCheckpointStore")
         self.db.migrate()
         self._clock = utc_clock(clock)
-        # SQLite has one writer at a time: threads of this process queue on a lock here
-        # rather than in SQLite's busy handler, which sleeps in steps of milliseconds.
-        self._sqlite = self.db.dialect == "sqlite"
-        self._thread_lock = threading.Lock()
-        self._compiled: dict[Any, tuple[str, tuple[str, ...]]] = {}
 
-    @contextmanager
-    def _writing(self) -> Iterator[Any]:
-        if not self._sqlite:
-            with self.db.connect() as conn:
-                yield conn
-            return
-        with self._thread_lock, self.db.connect(lock="agent:checkpoints") as conn:
-            yield conn
+    def _writing(self) -> Any:
+        return self.db.connect(lock="agent:checkpoints")
 
     def begin(self, run_id: str, flow: str, *, input_hash: str,
               input_json: str | None) -> tuple[CheckpointRun, bool]:
@@ -116,53 +111,15 @@ class SqlCheckpointStore(CheckpointStore):
             return self._write(_CLAIM, params) == 1
         return self._write(_CLAIM_WAITING, {**params, "expected_waiting_for": waiting_for}) == 1
 
-    def _write(self, statement: Any, params: dict[str, Any]) -> int | None:
+    def _write(self, statement: Prepared, params: dict[str, Any]) -> int | None:
         """One statement in its own transaction: the rows it changed, None when it broke a unique key."""
-        if self._sqlite:
-            return self._sqlite_write(statement, params)
         try:
-            with self.db.connect() as conn:
-                return int(conn.execute(statement, params).rowcount)
+            with self.db.connect(write=True) as conn:
+                return int(statement.execute(conn, params).rowcount)
         except StorageError as exc:
-            cause = exc.__cause__
-            # Only a duplicate key means "there already"; a missing run (foreign key) is an error.
-            if isinstance(cause, IntegrityError) and getattr(cause.orig, "sqlstate", None) == "23505":
+            if _duplicate(exc.__cause__):
                 return None
             raise
-
-    def _sqlite_write(self, statement: Any, params: dict[str, Any]) -> int | None:
-        # The hot path of every step on the embedded default: the driver directly, with the
-        # statement compiled once, is three times faster than a Core round trip here.
-        cache_key = (statement, tuple(params))
-        compiled = self._compiled.get(cache_key)
-        if compiled is None:
-            columns = [k for k in params if k in statement.table.c]  # the rest are WHERE parameters
-            done = statement.compile(dialect=self.db.engine.dialect, column_keys=columns)
-            compiled = self._compiled.setdefault(cache_key, (str(done), tuple(done.positiontup or ())))
-        sql, order = compiled
-        values = tuple(_sqlite_time(v) if isinstance(v, datetime) else v for v in map(params.__getitem__, order))
-        with self._thread_lock:
-            conn = self.db.engine.raw_connection()
-            try:
-                cursor = conn.cursor()
-                cursor.execute("BEGIN IMMEDIATE")
-                try:
-                    cursor.execute(sql, values)
-                    changed = cursor.rowcount
-                except sqlite3.IntegrityError as exc:
-                    cursor.execute("ROLLBACK")
-                    if "UNIQUE" in str(exc):
-                        return None
-                    raise
-                except BaseException:
-                    cursor.execute("ROLLBACK")
-                    raise
-                cursor.execute("COMMIT")
-                return changed
-            except sqlite3.Error as exc:
-                raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
-            finally:
-                conn.close()
 
     def delete(self, run_id: str) -> None:
         with self._writing() as conn:
