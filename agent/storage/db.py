@@ -96,9 +96,22 @@ class WriterLock:
     would share the parent's lock instead of waiting for it).
     """
 
+    _by_path: dict[str, WriterLock] = {}
+    _by_path_lock = threading.Lock()
+
     def __init__(self, path: str) -> None:
         self.path = f"{path}-writer.lock"
         self._reset()
+
+    @classmethod
+    def for_file(cls, path: str) -> WriterLock:
+        """The one lock of this process for the SQLite file at ``path`` (every ``Database`` on it
+        shares it, so a thread that holds it through one of them is not blocked by another)."""
+        with cls._by_path_lock:
+            found = cls._by_path.get(path)
+            if found is None:
+                found = cls._by_path[path] = cls(path)
+            return found
 
     def _reset(self) -> None:
         self._thread = threading.RLock()
@@ -143,8 +156,9 @@ def _after_fork_in_child() -> None:
     for db in list(_ALL):
         db.engine.dispose(close=False)
         db._ready_lock = threading.Lock()
-        if db._writers is not None:
-            db._writers.after_fork()
+    for writers in WriterLock._by_path.values():
+        writers.after_fork()
+    WriterLock._by_path_lock = threading.Lock()
     Database._handles_lock = threading.Lock()  # another thread may have held it at the fork
 
 
@@ -172,7 +186,7 @@ class Database:
             if database and database != ":memory:" and not database.startswith("file:"):
                 path = Path(database).expanduser()
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._writers = WriterLock(str(path.resolve()))
+                self._writers = WriterLock.for_file(str(path.resolve()))
             options["connect_args"] = {"check_same_thread": False, **(connect_args or {})}
         else:
             if parsed.drivername == "postgresql":
