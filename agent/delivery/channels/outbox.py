@@ -1,8 +1,10 @@
 """Outbox channel: writes one RFC 5322 ``.eml`` file per message, exactly once.
 
 The file name is the idempotency key and the file appears atomically (written
-to a temporary name, then hard-linked into place), so neither a retry nor two
-workers racing on the same key can produce a second message.  A claim left
+to a temporary name, made durable, then hard-linked into place), so neither a
+retry nor two workers racing on the same key can produce a second message,
+and a crash never leaves a truncated message under a key.  A batch's files
+are made durable together: one ``syncfs`` on Linux, an fsync each elsewhere.  A claim left
 in ``sending`` (or ``failed``) is finished only for the same content, and a
 file already in place counts only if it carries the claimed Message-ID;
 anything else comes back ``conflict`` and nothing is written.
@@ -10,9 +12,12 @@ anything else comes back ``conflict`` and nothing is written.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,29 +35,61 @@ from agent.storage.db import Database
 __all__ = ["OutboxChannel"]
 
 
-def _write_once(path: Path, data: bytes) -> bool:
-    """Create ``path`` with ``data`` unless it exists; True if this call wrote it.
+@dataclass
+class _Staged:
+    """A message written under a temporary name: not yet durable, not yet named."""
 
-    The file is on disk before it has its name (written and fsynced under a
-    temporary one, then hard-linked into place), so a crash never leaves a
-    truncated message under a key.
-    """
-    if path.exists():
-        return False
+    entry: LedgerEntry
+    temp: str
+    path: Path
+    created: bool
+    result: dict[str, Any]  # the message's result, settled when the file is named
+
+
+def _write_temp(directory: Path, data: bytes) -> str:
+    """``data`` in a new file of ``directory`` under a temporary name (not fsynced here)."""
     # Not named *.eml: a crash can leave it behind, and it must never pass for a message.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return temp
+
+
+def _syncfs() -> Any:
+    """Linux's ``syncfs(fd)`` (one flush of a whole file system), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int]
+    return call
+
+
+_SYNCFS = _syncfs() if sys.platform.startswith("linux") else None
+
+
+def _make_durable(directory: Path, temps: list[str]) -> None:
+    """The staged files' contents on disk: one ``syncfs`` of the outbox's file system for the
+    whole batch where Linux has it (a batch of fsyncs costs a journal commit each), else an
+    fsync per file."""
+    if _SYNCFS is not None:
+        fd = os.open(directory, os.O_RDONLY)
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        os.unlink(tmp)
+            if _SYNCFS(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for temp in temps:
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -112,26 +149,33 @@ class OutboxChannel(BaseAgent):
         # finishes with the same Message-ID and content, never a second message.
         claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
         marks: list[tuple[str, str, str | None]] = []
+        staged: list[_Staged] = []
         attempted = 0
-        first: dict[str, dict[str, Any]] = {}
+        first: dict[str, tuple[dict[str, Any], str]] = {}
         try:
-            for result, msg in sending:
-                key = result["idempotency_key"]
-                attempted += 1
-                if key in first:  # the same (campaign, lead, step) twice in one request
-                    earlier = first[key]
-                    result.update({k: earlier[k] for k in ("status", "reason", "message_id", "location")})
-                    if earlier["status"] == "sent":
-                        result.update(status="duplicate", reason="already_sent")
-                    continue
-                entry, created = claims[key]
-                result.update(self._deliver(entry, created, directory, msg, context, marks))
-                first[key] = result
+            try:
+                for result, msg in sending:
+                    key = result["idempotency_key"]
+                    attempted += 1
+                    if key in first:  # the same (campaign, lead, step) twice in one request
+                        first[key][0].setdefault("_copies", []).append(result)
+                        continue
+                    entry, created = claims[key]
+                    self._deliver(entry, created, directory, msg, context, marks, staged, result)
+                    first[key] = (result, key)
+            finally:
+                # What was staged is finished whatever stopped the batch: durable, then named.
+                self._publish(directory, staged, marks)
         finally:
             # On disk before the ledger says sent: a crash in between leaves "sending", finished on retry.
             if any(state == "sent" for _, state, _ in marks):
                 _sync_directory(directory)
             ledger.mark_many(marks)
+            for result, _key in first.values():
+                for copy in result.pop("_copies", []):
+                    copy.update({k: result[k] for k in ("status", "reason", "message_id", "location")})
+                    if result["status"] == "sent":
+                        copy.update(status="duplicate", reason="already_sent")
             # A batch stopped by a failure leaves no claim on the messages it never tried.
             ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[attempted:]
                                  if claims[r["idempotency_key"]][1]])
@@ -155,7 +199,15 @@ class OutboxChannel(BaseAgent):
                 "provenance": msg.get("provenance")}
 
     def _deliver(self, entry: LedgerEntry, created: bool, directory: Path, msg: Mapping[str, Any],
-                 context: RunContext, marks: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+                 context: RunContext, marks: list[tuple[str, str, str | None]], staged: list[_Staged],
+                 result: dict[str, Any]) -> None:
+        """Settle ``result`` now (duplicate, conflict, a file already in place), or stage the
+        message's file for ``_publish``."""
+        result.update(self._outcome(entry, created, directory, msg, context, marks, staged, result))
+
+    def _outcome(self, entry: LedgerEntry, created: bool, directory: Path, msg: Mapping[str, Any],
+                 context: RunContext, marks: list[tuple[str, str, str | None]], staged: list[_Staged],
+                 result: dict[str, Any]) -> dict[str, Any]:
         settings = context.settings
         key = entry.idempotency_key
         if entry.state == "sent":
@@ -168,19 +220,59 @@ class OutboxChannel(BaseAgent):
         # New claim, or a claim left in "sending" by a crash: finish it with the same Message-ID.
         path = directory / f"{key}.eml"
         try:
+            if path.exists():
+                return self._found(path, entry, marks)
             data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"],
                                  body=msg["body"], message_id=entry.message_id,
                                  postal_address=settings.postal_address, send_id=key)
-            written = _write_once(path, data)
-            found = None if written else _file_message_id(path)
+            temp = _write_temp(directory, data)
         except Exception as exc:
             marks.append((key, "failed", None))
             raise DeliveryError(f"outbox key {key[:12]}… could not be written: {_reason(exc)}") from exc
-        if not written and found != entry.message_id:
+        staged.append(_Staged(entry, temp, path, created, result))
+        return {"status": "sending", "reason": None, "message_id": entry.message_id, "location": None}
+
+    @staticmethod
+    def _found(path: Path, entry: LedgerEntry, marks: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+        """A file already under the key: this claim's message (a crash after it was named), or not."""
+        if _file_message_id(path) != entry.message_id:
             # Another message already sits under this key (say, the ledger was reset): leave the
             # file be and mark the row "unknown" for an operator, rather than claim a send.
-            marks.append((key, "unknown", None))
+            marks.append((entry.idempotency_key, "unknown", None))
             return {"status": "conflict", "reason": "outbox_file_mismatch", "message_id": None, "location": None}
-        marks.append((key, "sent", str(path)))
-        return {"status": "sent", "reason": None if created and written else "resumed",
-                "message_id": entry.message_id, "location": str(path)}
+        marks.append((entry.idempotency_key, "sent", str(path)))
+        return {"status": "sent", "reason": "resumed", "message_id": entry.message_id, "location": str(path)}
+
+    def _publish(self, directory: Path, staged: list[_Staged], marks: list[tuple[str, str, str | None]]) -> None:
+        """Make the staged files durable together, then give each its name (hard link: a file
+        already there is never replaced), and settle their results and ledger marks."""
+        if not staged:
+            return
+        try:
+            try:
+                _make_durable(directory, [s.temp for s in staged])
+            except OSError as exc:
+                for item in staged:
+                    marks.append((item.entry.idempotency_key, "failed", None))
+                    item.result.update(status="failed", reason="outbox_write_failed")
+                raise DeliveryError(f"outbox files could not be made durable: {_reason(exc)}") from exc
+            for item in staged:
+                try:
+                    os.link(item.temp, item.path)
+                except FileExistsError:  # another worker named the same key first
+                    item.result.update(self._found(item.path, item.entry, marks))
+                    continue
+                except OSError as exc:
+                    key = item.entry.idempotency_key
+                    marks.append((key, "failed", None))
+                    item.result.update(status="failed", reason="outbox_write_failed")
+                    raise DeliveryError(f"outbox key {key[:12]}… could not be named: {_reason(exc)}") from exc
+                marks.append((item.entry.idempotency_key, "sent", str(item.path)))
+                item.result.update(status="sent", reason=None if item.created else "resumed",
+                                   location=str(item.path))
+        finally:
+            for item in staged:
+                try:
+                    os.unlink(item.temp)
+                except FileNotFoundError:
+                    pass
