@@ -173,6 +173,19 @@ class AuditStoreContract:
         self.assertEqual((follow.state, follow.orchestrator, follow.campaign_id, follow.meta),
                          ("queued", "outreach", "c1", {"batch": 0}))
 
+    def test_a_record_carried_unchanged_through_nodes_is_indexed_once_per_run(self) -> None:
+        # Given a record that a later node passes on as it is
+        chain = Chain()
+        self.store.begin_attempt("r1", orchestrator="lead")
+        # When both nodes' envelopes are kept
+        self.store.end_attempt("r1", "succeeded", envelopes=[envelope("fetch", chain.lead),
+                                                             envelope("deliver", chain.lead, chain.enriched)])
+        # Then both envelopes are whole, and the record is indexed once, under the node that made it
+        self.assertEqual([len(e.envelope["records"]) for e in self.store.envelopes("r1")], [1, 2])
+        found = self.store.records_for_lead("lead-1")
+        self.assertEqual(sorted((r["node"], r["hash"]) for r in found),
+                         sorted([("fetch", phash(chain.lead)), ("deliver", phash(chain.enriched))]))
+
     def test_end_attempt_with_an_error_records_the_failure(self) -> None:
         # Given
         self.store.begin_attempt("r1", orchestrator="lead")

@@ -359,14 +359,25 @@ def _index_id(value: Any) -> str | None:
     return str(value)
 
 
-def index_records(envelope: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """What to index of each record of a valid envelope (its JSON text included)."""
+def index_records(envelope: Mapping[str, Any], memo: dict[int, tuple[Any, dict[str, Any]]] | None = None,
+                  ) -> list[dict[str, Any]]:
+    """What to index of each record of a valid envelope (its JSON text included).  With ``memo``
+    (kept by the caller across the envelopes of one save) a record object met before is not
+    serialised again: a record carried through several nodes is one object."""
     out = []
     for record in envelope["records"]:
+        if memo is not None:
+            known = memo.get(id(record))
+            if known is not None and known[0] is record:
+                out.append(known[1])
+                continue
         provenance = record["provenance"]
-        out.append({"hash": provenance["hash"], "parents_json": dumps(list(provenance["parents"])),
-                    "lead_id": _index_id(record.get("lead_id")),
-                    "message_id": _index_id(record.get("message_id")), "record_json": canonical_json(record)})
+        row = {"hash": provenance["hash"], "parents_json": dumps(list(provenance["parents"])),
+               "lead_id": _index_id(record.get("lead_id")),
+               "message_id": _index_id(record.get("message_id")), "record_json": canonical_json(record)}
+        if memo is not None:
+            memo[id(record)] = (record, row)  # the record is held: its id is not reused meanwhile
+        out.append(row)
     return out
 
 

@@ -58,6 +58,7 @@ class InMemoryAuditStore(AuditStore):
         self._order: dict[str, int] = {}  # creation order: ties of created_at list newest first too
         self._counter = itertools.count()
         self._records: list[dict[str, Any]] = []
+        self._indexed: set[tuple[str, str, str]] = set()  # (run, hash, text): a record indexed once per run
         self._saved: set[tuple[str, str]] = set()
         self._deliveries: dict[str, AuditDelivery] = {}
         self.envelopes: SavedLog = SavedLog(self._envelopes)  # type: ignore[assignment]
@@ -107,7 +108,11 @@ class InMemoryAuditStore(AuditStore):
             # A JSON copy: later edits to the caller's dict never reach the trail.
             copy = json.loads(json.dumps(envelope, ensure_ascii=False))
             self.envelopes.append(AuditEnvelope(run_id, meta["node"], meta["flow"], digest, copy, self._clock()))
-            self._records.extend({**row, "run_id": run_id, "node": meta["node"]} for row in indexed)
+            for row in indexed:
+                key = (run_id, row["hash"], row["record_json"])
+                if key not in self._indexed:
+                    self._indexed.add(key)
+                    self._records.append({**row, "run_id": run_id, "node": meta["node"]})
             return True
 
     def save_failure(self, run_id: str, error: str | BaseException, envelope: Any = None) -> AuditFailure:
@@ -182,6 +187,7 @@ class InMemoryAuditStore(AuditStore):
             self.envelopes[:] = [e for e in self.envelopes if e.run_id not in old]
             self.failures[:] = [f for f in self.failures if f.run_id not in old]
             self._records[:] = [r for r in self._records if r["run_id"] not in old]
+            self._indexed = {key for key in self._indexed if key[0] not in old}
             self._saved = {key for key in self._saved if key[0] not in old}
             self._deliveries = {k: d for k, d in self._deliveries.items() if d.run_id not in old}
         return len(old)

@@ -222,16 +222,25 @@ class SqlAuditStore(AuditStore):
     @staticmethod
     def _envelope_rows(run_id: str, envelopes: Sequence[Mapping[str, Any]],
                        now: datetime) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """Each distinct envelope's row, with the rows of the records it is first to hold: a record
+        carried unchanged through later nodes (same hash, same text) is indexed once per save."""
         rows: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+        memo: dict[int, tuple[Any, dict[str, Any]]] = {}
+        indexed_once: set[tuple[str, str]] = set()
         for envelope in envelopes:
-            indexed = index_records(envelope)
+            indexed = index_records(envelope, memo)
             digest = envelope_hash(envelope, indexed)
             if digest in rows:
                 continue
             meta = envelope["metadata"]
+            records = []
+            for r in indexed:
+                seen = (r["hash"], r["record_json"])
+                if seen not in indexed_once:
+                    indexed_once.add(seen)
+                    records.append({**r, "run_id": run_id, "node": meta["node"]})
             rows[digest] = ({"run_id": run_id, "node": meta["node"], "flow": meta["flow"], "envelope_hash": digest,
-                             "envelope_json": envelope_json(envelope, indexed), "created_at": now},
-                            [{**r, "run_id": run_id, "node": meta["node"]} for r in indexed])
+                             "envelope_json": envelope_json(envelope, indexed), "created_at": now}, records)
         return list(rows.values())
 
     def _insert_envelopes(self, conn: Connection, rows: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> int:

@@ -72,13 +72,18 @@ class BaseOrchestrator:
 
     # -- public -----------------------------------------------------------------
     def run(self, payload: Mapping[str, Any] | None = None, *, run_id: str | None = None) -> dict[str, Any]:
-        """Run once and return a validated envelope; errors are ``AgentError``s."""
+        """Run once and return a validated envelope; errors are ``AgentError``s.
+
+        The flow's answer is its last node's envelope, which the engine checked
+        when the node returned it (a passthrough is built from a checked one);
+        an ``execute`` of a subclass's own is checked here."""
         context = self._start(payload, run_id)
         try:
             envelope = self._passthrough_or_none(payload, context)
             if envelope is None:
                 envelope = self.execute(self.validate_payload(payload), context)
-            validate_envelope(envelope)
+                if type(self).execute is not BaseOrchestrator.execute:
+                    validate_envelope(envelope)  # else the engine checked it when its node returned it
         except AgentError as exc:
             self._failed(context, exc)
             raise
@@ -93,7 +98,8 @@ class BaseOrchestrator:
             envelope = self._passthrough_or_none(payload, context)
             if envelope is None:
                 envelope = await self.aexecute(self.validate_payload(payload), context)
-            validate_envelope(envelope)
+                if type(self).aexecute is not BaseOrchestrator.aexecute:
+                    validate_envelope(envelope)
         except AgentError as exc:
             self._failed(context, exc)
             raise
