@@ -51,6 +51,14 @@ class LeadSearchSuite:
         # Then every match came once, in id order
         self.assertEqual(seen, sorted(r["lead_id"] for r in whole))
 
+    def test_ids_only_gives_the_same_leads_with_their_ids_alone(self) -> None:
+        # When the same query is asked for ids only
+        full = self.search(title="Head", limit=50)["records"]
+        ids = self.search(title="Head", limit=50, ids_only=True)["records"]
+        # Then the same leads come, in the same order, each with no field of the lead row
+        self.assertEqual([r["lead_id"] for r in ids], [r["lead_id"] for r in full])
+        self.assertEqual({k for r in ids for k in r} - {"lead_id", "match", "provenance"}, set())
+
     def test_keyset_paging_of_a_fuzzy_search_is_refused_naming_the_field(self) -> None:
         with self.assertRaises(PayloadError) as caught:
             self.search(company="Acme", after_id=0)

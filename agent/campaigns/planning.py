@@ -32,7 +32,8 @@ class BatchPlan:
 def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
     """The campaign's lead ids, best match first, at most ``limits.per_run``.
 
-    A query of filters alone is read in keyset pages (``after_id``): each page
+    Only ids are read (each batch's job loads its leads).  A query of filters
+    alone is read in keyset pages (``after_id``): each page
     reads on from where the last ended, and nothing is counted.  A name or
     company query (ordered by its fuzzy score) and free text (which may name a
     company) are read by offset.
@@ -43,7 +44,7 @@ def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
     cursor: dict[str, int] = {"after_id": 0} if keyset else {"offset": 0}
     while len(ids) < campaign.limits.per_run:
         page = min(_PAGE, campaign.limits.per_run - len(ids))
-        envelope = lead_orchestrator.run({"lead_query": {**query, "limit": page, **cursor}})
+        envelope = lead_orchestrator.run({"lead_query": {**query, "limit": page, "ids_only": True, **cursor}})
         ids.extend(int(r["lead_id"]) for r in envelope["records"])
         following = envelope["metadata"].get("next_after_id" if keyset else "next_offset")
         if following is None or not envelope["records"]:

@@ -36,6 +36,8 @@ class LeadQuery(BaseModel):
                                         "reads only what follows (``next_after_id`` of the page before). "
                                         "Not with name or company, whose order is their fuzzy score.")
     min_score: float | None = Field(default=None, ge=0, le=100, description="Fuzzy match cut-off.")
+    ids_only: bool = Field(default=False, description="Records carry the lead id (and match) alone: "
+                                                      "for a planner that loads the leads later.")
 
     @field_validator("name", "company", "domain", "email", "title", "industry", "location", "text")
     @classmethod

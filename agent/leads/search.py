@@ -124,7 +124,8 @@ class LeadSearch:
                 page_ids = list(conn.execute(base.where(where).order_by(*order)
                                              .limit(q.limit).offset(q.offset)).scalars())
                 score_of = {}
-            rows = self._load(conn, page_ids)
+            # Ids alone for a planner that loads the leads later; else the lead records.
+            rows = [{"lead_id": i} for i in page_ids] if q.ids_only else self._load(conn, page_ids)
         for row in rows:
             row["match"] = {"strategies": strategies, "score": score_of.get(row["lead_id"])}
         return SearchResult(rows=rows, total=None if total is None else int(total),
