@@ -108,6 +108,16 @@ class CampaignRunnerTest(unittest.TestCase):
         self.assertTrue(any(s.startswith("contacts/") for s in sources), sources)
 
 
+    def test_a_batch_keeps_its_draft_map_node_as_one_envelope_with_every_draft(self) -> None:
+        # Given a finished batch of five leads
+        runner = self.runner()
+        runner.work([runner.start(campaign(limits={"per_run": 5, "batch_size": 5}))], threads=1)
+        run = next(r for r in self.audit.list_runs(campaign_id="acme") if r.state == "succeeded")
+        # Then the draft node is one envelope (its items' five are folded into it), one record per lead
+        [draft] = self.audit.envelopes(run.run_id, node="draft")
+        self.assertEqual((draft.envelope["metadata"]["items"], len(draft.envelope["records"])), (5, 5))
+        self.assertEqual(len({r["lead_id"] for r in draft.envelope["records"]}), 5)
+
     def test_each_suppression_verdict_derives_from_the_message_to_its_address_alone(self) -> None:
         # Given a finished batch of five leads
         runner = self.runner()

@@ -57,6 +57,26 @@ class HooksAndLoggingTest(EngineTestCase):
         self.assertEqual(hook.events, [("node_start", "a", 1), ("node_error", "a", 1), ("node_start", "a", 2),
                                        ("node_end", "a", 2), ("node_start", "b", 1), ("node_end", "b", 1)])
 
+    def test_a_map_node_ends_after_its_items_with_its_whole_envelope(self) -> None:
+        # Given a map node over three items
+        class Ends:
+            def __init__(self) -> None:
+                self.ends: list[tuple[str, int]] = []
+
+            def after_node(self, *, event: str, step: str, envelope: Any = None, **kwargs: Any) -> None:
+                if event == "node_end":
+                    self.ends.append((step, len(envelope["records"])))
+
+        flow = (Flow("mapped").node("ids", rows(1, 2, 3))
+                .node("each", lambda item, state: [{"id": item["id"] * 10}], each=lambda s: s.records("ids"),
+                      key="id", concurrency=1)
+                .then("ids", "each"))
+        hook = Ends()
+        # When
+        self.engine(hooks=[hook]).run(flow)
+        # Then each item ended, then the node with every item's record
+        self.assertEqual(hook.ends, [("ids", 3), ("each[1]", 1), ("each[2]", 1), ("each[3]", 1), ("each", 3)])
+
     def test_a_hook_that_raises_is_logged_and_the_run_goes_on(self) -> None:
         # Given
         hook = EventRecorder(fail=True)

@@ -3,8 +3,10 @@
 A hook is any object with ``before_node`` and/or ``after_node`` methods taking
 keyword-only arguments plus ``**kwargs`` (new context never breaks a hook).
 ``before_node`` hears ``node_start``; ``after_node`` hears ``node_end`` (with
-``envelope``) and ``node_error`` (with ``error`` and ``will_retry``).  A hook
-that raises is logged, never propagated.
+``envelope``) and ``node_error`` (with ``error`` and ``will_retry``).  A map
+node's items each end with a ``node_end`` of their own (step ``node[key]``),
+then the node itself with its whole envelope (step ``node``).  A hook that
+raises is logged, never propagated.
 """
 
 from __future__ import annotations

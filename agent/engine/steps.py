@@ -273,6 +273,11 @@ class RunPlan:
                              items=len(keyed), failed_items=failed)
         if self.checkpointed:
             yield Save(self.run_id, step, env)
+        if self.observed:
+            # The map node's own envelope, after its items' (each had a node_end of its own).
+            ctx = state.context
+            emit(self.hooks, "node_end", run_id=ctx.run_id, flow=self.graph.name, node=node.name, step=step,
+                 attempt=1, duration_ms=env["metadata"]["duration_ms"], envelope=env, state=state)
         self.executed.append(step)
         return env
 

@@ -255,7 +255,7 @@ class AuditHook:
     def __init__(self, audit: Any) -> None:
         self.audit = audit
         self._lock = threading.Lock()
-        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._pending: dict[str, list[tuple[str, dict[str, Any]]]] = {}
 
     def begin(self, run_id: str) -> None:
         with self._lock:
@@ -265,7 +265,7 @@ class AuditHook:
         """What the run's nodes produced, in the order they ended (the engine checked each one);
         the hook stops listening to the run."""
         with self._lock:
-            return self._pending.pop(run_id, [])
+            return [envelope for _step, envelope in self._pending.pop(run_id, [])]
 
     def flush(self, run_id: str) -> None:
         """Write what the run's nodes produced, and stop listening to it."""
@@ -273,14 +273,20 @@ class AuditHook:
         if envelopes:
             self.audit.save_envelopes(run_id, envelopes, validated=True)
 
-    def after_node(self, *, event: str, run_id: str, envelope: dict[str, Any] | None = None,
+    def after_node(self, *, event: str, run_id: str, step: str = "", envelope: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
         if event != "node_end" or envelope is None:
             return
         with self._lock:
             pending = self._pending.get(run_id)
-            if pending is not None:
-                pending.append(envelope)
+            if pending is None:
+                return
+            # A map node's own envelope holds what its items' did: it replaces them (an item's
+            # envelope is kept only while its node has not ended, e.g. when a later item failed).
+            items = f"{step}["
+            if any(earlier.startswith(items) for earlier, _ in pending):
+                pending[:] = [(s, e) for s, e in pending if not s.startswith(items)]
+            pending.append((step, envelope))
 
 
 def _resolve(registry: Registry, name: str, cache: dict[str, Any] | None, audit: Any = None) -> Any:
