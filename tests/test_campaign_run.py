@@ -108,6 +108,14 @@ class CampaignRunnerTest(unittest.TestCase):
         self.assertTrue(any(s.startswith("contacts/") for s in sources), sources)
 
 
+    def test_a_lead_query_that_names_its_own_paging_is_planned_whole(self) -> None:
+        # Given a campaign whose lead query carries paging of its own
+        runner = self.runner()
+        paged = campaign(lead_query={"industry": "Fintech", "offset": 3, "limit": 2})
+        # When it runs, then planning pages on its own: every lead of the run is found
+        [report] = runner.work([runner.start(paged)], threads=2)
+        self.assertEqual((report.leads, report.statuses["sent"]), (24, 24))
+
     def test_a_batch_keeps_its_draft_map_node_as_one_envelope_with_every_draft(self) -> None:
         # Given a finished batch of five leads
         runner = self.runner()

@@ -61,6 +61,42 @@ class RunJobTest(unittest.TestCase):
         self.assertEqual(self.queue.stats(self.topic).ready, batches)
         self.assertEqual(self.queue.stats(self.topic).dead, 0)
 
+    def test_a_finish_that_fails_with_its_audited_end_never_runs_the_job_again(self) -> None:
+        from agent.envelope import make_envelope
+        from agent.errors import StorageError
+        from agent.queues import Job
+        from agent.workers.celery_worker import run_job
+
+        # Given a job whose orchestrator counts its runs, and a ledger whose first finish fails
+        runs: list[str] = []
+
+        class Counting:
+            def run(self, payload: object, *, run_id: str) -> dict:
+                runs.append(run_id)
+                return make_envelope([{"x": 1}], source="t", run_id=run_id, flow="f", node="n", agent="a")
+
+        self.rt.resolved["counting"] = Counting()
+        job_id = self.queue.enqueue(self.topic, Job(orchestrator="counting", run_id="r-once"))
+        real_finish, calls = self.rt.ledger.finish, []
+
+        def flaky(claim: object) -> bool:
+            calls.append(1)
+            if len(calls) == 1:
+                raise StorageError("database error: OperationalError: server closed the connection")
+            return real_finish(claim)
+
+        self.rt.ledger.finish = flaky  # type: ignore[method-assign]
+        data = Job(orchestrator="counting", job_id=job_id, run_id="r-once").model_dump(mode="json")
+        # When its message comes, and again later
+        first = run_job(self.app, self.topic, data, rt=self.rt)
+        self.clock.advance(3600)
+        again = run_job(self.app, self.topic, data, rt=self.rt)
+        # Then it ran once: the success was audited apart from the failed finish, and the job is done
+        self.assertEqual((first, again, runs), ("done", "skipped", ["r-once"]))
+        self.assertEqual(self.rt.audit.get_run("r-once").state, "succeeded")
+        self.assertEqual(self.rt.audit.failures("r-once"), [])
+        self.assertEqual(self.rt.ledger.state(job_id)["state"], "done")
+
     def test_a_job_whose_audit_write_fails_is_retried_then_dead_lettered_not_looped_forever(self) -> None:
         from agent.audit import AuditStore
         from agent.queues import Job

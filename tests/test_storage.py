@@ -225,3 +225,20 @@ class WriterLockTest(unittest.TestCase):
             proc.start()
             proc.join(30)
         self.assertEqual(answer.get(timeout=30), "waits")
+
+    def test_a_writer_that_waited_the_busy_timeout_gives_up_naming_the_lock(self) -> None:
+        from agent.storage.db import WriterLock
+
+        # Given a writer holding the lock (another handle on the file: another process's view)
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        path = str(home.settings.resolved_database_url).split("///", 1)[1]
+        holder, waiter = WriterLock(path), WriterLock(path, timeout=0.05)
+        # When another writer waits for it longer than its timeout
+        with holder.hold(), self.assertRaises(StorageError) as caught:
+            with waiter.hold():
+                pass
+        # Then it gives up with a clear error, and the lock works again once free
+        self.assertIn("database is locked", str(caught.exception))
+        with waiter.hold():
+            pass

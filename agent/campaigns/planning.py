@@ -39,6 +39,8 @@ def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
     company) are read by offset.
     """
     query = {"text": campaign.lead_query} if isinstance(campaign.lead_query, str) else dict(campaign.lead_query)
+    for paging in ("limit", "offset", "after_id", "ids_only"):  # planning pages on its own
+        query.pop(paging, None)
     keyset = not (query.get("name") or query.get("company") or query.get("text"))
     ids: list[int] = []
     cursor: dict[str, int] = {"after_id": 0} if keyset else {"offset": 0}
@@ -46,7 +48,10 @@ def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
         page = min(_PAGE, campaign.limits.per_run - len(ids))
         envelope = lead_orchestrator.run({"lead_query": {**query, "limit": page, "ids_only": True, **cursor}})
         ids.extend(int(r["lead_id"]) for r in envelope["records"])
-        following = envelope["metadata"].get("next_after_id" if keyset else "next_offset")
+        meta = envelope["metadata"]
+        if keyset and "next_after_id" not in meta:
+            keyset = False  # a lead orchestrator that pages by offset only: the first page was its offset 0
+        following = meta.get("next_after_id" if keyset else "next_offset")
         if following is None or not envelope["records"]:
             break
         cursor = {"after_id": following} if keyset else {"offset": following}

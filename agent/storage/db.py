@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -34,6 +35,8 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # it is kept small; a bulk import raises its own connection's (see ``bulk_cache``).
 CACHE_KIB = 8192
 BULK_CACHE_KIB = 65536
+# How long a SQLite writer waits for another before it gives up ("database is locked").
+BUSY_TIMEOUT_S = 30.0
 
 
 def upsert_insert(dialect: str) -> Any:
@@ -73,7 +76,7 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     cur.execute("PRAGMA temp_store=MEMORY")
     cur.close()
@@ -88,19 +91,24 @@ def _sqlite_begin(conn: Connection) -> None:
 class WriterLock:
     """Writers of one SQLite file, one at a time across this machine's processes.
 
-    A thread lock, then ``flock`` on a file beside the database.  SQLite alone
-    would make a second writer poll in its busy handler, sleeping up to 100 ms
-    between looks, so two busy processes spend most of their time asleep; a
-    writer waiting here wakes as soon as the lock is free.  Reentrant within a
-    thread.  A forked child opens its own lock file (an inherited descriptor
-    would share the parent's lock instead of waiting for it).
+    A thread lock, then ``flock`` on a file beside the database (created with
+    the database file's permissions).  SQLite alone would make a second writer
+    poll in its busy handler, sleeping up to 100 ms between looks, so two busy
+    processes spend most of their time asleep; a writer waiting here looks
+    again within a millisecond.  Like SQLite's busy timeout, a writer that has
+    waited ``timeout`` seconds gives up with ``StorageError``.  Reentrant
+    within a thread.  A forked child opens its own lock file (an inherited
+    descriptor would share the parent's lock instead of waiting for it).
     """
 
     _by_path: dict[str, WriterLock] = {}
     _by_path_lock = threading.Lock()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, timeout: float = BUSY_TIMEOUT_S) -> None:
+        self.database = path
         self.path = f"{path}-writer.lock"
+        self.timeout = timeout
+        self._generation = 0
         self._reset()
 
     @classmethod
@@ -117,26 +125,57 @@ class WriterLock:
         self._thread = threading.RLock()
         self._fd: int | None = None
         self._depth = 0
+        self._generation += 1  # a hold() begun before a fork leaves the child's count alone
 
     def after_fork(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # the parent keeps its own copy, and with it its lock
         self._reset()
 
+    def _open(self) -> int:
+        try:
+            mode = os.stat(self.database).st_mode & 0o666
+        except OSError:
+            mode = 0o600
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+        except OSError as exc:
+            raise StorageError(f"cannot open the writer lock {self.path}: {exc.strerror}") from exc
+
+    def _acquire(self, fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self.timeout
+        pause = 0.0001
+        while True:
+            time.sleep(pause)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StorageError(f"database is locked: another writer held it for {self.timeout:g} s") from None
+            pause = min(pause * 2, 0.001)
+
     @contextmanager
     def hold(self) -> Iterator[None]:
         with self._thread:
+            generation = self._generation
             if self._depth == 0:
                 if self._fd is None:
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                    self._fd = self._open()
+                self._acquire(self._fd)
             self._depth += 1
             try:
                 yield
             finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                if generation == self._generation:  # else a fork reset this lock in between
+                    self._depth -= 1
+                    if self._depth == 0 and self._fd is not None:
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 def _describe(exc: SQLAlchemyError) -> str:
@@ -156,6 +195,8 @@ def _after_fork_in_child() -> None:
     for db in list(_ALL):
         db.engine.dispose(close=False)
         db._ready_lock = threading.Lock()
+    for db in list(_ALL):
+        db._ambient = threading.local()  # a transaction() of the forking thread is the parent's
     for writers in WriterLock._by_path.values():
         writers.after_fork()
     WriterLock._by_path_lock = threading.Lock()
@@ -298,8 +339,10 @@ class Database:
         PostgreSQL also takes a transaction-scoped advisory lock on the name:
         writers that name the same lock run one at a time.
 
-        Inside this thread's ``transaction()`` on this database, the block
-        joins that transaction instead of opening one.
+        Inside this thread's ``transaction()`` on this handle, the block joins
+        that transaction instead of opening one (another handle on the same
+        file does not: its writes wait for the transaction to end, and on
+        SQLite give up after the busy timeout).
         """
         sqlite_writer = self.dialect == "sqlite" and (write or lock is not None)
         joined = getattr(self._ambient, "conn", None)
@@ -309,9 +352,9 @@ class Database:
             try:
                 if lock is not None and self.dialect == "postgresql":
                     joined.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": lock})
+                yield joined
             except SQLAlchemyError as exc:
                 raise StorageError(f"database error: {_describe(exc)}") from exc
-            yield joined
             return
         try:
             with self._writer(sqlite_writer), self.engine.connect() as conn:

@@ -17,6 +17,7 @@ SQLite datetime text into a datetime).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -36,19 +37,29 @@ def param(name: str) -> Any:
     return bindparam(name, required=False)  # given at execution, not at compile time
 
 
+_compiling = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _compiling
+    _compiling = threading.Lock()  # another thread may have been compiling at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Prepared:
     """One statement with named ``param``s, compiled once per dialect."""
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
 
     def _for(self, conn: Connection) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
         dialect = conn.dialect
         found = self._compiled.get(dialect.name)
         if found is None:
-            with self._lock:
+            with _compiling:
                 done = self.statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
                 # qmark drivers (SQLite) bind by position; pyformat ones (psycopg) by name.
                 order = tuple(done.positiontup) if done.positiontup else None

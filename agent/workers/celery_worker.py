@@ -180,10 +180,18 @@ def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime,
         if outcome is None:
             attempt.run()
             if attempt.outcome.verdict == "ack" and not attempt.outcome.follow_ups:
-                with rt.db.transaction():  # the audited end and the job's finish commit together
-                    attempt.end()
-                    rt.ledger.finish(claim)
-                return "done"
+                try:
+                    # The job's finish and its audited end commit together (the job's row first, as
+                    # the claim takes it: two transactions never wait on each other's rows).
+                    with rt.db.transaction():
+                        rt.ledger.finish(claim)
+                        attempt.end()
+                    return "done"
+                except Exception as exc:
+                    # Nothing was written: the end on its own, then the finish, below; the run
+                    # succeeded and must not run again.
+                    log.warning("job %s: finished apart from its audit: %s", claim.job.job_id,
+                                redact(f"{type(exc).__name__}: {exc}"))
             outcome = attempt.end()
     if outcome.verdict == "ack":
         queue_follow_ups(rt.queue(app), outcome)  # before the job is done: a crash here repeats, loses nothing

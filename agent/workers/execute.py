@@ -162,9 +162,10 @@ class Attempt:
         """Audit what the run produced and its final state; the outcome."""
         outcome = self.outcome
         if self.audit is not None and self._ending is not None:
+            # Written again if called again (the caller's transaction around the first call may
+            # have rolled back): the envelopes are kept once, and a repeated move is refused, logged.
             state, ending = self._ending
             _end(self.audit, self.job.run_id, state, **ending)
-            self._ending = None  # written once, even if end is called again
         return outcome
 
 
