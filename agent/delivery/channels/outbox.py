@@ -4,10 +4,10 @@ The file name is the idempotency key and the file appears atomically (written
 to a temporary name, made durable, then hard-linked into place), so neither a
 retry nor two workers racing on the same key can produce a second message,
 and a crash never leaves a truncated message under a key.  A batch's files
-are made durable together: one ``syncfs`` on Linux, an fsync each elsewhere.  A claim left
-in ``sending`` (or ``failed``) is finished only for the same content, and a
-file already in place counts only if it carries the claimed Message-ID;
-anything else comes back ``conflict`` and nothing is written.
+are made durable together: one ``syncfs`` on Linux, an fsync each elsewhere.
+A claim left in ``sending`` (or ``failed``) is finished only for the same
+content, and a file already in place counts only if it carries the claimed
+Message-ID; anything else comes back ``conflict`` and nothing is written.
 """
 
 from __future__ import annotations
@@ -151,18 +151,18 @@ class OutboxChannel(BaseAgent):
         marks: list[tuple[str, str, str | None]] = []
         staged: list[_Staged] = []
         attempted = 0
-        first: dict[str, tuple[dict[str, Any], str]] = {}
+        first: dict[str, dict[str, Any]] = {}  # each key's first message; a repeat copies its outcome
         try:
             try:
                 for result, msg in sending:
                     key = result["idempotency_key"]
                     attempted += 1
                     if key in first:  # the same (campaign, lead, step) twice in one request
-                        first[key][0].setdefault("_copies", []).append(result)
+                        first[key].setdefault("_copies", []).append(result)
                         continue
                     entry, created = claims[key]
                     self._deliver(entry, created, directory, msg, context, marks, staged, result)
-                    first[key] = (result, key)
+                    first[key] = result
             finally:
                 # What was staged is finished whatever stopped the batch: durable, then named.
                 self._publish(directory, staged, marks)
@@ -171,7 +171,7 @@ class OutboxChannel(BaseAgent):
             if any(state == "sent" for _, state, _ in marks):
                 _sync_directory(directory)
             ledger.mark_many(marks)
-            for result, _key in first.values():
+            for result in first.values():
                 for copy in result.pop("_copies", []):
                     copy.update({k: result[k] for k in ("status", "reason", "message_id", "location")})
                     if result["status"] == "sent":
