@@ -381,11 +381,11 @@ def index_records(envelope: Mapping[str, Any], memo: dict[int, tuple[Any, dict[s
     return out
 
 
-def found_record(run_id: str, node: str | None, row: Mapping[str, Any]) -> dict[str, Any]:
-    """An indexed record as the queries return it."""
+def found_record(run_id: str, node: str | None, row: Mapping[str, Any], record: Any = None) -> dict[str, Any]:
+    """An indexed record as the queries return it (``record``: given, or the row's own JSON)."""
     return {"hash": row["hash"], "run_id": run_id, "node": node, "lead_id": row["lead_id"],
             "message_id": row["message_id"], "parents": json.loads(row["parents_json"]),
-            "record": json.loads(row["record_json"])}
+            "record": json.loads(row["record_json"]) if record is None else record}
 
 
 def json_copy(value: Any, name: str) -> Any:

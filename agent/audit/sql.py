@@ -69,7 +69,7 @@ _DELIVERY_COLUMNS = ("message_id", "run_id", "to_address", "lead_id", "campaign_
                      "provenance_json")
 _GET_RUN = Prepared(select(_RUNS).where(_RUNS.c.run_id == param("run_id")))
 _ADD_RECORD = Prepared(insert(_RECORDS).values({c: param(c) for c in (
-    "run_id", "node", "hash", "lead_id", "message_id", "parents_json", "record_json")}))
+    "run_id", "node", "hash", "lead_id", "message_id", "parents_json", "envelope_id", "position")}))
 _ADD_FAILURE = Prepared(insert(_FAILURES).values({c: param(c) for c in (
     "run_id", "node", "error_type", "message", "code", "envelope_json", "created_at")}))
 
@@ -234,11 +234,14 @@ class SqlAuditStore(AuditStore):
                 continue
             meta = envelope["metadata"]
             records = []
-            for r in indexed:
+            for position, r in enumerate(indexed):
                 seen = (r["hash"], r["record_json"])
                 if seen not in indexed_once:
                     indexed_once.add(seen)
-                    records.append({**r, "run_id": run_id, "node": meta["node"]})
+                    # The JSON itself stays in the envelope: the row points at it.
+                    records.append({"run_id": run_id, "node": meta["node"], "hash": r["hash"],
+                                    "lead_id": r["lead_id"], "message_id": r["message_id"],
+                                    "parents_json": r["parents_json"], "position": position})
             rows[digest] = ({"run_id": run_id, "node": meta["node"], "flow": meta["flow"], "envelope_hash": digest,
                              "envelope_json": envelope_json(envelope, indexed), "created_at": now}, records)
         return list(rows.values())
@@ -249,9 +252,10 @@ class SqlAuditStore(AuditStore):
         records: list[dict[str, Any]] = []
         new = 0
         for row, indexed in rows:
-            if self._add_envelope.execute(conn, row).fetchone() is not None:
+            inserted = self._add_envelope.execute(conn, row).fetchone()
+            if inserted is not None:
                 new += 1
-                records.extend(indexed)
+                records.extend({**r, "envelope_id": inserted[0]} for r in indexed)
         if records:
             _ADD_RECORD.execute_many(conn, records)
         return new
@@ -349,7 +353,14 @@ class SqlAuditStore(AuditStore):
         query = select(_RECORDS).where(condition).order_by(_RECORDS.c.id).limit(limit)
         with self.db.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        return [found_record(r["run_id"], r["node"], r) for r in rows]
+            # A row's record is in its envelope (older rows carry their own JSON).
+            wanted = {r["envelope_id"] for r in rows if r["record_json"] is None}
+            bodies = dict(conn.execute(select(_ENVELOPES.c.id, _ENVELOPES.c.envelope_json)
+                                       .where(_ENVELOPES.c.id.in_(wanted))).all()) if wanted else {}
+        envelopes = {key: json.loads(body)["records"] for key, body in bodies.items()}
+        return [found_record(r["run_id"], r["node"], r,
+                             None if r["record_json"] is not None else envelopes[r["envelope_id"]][r["position"]])
+                for r in rows]
 
     def message(self, message_id: str) -> AuditDelivery | None:
         with self.db.connect() as conn:

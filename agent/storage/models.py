@@ -231,7 +231,11 @@ class AuditRecordRow(Base):
     lead_id: Mapped[str | None] = mapped_column(Text, index=True)
     message_id: Mapped[str | None] = mapped_column(Text, index=True)
     parents_json: Mapped[str] = mapped_column(Text)
-    record_json: Mapped[str] = mapped_column(Text)
+    # The record's JSON lives in its envelope (``envelope_id``, at ``position``); rows written
+    # before migration 0006 keep their own copy here.
+    record_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    envelope_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    position: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AuditFailureRow(Base):
