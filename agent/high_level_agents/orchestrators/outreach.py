@@ -69,6 +69,10 @@ class OutreachOrchestrator(BaseOrchestrator):
     passthrough_envelopes: ClassVar[bool] = False
     loader_agent: ClassVar[str] = "lead_loader"
     copywriter_agent: ClassVar[str] = "copywriter"
+    # Drafts of a batch written at once.  The template copywriter only computes, so parallel lanes
+    # would only take turns on the GIL (measured: 6% slower at 4); a copywriter that waits on I/O
+    # (a model behind HTTP) wants more.
+    draft_concurrency: ClassVar[int] = 1
 
     def validate_payload(self, payload: Any) -> OutreachPayload:
         model: OutreachPayload = super().validate_payload(payload)
@@ -81,7 +85,8 @@ class OutreachOrchestrator(BaseOrchestrator):
                 .node("load", agent=self.loader_agent, request=_load_request,
                       description="the batch's lead records, in the order given")
                 .node("draft", agent=self.copywriter_agent, each=_loaded, key="lead_id", request=_draft_request,
-                      allow_partial=True, description="one draft per lead; a failed lead leaves the others")
+                      allow_partial=True, concurrency=self.draft_concurrency,
+                      description="one draft per lead; a failed lead leaves the others")
                 .node("hold", _hold, lineage=None, description="approval required: the drafts wait, nothing is sent")
                 .node("deliver", self._deliver, lineage=None,
                       description="the drafts through the DeliveryOrchestrator and its gates")
