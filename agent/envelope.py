@@ -6,9 +6,10 @@ An envelope is a plain JSON-serialisable dict::
                   "partial", "errors", "duration_ms", ...},
      "records":  [{...domain fields..., "provenance": {...}}]}
 
-The pydantic models below are the single source of truth: they validate, and
-they produce the published JSON Schema (``agent schema envelope``).  Records
-stay plain dicts; the models only check them.
+The typed dicts below are the single source of truth: pydantic validates
+with them, and they produce the published JSON Schema (``agent schema
+envelope``).  Records stay plain dicts; the types only check them (typed
+dicts, not models: nothing is built per record, which keeps a check cheap).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
+
+from typing_extensions import NotRequired, TypedDict
 
 from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, with_config
 from pydantic import ValidationError as _PydanticValidationError
 
 from agent.errors import EnvelopeError
@@ -55,56 +58,55 @@ def _check_utc_iso(value: str) -> str:
     return value
 
 
-class ErrorItem(BaseModel):
-    model_config = ConfigDict(extra="allow")
+_UTC = AfterValidator(_check_utc_iso)
+
+
+@with_config(ConfigDict(extra="allow"))
+class ErrorItem(TypedDict):
     code: str
     message: str
     node: str | None
 
 
-class Provenance(BaseModel):
+@with_config(ConfigDict(extra="allow"))
+class Provenance(TypedDict):
     """Where a record came from; ``parents`` are upstream record hashes."""
 
-    model_config = ConfigDict(extra="allow")
-    source: str = Field(min_length=1)
+    source: Annotated[str, Field(min_length=1)]
     source_id: str | None
-    retrieved_at: str
+    retrieved_at: Annotated[str, _UTC]
     agent: str | None
     run_id: str | None
     node: str | None
-    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     parents: list[str]
-    raw_row: dict[str, Any] | None = None
-
-    _utc = field_validator("retrieved_at")(_check_utc_iso)
+    raw_row: NotRequired[dict[str, Any] | None]
 
 
-class Record(BaseModel):
-    model_config = ConfigDict(extra="allow")
+@with_config(ConfigDict(extra="allow"))
+class Record(TypedDict):
     provenance: Provenance
 
 
-class Metadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    run_id: str = Field(min_length=1)
+@with_config(ConfigDict(extra="allow"))
+class Metadata(TypedDict):
+    run_id: Annotated[str, Field(min_length=1)]
     flow: str | None
     node: str | None
-    source: str = Field(min_length=1)
-    created_at: str
+    source: Annotated[str, Field(min_length=1)]
+    created_at: Annotated[str, _UTC]
     # strict: validation returns the envelope unchanged, so a coerced value
     # ("partial": "false", which is truthy) would leak through as-is.
-    total_count: int = Field(ge=0, strict=True)
-    partial: bool = Field(strict=True)
+    total_count: Annotated[int, Field(ge=0, strict=True)]
+    partial: Annotated[bool, Field(strict=True)]
     errors: list[ErrorItem]
-    duration_ms: float | None = Field(ge=0, strict=True)
-
-    _utc = field_validator("created_at")(_check_utc_iso)
+    duration_ms: Annotated[float | None, Field(ge=0, strict=True)]
 
 
-class Envelope(BaseModel):
+@with_config(ConfigDict(extra="forbid", title="AgentEnvelope"))
+class Envelope(TypedDict):
     """The canonical envelope: ``metadata`` plus ``records``."""
 
-    model_config = ConfigDict(extra="forbid", title="AgentEnvelope")
     metadata: Metadata
     records: list[Record]
 
@@ -321,7 +323,7 @@ def validate_envelope(envelope: Any, *, check_hashes: bool = True) -> dict[str, 
 
 def envelope_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the canonical envelope."""
-    schema = Envelope.model_json_schema()
+    schema = _ENVELOPE.json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://agent.example/schemas/envelope.json"
     return schema
