@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from agent.audit import AuditEnvelope, InMemoryAuditStore, SqlAuditStore
-from agent.envelope import make_envelope, make_provenance
+from agent.envelope import canonical_json, make_envelope, make_provenance
 from agent.errors import ConfigurationError, EnvelopeError, InvalidInput, StorageError
 from tests.support import PostgresSchema, requires_real_services
 
@@ -173,7 +173,7 @@ class AuditStoreContract:
         self.assertEqual((follow.state, follow.orchestrator, follow.campaign_id, follow.meta),
                          ("queued", "outreach", "c1", {"batch": 0}))
 
-    def test_a_record_carried_unchanged_through_nodes_is_indexed_once_per_run(self) -> None:
+    def test_a_record_carried_unchanged_through_nodes_is_indexed_once_per_save(self) -> None:
         # Given a record that a later node passes on as it is
         chain = Chain()
         self.store.begin_attempt("r1", orchestrator="lead")
@@ -556,3 +556,37 @@ class PostgresAuditStoreTests(AuditStoreContract, unittest.TestCase):
         schema = PostgresSchema()
         self.addCleanup(schema.drop)
         return sql_store(self, schema.url, clock)
+
+
+class RecordsMigrationTest(unittest.TestCase):
+    """Migration 0006 keeps a record's JSON in its envelope only; going back down writes it back."""
+
+    def test_downgrade_gives_each_index_row_its_record_and_upgrade_reads_them_again(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+        from sqlalchemy import text
+
+        from agent.storage.db import MIGRATIONS_DIR
+
+        # Given a run whose trail was kept under 0006
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        store = sql_store(self, f"sqlite:///{folder}/audit.db")
+        chain = Chain()
+        store.begin_attempt("r1", orchestrator="lead")
+        store.end_attempt("r1", "succeeded", envelopes=[envelope("fetch", chain.lead),
+                                                        envelope("enrich", chain.enriched)])
+        before = store.records_for_lead("lead-1")
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        # When the schema goes down to 0005
+        with store.db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0005")
+        # Then every index row has its own record JSON again, the same record
+        with store.db.engine.connect() as conn:
+            bodies = dict(conn.execute(text("SELECT hash, record_json FROM audit_records")).all())
+        self.assertEqual(bodies, {r["hash"]: canonical_json(r["record"]) for r in before})
+        # And back up, the records read as before
+        store.db.migrate()
+        self.assertEqual(store.records_for_lead("lead-1"), before)

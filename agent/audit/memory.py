@@ -58,7 +58,6 @@ class InMemoryAuditStore(AuditStore):
         self._order: dict[str, int] = {}  # creation order: ties of created_at list newest first too
         self._counter = itertools.count()
         self._records: list[dict[str, Any]] = []
-        self._indexed: set[tuple[str, str, str]] = set()  # (run, hash, text): a record indexed once per run
         self._saved: set[tuple[str, str]] = set()
         self._deliveries: dict[str, AuditDelivery] = {}
         self.envelopes: SavedLog = SavedLog(self._envelopes)  # type: ignore[assignment]
@@ -94,9 +93,11 @@ class InMemoryAuditStore(AuditStore):
         if not validated:
             for envelope in envelopes:  # all checked before any is kept
                 validate_envelope(envelope)
-        return sum(self._save_envelope(run_id, envelope) for envelope in envelopes)
+        indexed_once: set[tuple[str, str]] = set()  # a record carried through nodes: indexed once a save
+        return sum(self._save_envelope(run_id, envelope, indexed_once) for envelope in envelopes)
 
-    def _save_envelope(self, run_id: str, envelope: Mapping[str, Any]) -> bool:
+    def _save_envelope(self, run_id: str, envelope: Mapping[str, Any],
+                       indexed_once: set[tuple[str, str]] | None = None) -> bool:
         digest = envelope_hash(envelope)
         meta = envelope["metadata"]
         indexed = index_records(envelope)
@@ -109,9 +110,10 @@ class InMemoryAuditStore(AuditStore):
             copy = json.loads(json.dumps(envelope, ensure_ascii=False))
             self.envelopes.append(AuditEnvelope(run_id, meta["node"], meta["flow"], digest, copy, self._clock()))
             for row in indexed:
-                key = (run_id, row["hash"], row["record_json"])
-                if key not in self._indexed:
-                    self._indexed.add(key)
+                key = (row["hash"], row["record_json"])
+                if indexed_once is None or key not in indexed_once:
+                    if indexed_once is not None:
+                        indexed_once.add(key)
                     self._records.append({**row, "run_id": run_id, "node": meta["node"]})
             return True
 
@@ -187,7 +189,6 @@ class InMemoryAuditStore(AuditStore):
             self.envelopes[:] = [e for e in self.envelopes if e.run_id not in old]
             self.failures[:] = [f for f in self.failures if f.run_id not in old]
             self._records[:] = [r for r in self._records if r["run_id"] not in old]
-            self._indexed = {key for key in self._indexed if key[0] not in old}
             self._saved = {key for key in self._saved if key[0] not in old}
             self._deliveries = {k: d for k, d in self._deliveries.items() if d.run_id not in old}
         return len(old)

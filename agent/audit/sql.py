@@ -358,9 +358,13 @@ class SqlAuditStore(AuditStore):
             bodies = dict(conn.execute(select(_ENVELOPES.c.id, _ENVELOPES.c.envelope_json)
                                        .where(_ENVELOPES.c.id.in_(wanted))).all()) if wanted else {}
         envelopes = {key: json.loads(body)["records"] for key, body in bodies.items()}
-        return [found_record(r["run_id"], r["node"], r,
-                             None if r["record_json"] is not None else envelopes[r["envelope_id"]][r["position"]])
-                for r in rows]
+        found = []
+        for r in rows:
+            if r["record_json"] is not None:
+                found.append(found_record(r["run_id"], r["node"], r))
+            elif r["envelope_id"] in envelopes:  # else pruned between the two reads (PostgreSQL)
+                found.append(found_record(r["run_id"], r["node"], r, envelopes[r["envelope_id"]][r["position"]]))
+        return found
 
     def message(self, message_id: str) -> AuditDelivery | None:
         with self.db.connect() as conn:

@@ -113,8 +113,8 @@ class Attempt:
                 hook.begin(job.run_id)
             try:
                 envelope = orchestrator.run(job.payload, run_id=job.run_id)
-                if not isinstance(orchestrator, BaseOrchestrator):
-                    validate_envelope(envelope)  # a BaseOrchestrator's run answers with a checked one
+                if getattr(type(orchestrator), "run", None) is not BaseOrchestrator.run:
+                    validate_envelope(envelope)  # BaseOrchestrator.run answers with a checked one
             finally:
                 if hook is not None:
                     nodes = hook.take(job.run_id)  # what the nodes did, also when the run failed half-way

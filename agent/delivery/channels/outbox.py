@@ -70,26 +70,46 @@ def _syncfs() -> Any:
     return call
 
 
-_SYNCFS = _syncfs() if sys.platform.startswith("linux") else None
+def _kernel_reports_syncfs_errors() -> bool:
+    # syncfs() reports write-back errors from Linux 5.8 on; before, it returned 0 regardless.
+    try:
+        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
 
 
-def _make_durable(directory: Path, temps: list[str]) -> None:
-    """The staged files' contents on disk: one ``syncfs`` of the outbox's file system for the
-    whole batch where Linux has it (a batch of fsyncs costs a journal commit each), else an
-    fsync per file."""
-    if _SYNCFS is not None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            if _SYNCFS(fd) == 0:
+_SYNCFS = _syncfs() if sys.platform.startswith("linux") and _kernel_reports_syncfs_errors() else None
+
+
+class _Durability:
+    """Makes a batch's staged files durable: one ``syncfs`` of the outbox's file system where Linux
+    has it (a batch of fsyncs costs a journal commit each), else an fsync per file.
+
+    The directory is opened before the batch writes anything: Linux reports a write-back error
+    to ``syncfs`` on every descriptor opened before it happened, so an error another process's
+    ``syncfs`` saw first is still ours to see.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.fd = os.open(directory, os.O_RDONLY) if _SYNCFS is not None else None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def sync(self, temps: list[str]) -> None:
+        if self.fd is not None:
+            if _SYNCFS(self.fd) == 0:
                 return
-        finally:
-            os.close(fd)
-    for temp in temps:
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        for temp in temps:
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -153,6 +173,7 @@ class OutboxChannel(BaseAgent):
         attempted = 0
         first: dict[str, dict[str, Any]] = {}  # each key's first message; a repeat copies its outcome
         try:
+            durability = _Durability(directory)  # opened before anything is written (see its doc)
             try:
                 for result, msg in sending:
                     key = result["idempotency_key"]
@@ -165,7 +186,10 @@ class OutboxChannel(BaseAgent):
                     first[key] = result
             finally:
                 # What was staged is finished whatever stopped the batch: durable, then named.
-                self._publish(directory, staged, marks)
+                try:
+                    self._publish(staged, marks, durability)
+                finally:
+                    durability.close()
         finally:
             # On disk before the ledger says sent: a crash in between leaves "sending", finished on retry.
             if any(state == "sent" for _, state, _ in marks):
@@ -243,14 +267,15 @@ class OutboxChannel(BaseAgent):
         marks.append((entry.idempotency_key, "sent", str(path)))
         return {"status": "sent", "reason": "resumed", "message_id": entry.message_id, "location": str(path)}
 
-    def _publish(self, directory: Path, staged: list[_Staged], marks: list[tuple[str, str, str | None]]) -> None:
+    def _publish(self, staged: list[_Staged], marks: list[tuple[str, str, str | None]],
+                 durability: _Durability) -> None:
         """Make the staged files durable together, then give each its name (hard link: a file
         already there is never replaced), and settle their results and ledger marks."""
         if not staged:
             return
         try:
             try:
-                _make_durable(directory, [s.temp for s in staged])
+                durability.sync([s.temp for s in staged])
             except OSError as exc:
                 for item in staged:
                     marks.append((item.entry.idempotency_key, "failed", None))

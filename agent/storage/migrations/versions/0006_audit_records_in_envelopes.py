@@ -9,6 +9,7 @@ Revises: 0005
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import sqlalchemy as sa
@@ -30,14 +31,21 @@ def upgrade() -> None:
 def downgrade() -> None:
     # Each row gets its record's JSON back from its envelope before the columns go.
     conn = op.get_bind()
-    rows = conn.execute(sa.text("SELECT r.id, r.position, e.envelope_json FROM audit_records r "
-                                "JOIN audit_envelopes e ON e.id = r.envelope_id "
-                                "WHERE r.record_json IS NULL")).all()
-    for row_id, position, envelope_json in rows:
-        record = json.loads(envelope_json)["records"][position]
+    # Envelope by envelope: each is read and parsed once, whatever the number of its records.
+    rows = conn.execute(sa.text("SELECT id, envelope_id, position FROM audit_records "
+                                "WHERE record_json IS NULL ORDER BY envelope_id")).all()
+    for envelope_id, group in itertools.groupby(rows, key=lambda row: row[1]):
+        body = None if envelope_id is None else conn.execute(
+            sa.text("SELECT envelope_json FROM audit_envelopes WHERE id = :id"), {"id": envelope_id}).scalar()
+        if body is None:
+            continue
+        records = json.loads(body)["records"]
         conn.execute(sa.text("UPDATE audit_records SET record_json = :body WHERE id = :id"),
-                     {"body": json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True),
-                      "id": row_id})
+                     [{"id": row_id, "body": json.dumps(records[position], ensure_ascii=False,
+                                                        separators=(",", ":"), sort_keys=True)}
+                      for row_id, _envelope, position in group])
+    # A row whose envelope is gone cannot get its record back: it goes too.
+    conn.execute(sa.text("DELETE FROM audit_records WHERE record_json IS NULL"))
     with op.batch_alter_table("audit_records") as batch:
         batch.alter_column("record_json", existing_type=sa.Text, nullable=False)
         batch.drop_column("position")
