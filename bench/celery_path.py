@@ -20,6 +20,10 @@ For each broker (default: local Redis and local RabbitMQ):
   concurrency 2, ``--without-gossip --without-mingle --without-heartbeat``);
   its task only ``INCR``s a Redis counter, and the producer ``send_task``s N
   tasks, then polls the counter until it reads N.
+- beside it, for information (the target is against the peer above): the same
+  raw app keeping each task's state (started, then its result) in Celery's
+  own SQLAlchemy result backend on a SQLite file: what raw Celery costs when
+  it, too, writes down what happened to every task.
 
 Both producers poll at the same interval (``--poll``, default ``CeleryQueue``'s
 0.2 s); the clock runs from the first enqueue / send to the poll that sees all
@@ -281,23 +285,23 @@ class Peer:
     """A raw Celery app's no-op task on ``broker``, counted in Redis."""
 
     def __init__(self, broker: str, *, concurrency: int, poll: float, timeout: float, counter: str,
-                 tmp: Path) -> None:
+                 tmp: Path, backend: str | None = None) -> None:
         import redis
 
         from bench.celery_peer import make_app
 
         self.broker, self.poll, self.timeout = broker, poll, timeout
-        self.app = make_app(broker)
+        self.app = make_app(broker, backend)
         self.counter = redis.Redis.from_url(counter)
         self.topic = f"bench-peer-{uuid.uuid4().hex[:8]}"
         self.keys: list[str] = []
         env = base_env()
-        env.update(BENCH_PEER_BROKER=broker, BENCH_PEER_COUNTER=counter)
+        env.update(BENCH_PEER_BROKER=broker, BENCH_PEER_COUNTER=counter, BENCH_PEER_BACKEND=backend or "")
         self.worker = Process([sys.executable, "-m", "celery", "-A", "bench.celery_peer", "worker", "-Q", self.topic,
                                "-c", str(concurrency), "-P", "prefork", "-l", "WARNING", "--without-gossip",
                                "--without-mingle", "--without-heartbeat",
                                "-n", f"bench-peer-{uuid.uuid4().hex[:6]}@%h"], env,
-                              tmp / f"peer-{broker_kind(broker)}.log")
+                              tmp / f"peer-{broker_kind(broker)}{'-results' if backend else ''}.log")
 
     def round(self, count: int, *, timed: bool = True) -> float:
         """Seconds from the first of ``count`` ``send_task``s to the counter reading ``count``."""
@@ -329,30 +333,38 @@ def bench_broker(broker: str, args: argparse.Namespace, tmp: Path) -> float:
     """Rounds of ours and the peer's on ``broker``; prints them, returns best ours / best peer."""
     store = "PostgreSQL (fresh schema)" if args.database_url else "SQLite file"
     print(f"broker {safe(broker)}, our store: {store}")
-    ours = peer = None
+    ours = peer = kept = None
     try:
         ours = Ours(broker, database_url=args.database_url, concurrency=args.concurrency, poll=args.poll,
                     timeout=args.timeout, profile=args.profile, tmp=tmp)
         peer = Peer(broker, concurrency=args.concurrency, poll=args.poll, timeout=args.timeout,
                     counter=args.counter_url, tmp=tmp)
-        ours.round(args.warmup, timed=False)
-        peer.round(args.warmup, timed=False)
-        rates: dict[str, list[float]] = {"ours": [], "peer": []}
-        cpu: dict[str, list[float]] = {"ours": [0.0, 0.0], "peer": [0.0, 0.0]}  # worker, producer CPU seconds
+        # Beside it (for information, not the target): raw Celery keeping each task's state in its
+        # SQLAlchemy result backend on a SQLite file, as ours keeps its ledger and audit trail.
+        kept = Peer(broker, concurrency=args.concurrency, poll=args.poll, timeout=args.timeout,
+                    counter=args.counter_url, tmp=tmp,
+                    backend=f"db+sqlite:///{tmp}/peer-results-{broker_kind(broker)}.db")
+        sides = (("ours", ours), ("peer", peer), ("kept", kept))
+        for _name, side in sides:
+            side.round(args.warmup, timed=False)
+        rates: dict[str, list[float]] = {name: [] for name, _ in sides}
+        cpu: dict[str, list[float]] = {name: [0.0, 0.0] for name, _ in sides}  # worker, producer CPU seconds
         for index in range(args.rounds):
-            for name, side in (("ours", ours), ("peer", peer)):
+            for name, side in sides:
                 worker_cpu, producer_cpu = side.worker.cpu_seconds(), time.process_time()
                 rates[name].append(args.jobs / side.round(args.jobs))
                 cpu[name][0] += side.worker.cpu_seconds() - worker_cpu
                 cpu[name][1] += time.process_time() - producer_cpu
-            mine, theirs = rates["ours"][-1], rates["peer"][-1]
+            mine, theirs, kept_rate = rates["ours"][-1], rates["peer"][-1], rates["kept"][-1]
             print(f"  round {index + 1}: ours {mine:>8,.0f} jobs/s   raw Celery {theirs:>8,.0f} jobs/s   "
-                  f"ours/peer {mine / theirs:.2f}")
-        best_ours, best_peer = max(rates["ours"]), max(rates["peer"])
+                  f"ours/peer {mine / theirs:.2f}   (raw Celery + result backend {kept_rate:,.0f} jobs/s)")
+        best_ours, best_peer, best_kept = max(rates["ours"]), max(rates["peer"]), max(rates["kept"])
         ratio = best_ours / best_peer
         print(f"  best: ours {best_ours:,.0f} jobs/s   raw Celery {best_peer:,.0f} jobs/s   ours/peer {ratio:.2f}")
+        print(f"  beside it: raw Celery keeping task state in its SQLAlchemy result backend (SQLite) "
+              f"{best_kept:,.0f} jobs/s   ours/that {best_ours / best_kept:.2f}")
         done = args.jobs * args.rounds
-        for name, label in (("ours", "ours"), ("peer", "raw Celery")):
+        for name, label in (("ours", "ours"), ("peer", "raw Celery"), ("kept", "raw Celery + result backend")):
             print(f"  CPU per job, {label}: worker processes {cpu[name][0] / done * 1000:.2f} ms, "
                   f"producer {cpu[name][1] / done * 1000:.2f} ms")
         print(f"  {'PASS' if ratio >= TARGET else 'FAIL'}: ours/raw Celery on {broker_kind(broker)} {ratio:.2f} "
@@ -362,7 +374,7 @@ def bench_broker(broker: str, args: argparse.Namespace, tmp: Path) -> float:
             worker_profiles(args.profile / f"ours-{broker_kind(broker)}")
         return ratio
     finally:
-        for side in (ours, peer):
+        for side in (ours, peer, kept):
             if side is not None:
                 side.close()
 

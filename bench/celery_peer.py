@@ -9,7 +9,8 @@ counter (how the producer knows that all its tasks ran).
     BENCH_PEER_BROKER=redis://127.0.0.1:6379/11 python -m celery -A bench.celery_peer worker -Q TOPIC ...
 
 ``BENCH_PEER_BROKER``: the broker; ``BENCH_PEER_COUNTER``: the Redis the counter lives in
-(default ``redis://127.0.0.1:6379/11``).
+(default ``redis://127.0.0.1:6379/11``); ``BENCH_PEER_BACKEND``: a result backend URL, for the
+peer that keeps each task's state (started, then its result) as ours keeps its trail.
 """
 
 from __future__ import annotations
@@ -46,10 +47,14 @@ def counter() -> Any:
     return _counter
 
 
-def make_app(broker: str) -> Celery:
-    """A Celery app on ``broker`` with our reliability settings and the no-op task."""
-    peer = Celery("bench_peer", broker=broker, set_as_current=False)
+def make_app(broker: str, backend: str | None = None) -> Celery:
+    """A Celery app on ``broker`` with our reliability settings and the no-op task; with ``backend``
+    (e.g. ``db+sqlite:///results.db``, Celery's SQLAlchemy result backend) every task's outcome is
+    kept there, as ours keeps its ledger and audit trail."""
+    peer = Celery("bench_peer", broker=broker, backend=backend, set_as_current=False)
     peer.conf.update(**reliable_conf(3600.0))  # exactly what our app runs with
+    if backend:
+        peer.conf.update(task_ignore_result=False, task_track_started=True)
 
     @peer.task(name=TASK, acks_late=True, reject_on_worker_lost=True)
     def noop(key: str) -> None:
@@ -58,4 +63,4 @@ def make_app(broker: str) -> Celery:
     return peer
 
 
-app = make_app(os.environ.get("BENCH_PEER_BROKER", DEFAULT_BROKER))
+app = make_app(os.environ.get("BENCH_PEER_BROKER", DEFAULT_BROKER), os.environ.get("BENCH_PEER_BACKEND") or None)
