@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -72,6 +72,20 @@ class Settings(BaseSettings):
                                                                         "before its message is published again.")
     retry_base: float = Field(default=1.0, gt=0, le=3600, description="Seconds before a failed job's first "
                                                                       "retry; doubled for each one after.")
+    llm_base_url: str | None = Field(default=None, description="An OpenAI-compatible endpoint, e.g. "
+                                                               "https://api.openai.com/v1 or a local server; "
+                                                               "unset: deterministic fallbacks answer.")
+    llm_model: str | None = Field(default=None, description="The model asked for at that endpoint.")
+    llm_api_key: SecretStr | None = Field(default=None, description="The endpoint's key (never logged).")
+    llm_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds an LLM call may take per attempt.")
+    llm_max_attempts: int = Field(default=3, ge=1, le=10, description="Attempts of an LLM call (timeouts, 429, "
+                                                                      "5xx and malformed answers are retried).")
+    llm_retry_base: float = Field(default=1.0, gt=0, le=60, description="Seconds before an LLM call's first "
+                                                                        "retry; doubled for each one after.")
+    llm_price_prompt_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million prompt tokens, "
+                                                                            "for the cost in envelope metadata.")
+    llm_price_completion_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million completion "
+                                                                                "tokens.")
     plugins: str = Field(default="", description="Comma-separated modules whose `register(registry)` adds "
                                                  "agents and orchestrators (Celery workers load them too).")
     log_level: LogLevel = Field(

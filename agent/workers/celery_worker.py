@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pydantic import SecretStr
+
 from agent.errors import AgentError, InvalidInput
 from agent.logs import get_logger, redact
 from agent.queues.base import Job
@@ -320,7 +322,8 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         if value is None:
             env.pop(key, None)
         else:
-            env[key] = str(value)
+            # A secret's own value (its str() is a mask), handed to the child only.
+            env[key] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
     return env
 
 

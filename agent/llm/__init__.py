@@ -1,0 +1,6 @@
+"""The LLM agent: any OpenAI-compatible endpoint, with retries, structured output, a cache and a
+deterministic fallback (see ``agent.llm.client``)."""
+
+from agent.llm.client import AGENT, LLMClient, LLMError, LLMResult, prompt_hash
+
+__all__ = ["AGENT", "LLMClient", "LLMError", "LLMResult", "prompt_hash"]
