@@ -13,6 +13,7 @@ from agent.errors import ConfigurationError, InvalidInput
 from agent.llm import LLMClient, LLMError
 from agent.settings import get_settings
 from tests.llm_server import FakeLLM, answer, stall, status
+from tests.support import requires_real_services
 
 KEY = "sk-test-secret-0123456789"
 ASK = [{"role": "system", "content": "You write subject lines."}, {"role": "user", "content": "Acme, fintech"}]
@@ -144,3 +145,58 @@ class LLMClientTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SqlCacheSuite:
+    """The answers kept in the database: shared by every client on it, for as long as kept."""
+
+    url: str
+
+    def cache(self) -> object:
+        from agent.llm import SqlCache
+
+        cache = SqlCache(self.url)
+        self.addCleanup(cache.db.engine.dispose)  # type: ignore[attr-defined]
+        return cache
+
+    def test_a_new_client_on_the_same_database_pays_for_the_prompt_once(self) -> None:
+        # Given an answer paid for by one client (one worker)
+        fake = FakeLLM(answer(json.dumps({"subject": "Acme and pipeline quality", "facts": ["fintech"]}))).start()
+        self.addCleanup(fake.stop)
+        settings = get_settings(llm_base_url=fake.url, llm_model="fake-1")
+        first = LLMClient(settings, cache=self.cache()).complete(ASK, schema=Subject)
+        # When another client with its own handle on the database asks the same
+        again = LLMClient(settings, cache=self.cache()).complete(ASK, schema=Subject)
+        # Then the kept answer comes back, validated, and the endpoint was asked once
+        self.assertEqual((again.cached, again.parsed, again.usage), (True, first.parsed, first.usage))
+        self.assertEqual(len(fake.requests), 1)
+
+    def test_prune_forgets_old_answers(self) -> None:
+        from datetime import datetime, timedelta, timezone
+
+        from agent.llm.cache import Cached
+
+        cache = self.cache()
+        cache.put("k1", Cached("m", "hello", {"total_tokens": 3}, 0.001))
+        later = datetime.now(timezone.utc) + timedelta(days=31)
+        self.assertEqual(cache.prune(older_than=timedelta(days=30), now=later), 1)
+        self.assertIsNone(cache.get("k1"))
+
+
+class SQLiteSqlCacheTest(SqlCacheSuite, unittest.TestCase):
+    def setUp(self) -> None:
+        from tests.support import TempHome
+
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        self.url = str(home.settings.resolved_database_url)
+
+
+@requires_real_services()
+class PostgresSqlCacheTest(SqlCacheSuite, unittest.TestCase):
+    def setUp(self) -> None:
+        from tests.support import PostgresSchema
+
+        schema = PostgresSchema()
+        self.addCleanup(schema.drop)
+        self.url = schema.url

@@ -12,7 +12,8 @@ Through the ``openai`` SDK (base URL, model and key from settings), with:
 - token and cost accounting on every result (``usage``, ``cost``), with
   prices per million tokens from settings;
 - a response cache keyed by the hash of everything that shapes the answer
-  (model, messages, schema, temperature): the same prompt is paid for once;
+  (model, messages, schema, temperature): the same prompt is paid for once
+  (``agent.llm.cache``: in the process, or in the database for every worker);
 - every attempt through the Dispatcher's limits for the agent ``llm``
   (concurrency, rate, circuit breaker);
 - without an endpoint configured, a caller's deterministic ``fallback``
@@ -27,9 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,8 @@ from pydantic import BaseModel, ValidationError
 
 from agent.dispatch import Dispatcher
 from agent.engine.policy import compute_backoff
-from agent.errors import AgentCallError, ConfigurationError, InvalidInput
+from agent.errors import AgentCallError, AgentError, ConfigurationError, InvalidInput
+from agent.llm.cache import Cached, LLMCache, MemoryCache
 from agent.logs import get_logger, redact
 from agent.settings import Settings, get_settings
 from agent.validation import first_error
@@ -94,14 +94,14 @@ class LLMClient:
     """Chat completions from the configured endpoint (``llm_base_url``, ``llm_model``, ``llm_api_key``)."""
 
     def __init__(self, settings: Settings | None = None, *, dispatcher: Dispatcher | None = None,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
-                 cache_size: int = 1024) -> None:
+                 cache: LLMCache | None = None, sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None) -> None:
+        """``cache``: where answers are kept (default: this process's ``MemoryCache``; a
+        ``SqlCache`` shares them between workers and runs)."""
         self.settings = settings or get_settings()
         self.dispatcher = dispatcher
+        self.cache: LLMCache = cache if cache is not None else MemoryCache()
         self._sleep, self._rng = sleep, rng or random.Random()
-        self._cache: OrderedDict[str, LLMResult] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
         self._client: Any = None
 
     @property
@@ -125,17 +125,32 @@ class LLMClient:
                 raise ConfigurationError("setting llm_base_url / llm_model: no LLM endpoint is configured "
                                          "and this call has no fallback")
             return _fallback_result(fallback(), schema, key)
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is not None:
-                self._cache.move_to_end(key)
-                return _cached(hit)
+        hit = self._cached(key, schema)
+        if hit is not None:
+            return hit
         result = self._call(checked, schema, temperature, max_tokens, key)
-        with self._lock:
-            self._cache[key] = result
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        try:
+            self.cache.put(key, Cached(result.model, result.text, dict(result.usage), result.cost))
+        except AgentError as exc:  # a cache is a saving, never a reason to fail the call
+            log.warning("llm answer not cached: %s", redact(str(exc)))
         return result
+
+    def _cached(self, key: str, schema: type[BaseModel] | None) -> LLMResult | None:
+        try:
+            kept = self.cache.get(key)
+        except AgentError as exc:
+            log.warning("llm cache not read: %s", redact(str(exc)))
+            return None
+        if kept is None:
+            return None
+        parsed = None
+        if schema is not None:
+            try:
+                parsed = schema.model_validate_json(kept.text)
+            except ValidationError:
+                return None  # kept for another shape of the same schema name: asked again
+        # Paid for once: a cache hit costs nothing now.
+        return LLMResult(kept.text, parsed, kept.model, key, dict(kept.usage), 0.0, 0, cached=True)
 
     # -- the calls -----------------------------------------------------------------------------
     def _call(self, messages: list[dict[str, Any]], schema: type[BaseModel] | None, temperature: float,
@@ -252,9 +267,3 @@ def _fallback_result(answer: str | BaseModel, schema: type[BaseModel] | None, ke
     if not isinstance(answer, str):
         raise InvalidInput("fallback", "must return a string")
     return LLMResult(answer, None, "fallback", key, fallback=True)
-
-
-def _cached(result: LLMResult) -> LLMResult:
-    # Paid for once: a cache hit costs nothing now.
-    return LLMResult(result.text, result.parsed, result.model, result.prompt_hash, dict(result.usage), 0.0,
-                     0, cached=True)
