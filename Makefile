@@ -14,7 +14,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# torch first, alone: pip takes the CPU build from the machine's disk (asked for by a range, or by
+# sentence-transformers, it could fetch a CUDA build of several GB).
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
@@ -25,6 +28,7 @@ test: $(VENV)/.installed-dev
 	USE_REAL_TESTS=$${USE_REAL_TESTS:-0} $(BIN)/python -m pytest -q tests
 
 $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@ $(VENV)/.installed $(VENV)/.installed-dev
 
@@ -34,6 +38,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/job_queue.py
 	$(BIN)/python bench/celery_path.py
 	$(BIN)/python bench/campaign.py
+	$(BIN)/python bench/embeddings.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

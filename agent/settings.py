@@ -72,6 +72,9 @@ class Settings(BaseSettings):
                                                                         "before its message is published again.")
     retry_base: float = Field(default=1.0, gt=0, le=3600, description="Seconds before a failed job's first "
                                                                       "retry; doubled for each one after.")
+    embedder: Literal["auto", "semantic", "hashing"] = Field(
+        default="auto", description="auto: the semantic model when installed (extra `semantic`), else the "
+                                    "deterministic hashing embedder.")
     llm_base_url: str | None = Field(default=None, description="An OpenAI-compatible endpoint, e.g. "
                                                                "https://api.openai.com/v1 or a local server; "
                                                                "unset: deterministic fallbacks answer.")
