@@ -32,6 +32,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import PayloadError
+from agent.scoring.icp import ICP
 from agent.validation import first_error
 
 __all__ = ["Campaign", "CampaignLimits", "CampaignTemplate", "CampaignStatus", "load_campaign"]
@@ -70,6 +71,15 @@ class Campaign(BaseModel):
     allow_delivery: bool = False
     approval: Literal["none", "required"] = "none"
     status: CampaignStatus = "draft"
+    # Who fits (agent.scoring): rules and a description; leads scoring below its threshold are left out.
+    icp: ICP | None = None
+
+    @field_validator("icp")
+    @classmethod
+    def _icp(cls, value: ICP | None) -> ICP | None:
+        if value is not None and value.total_weight() == 0:
+            raise ValueError("needs at least one rule, or a description with a weight")
+        return value
 
     @field_validator("schedule")
     @classmethod
