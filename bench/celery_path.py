@@ -67,6 +67,8 @@ from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bench.common import cpu_reference  # noqa: E402
+from tests.celery_support import drop_queues  # noqa: E402  (the benchmark's queues go as a test's do)
+from tests.support import PostgresSchema  # noqa: E402
 
 TARGET = 0.8
 REDIS = "redis://127.0.0.1:6379/11"
@@ -140,53 +142,6 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def drop_queues(broker: str, topics: list[str]) -> None:
-    """Delete the broker queues the bench made (RabbitMQ keeps empty durable queues; on Redis the
-    queue lists and binding tables, which a fresh channel's ``queue_delete`` does not know of)."""
-    if broker_kind(broker) == "redis":
-        import redis
-
-        client = redis.Redis.from_url(broker)
-        try:
-            for topic in topics:
-                keys = list(client.scan_iter(match=f"*{topic}*"))  # topics are unique: only ours match
-                if keys:
-                    client.delete(*keys)
-        finally:
-            client.close()
-        return
-    from kombu import Connection
-
-    with Connection(broker, connect_timeout=5) as conn:
-        channel = conn.default_channel
-        for topic in topics:
-            try:
-                channel.queue_delete(topic)
-            except Exception:
-                channel = conn.channel()
-
-
-class PostgresSchema:
-    """A fresh schema in the database of ``url``, dropped by ``drop``."""
-
-    def __init__(self, url: str) -> None:
-        from sqlalchemy import create_engine, text
-
-        self.name = f"bench_{uuid.uuid4().hex[:12]}"
-        self._admin = create_engine(url)
-        with self._admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{self.name}"'))
-        sep = "&" if "?" in url else "?"
-        self.url = f"{url}{sep}options=-csearch_path%3D{self.name}"
-
-    def drop(self) -> None:
-        from sqlalchemy import text
-
-        with self._admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE'))
-        self._admin.dispose()
-
-
 def wait_until(done: Callable[[], bool], poll: float, timeout: float, worker: Process, what: str) -> None:
     """Poll ``done`` every ``poll`` seconds (first look at once) until it is true."""
     deadline = time.monotonic() + timeout
@@ -210,7 +165,7 @@ class Ours:
         self.timed_jobs = 0
         self.queue: Any = None
         self.worker: Process | None = None
-        self.schema = PostgresSchema(database_url) if database_url else None
+        self.schema = PostgresSchema(database_url, prefix="bench") if database_url else None
         try:
             self._start(broker, concurrency, profile)
         except BaseException:

@@ -79,7 +79,21 @@ def wait_for(condition: Any, timeout: float, what: str) -> Any:
 
 
 def drop_queues(broker: str, topics: list[str]) -> None:
-    """Delete the broker queues a test made (RabbitMQ keeps empty durable queues)."""
+    """Delete the broker queues a test or benchmark made: RabbitMQ keeps empty durable queues; on
+    Redis, the queue lists and binding tables, which a fresh channel's ``queue_delete`` does not
+    know of.  Topics must be unique (random): on Redis every key naming one goes."""
+    if broker.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(broker)
+        try:
+            for topic in topics:
+                keys = list(client.scan_iter(match=f"*{topic}*"))
+                if keys:
+                    client.delete(*keys)
+        finally:
+            client.close()
+        return
     from kombu import Connection
 
     with Connection(broker, connect_timeout=5) as conn:

@@ -47,17 +47,17 @@ class TempHome:
 
 
 class PostgresSchema:
-    """A fresh schema in the PostgreSQL ``test`` database, dropped afterwards."""
+    """A fresh schema in a PostgreSQL database (default: the ``test`` one), dropped by ``drop``."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str = POSTGRES_URL, *, prefix: str = "t") -> None:
         from sqlalchemy import create_engine, text
 
-        self.name = f"t_{uuid.uuid4().hex[:12]}"
-        self._admin = create_engine(POSTGRES_URL)
+        self.name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self._admin = create_engine(url)
         with self._admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{self.name}"'))
-        sep = "&" if "?" in POSTGRES_URL else "?"
-        self.url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{self.name}"
+        sep = "&" if "?" in url else "?"
+        self.url = f"{url}{sep}options=-csearch_path%3D{self.name}"
 
     def drop(self) -> None:
         from sqlalchemy import text

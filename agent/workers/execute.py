@@ -248,7 +248,7 @@ class AuditHook:
 
     Only runs opened with ``begin`` are kept (a planning search on the same
     engine is not a job), and their envelopes are buffered until ``take`` hands
-    them to the attempt's ``end_attempt`` (or ``flush`` writes them): a map
+    them to the attempt's ``end_attempt``: a map
     node's items make one envelope each, and a transaction apiece cost more
     than the work they record.
     """
@@ -267,12 +267,6 @@ class AuditHook:
         the hook stops listening to the run."""
         with self._lock:
             return [envelope for _step, envelope in self._pending.pop(run_id, [])]
-
-    def flush(self, run_id: str) -> None:
-        """Write what the run's nodes produced, and stop listening to it."""
-        envelopes = self.take(run_id)
-        if envelopes:
-            self.audit.save_envelopes(run_id, envelopes, validated=True)
 
     def after_node(self, *, event: str, run_id: str, step: str = "", envelope: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
