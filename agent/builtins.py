@@ -22,6 +22,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     from agent.agents.copywriter import CopywriterAgent
     from agent.agents.lead_loader import LeadLoaderAgent
     from agent.agents.lead_search import LeadSearchAgent
+    from agent.agents.semantic_search import SemanticSearchAgent
     from agent.agents.suppression_gate import SuppressionGateAgent
     from agent.delivery.channels.outbox import OutboxChannel
     from agent.high_level_agents.orchestrators.campaign import CampaignOrchestrator
@@ -30,6 +31,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     from agent.high_level_agents.orchestrators.outreach import OutreachOrchestrator
 
     registry.register("lead_search", LeadSearchAgent, replace=replace)
+    registry.register("semantic_search", SemanticSearchAgent, replace=replace)
     registry.register("lead_loader", LeadLoaderAgent, replace=replace)
     registry.register("copywriter", CopywriterAgent, replace=replace)
     registry.register("suppression_gate", SuppressionGateAgent, replace=replace)

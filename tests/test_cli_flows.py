@@ -35,7 +35,7 @@ class FlowCliTest(unittest.TestCase):
         # Then
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("lead_orchestrator", proc.stdout)
-        self.assertIn("parse search_lexical merge rank", proc.stdout)
+        self.assertIn("parse search_lexical search_semantic merge rank", proc.stdout)
 
     def test_flow_show_json_describes_nodes_and_transitions(self) -> None:
         # Given / When

@@ -90,7 +90,8 @@ class LeadFlowTest(Home):
 
     def test_records_keep_the_provenance_of_the_row_they_came_from(self) -> None:
         # Given / When
-        env = LeadOrchestrator(self.registry(), settings=self.home.settings).run({"lead_query": "Acme"})
+        env = LeadOrchestrator(self.registry(), settings=self.home.settings).run(
+            {"lead_query": {"text": "Acme", "search": "lexical"}})
         # Then each record still names its table row, the search node and the run
         prov = env["records"][0]["provenance"]
         self.assertTrue(prov["source_id"].startswith("contacts/"))
@@ -130,7 +131,8 @@ class LeadFlowTest(Home):
         # Then the lead both found ranks first, each lead appears once, with its fused score
         self.assertEqual([r["lead_id"] for r in env["records"]], [2, 1, 4, 3])
         self.assertEqual(env["metadata"]["total_count"], 4)
-        self.assertAlmostEqual(env["records"][0]["fused_score"], 1 / 62 + 1 / 61, places=6)
+        self.assertAlmostEqual(env["records"][0]["match"]["fused_score"], 1 / 62 + 1 / 61, places=6)
+        self.assertEqual(env["records"][0]["match"]["strategies"], ["a", "b"])
 
     def test_a_fused_record_derives_from_the_strategy_record(self) -> None:
         # Given two strategies

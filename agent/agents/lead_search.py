@@ -58,6 +58,11 @@ class LeadSearchAgent(BaseAgent):
 
     def run(self, request: Mapping[str, Any], *, context: RunContext) -> dict[str, Any]:
         query = parse_lead_query(request.get("lead_query", request))
+        if not query.uses_lexical():
+            return make_envelope([], source=self.source, run_id=context.run_id, flow=context.flow,
+                                 node=context.node, agent="lead_search", total_count=0,
+                                 duration_ms=context.elapsed_ms(), skipped="search is 'semantic'",
+                                 strategies=[], limit=query.limit, offset=query.offset)
         result = self._search_for(context).search(query)
         records = []
         for row in result.rows:

@@ -7,7 +7,7 @@ words no rule claims are kept for full-text search.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +28,8 @@ class LeadQuery(BaseModel):
     title: str | None = Field(**_TEXT, description="Job title contains.")
     industry: str | None = Field(**_TEXT)
     location: str | None = Field(**_TEXT, description="Contact or company location contains.")
+    company_size: str | None = Field(default=None, max_length=20, pattern=r"^\d+(-\d+|\+)?$",
+                                     description='Company size band, exactly as stored: "11-50", "1001-5000".')
     text: str | None = Field(**_TEXT, description='Free text, e.g. "CTOs at Acme in Berlin".')
     limit: int = Field(default=25, ge=1, le=500)
     offset: int = Field(default=0, ge=0, le=1_000_000)
@@ -36,6 +38,10 @@ class LeadQuery(BaseModel):
                                         "reads only what follows (``next_after_id`` of the page before). "
                                         "Not with name or company, whose order is their fuzzy score.")
     min_score: float | None = Field(default=None, ge=0, le=100, description="Fuzzy match cut-off.")
+    search: Literal["auto", "lexical", "semantic", "hybrid"] = Field(
+        default="auto", description="How free text is matched: lexical (full text), semantic (embeddings), "
+                                    "hybrid (both, fused by reciprocal rank); auto is hybrid for free text "
+                                    "without a name, company, domain or email, else lexical.")
     ids_only: bool = Field(default=False, description="Records carry the lead id (and match) alone: "
                                                       "for a planner that loads the leads later.")
 
@@ -44,9 +50,31 @@ class LeadQuery(BaseModel):
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
 
+    @field_validator("company_size", mode="before")
+    @classmethod
+    def _blank_size(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     def is_empty(self) -> bool:
         return not any(getattr(self, f) for f in ("name", "company", "domain", "email", "title",
-                                                   "industry", "location", "text"))
+                                                   "industry", "location", "company_size", "text"))
+
+    def uses_semantic(self) -> bool:
+        """Whether the semantic strategy takes part: free text, and no exact-identity field that
+        embeddings cannot honour (a name, company, domain or email is the lexical search's work)."""
+        if self.search == "lexical" or not self.text:
+            return False
+        if self.search in ("semantic", "hybrid"):
+            return True
+        if self.name or self.company or self.domain or self.email:
+            return False
+        # auto: free text that reads as a company ("leads at Acme") is a fuzzy name search, and text
+        # whose every word became a filter ("CTOs in Berlin") is served exactly by the filters.
+        parsed = parse_free_text(self.text)
+        return bool(parsed.get("text")) and not (parsed.get("company") or parsed.get("name"))
+
+    def uses_lexical(self) -> bool:
+        return self.search != "semantic"
 
 
 # Title words recognised in free text (singular, lower case).

@@ -94,6 +94,9 @@ class LeadSearch:
             if q.email:
                 conditions.append(Contact.email == q.email.strip().lower())
                 strategies.append("email")
+            if q.company_size:
+                conditions.append(Company.size == q.company_size)
+                strategies.append("company_size")
             for value, columns, label in (
                 (q.title, (Contact.title,), "title"),
                 (q.industry, (Company.industry,), "industry"),
@@ -125,7 +128,7 @@ class LeadSearch:
                                              .limit(q.limit).offset(q.offset)).scalars())
                 score_of = {}
             # Ids alone for a planner that loads the leads later; else the lead records.
-            rows = [{"lead_id": i} for i in page_ids] if q.ids_only else self._load(conn, page_ids)
+            rows = [{"lead_id": i} for i in page_ids] if q.ids_only else self.load(conn, page_ids)
         for row in rows:
             row["match"] = {"strategies": strategies, "score": score_of.get(row["lead_id"])}
         return SearchResult(rows=rows, total=None if total is None else int(total),
@@ -164,7 +167,23 @@ class LeadSearch:
         page = scored[q.offset : q.offset + q.limit]
         return [cid for _, cid in page], {cid: s for s, cid in page}, len(scored)
 
-    def _load(self, conn: Any, ids: list[int]) -> list[dict[str, Any]]:
+    def filtered_ids(self, conn: Any, query: LeadQuery) -> list[int] | None:
+        """Every lead id passing the query's filters (industry, company size, location, title), or
+        None when it has none: the candidates a semantic search ranks.  Free text is not a filter here."""
+        conditions: list[ColumnElement[bool]] = []
+        if query.company_size:
+            conditions.append(Company.size == query.company_size)
+        for value, columns in ((query.title, (Contact.title,)), (query.industry, (Company.industry,)),
+                               (query.location, (Contact.location, Company.location))):
+            if value:
+                conditions.append(or_(*(_word_prefix(c, value, self.db.dialect) for c in columns)))
+        if not conditions:
+            return None
+        stmt = (select(Contact.id).select_from(Contact).outerjoin(Company, Contact.company_id == Company.id)
+                .where(Contact.tenant_id == self.tenant, *conditions))
+        return list(conn.execute(stmt).scalars())
+
+    def load(self, conn: Any, ids: list[int]) -> list[dict[str, Any]]:
         """Lead records for ``ids``, in the order given."""
         if not ids:
             return []

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    LargeBinary,
     BigInteger,
     DateTime,
     Float,
@@ -26,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "EngineRun",
            "EngineStep", "AuditRunRow", "AuditEnvelopeRow", "AuditRecordRow", "AuditFailureRow",
-           "AuditDeliveryRow", "QueueJobRow", "LLMCacheRow", "utcnow"]
+           "AuditDeliveryRow", "QueueJobRow", "LLMCacheRow", "LeadVectorRow", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -308,3 +309,20 @@ class LLMCacheRow(Base):
     usage_json: Mapped[str] = mapped_column(Text)
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class LeadVectorRow(Base):
+    """A lead's embedding under one embedder; replaced (new ``id``) when the lead's text changes."""
+
+    __tablename__ = "lead_vectors"
+    __table_args__ = (
+        UniqueConstraint("contact_id", "embedder", name="uq_lead_vectors_contact_embedder"),
+        Index("ix_lead_vectors_tenant_embedder_id", "tenant_id", "embedder", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    embedder: Mapped[str] = mapped_column(String(100))
+    text_sha: Mapped[str] = mapped_column(String(64))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)

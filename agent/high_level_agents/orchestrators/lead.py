@@ -2,14 +2,21 @@
 
 The flow::
 
-    parse ──┬── search_lexical ──┬── merge (by lead_id) ── rank
-            └── search_<other> ──┘
+    parse ──┬── search_lexical  ──┬── merge (by lead_id) ── rank
+            └── search_semantic ──┘
 
 ``parse`` checks the query once; each search strategy is an agent node run in
-parallel; ``merge`` keeps the first record of each lead (a failed strategy
-leaves the others' results, marked ``partial``, when there are several);
-``rank`` orders them.  With one strategy the order, ``total_count`` and
-pagination are that strategy's own.
+parallel (full text with fuzzy names and filters; embeddings within the same
+filters); ``merge`` keeps the first record of each lead (a failed strategy
+leaves the others' results, marked ``partial``); ``rank`` orders them.
+
+A strategy that does not serve the query says ``skipped`` (the semantic one
+for a query without free text).  When one strategy answers, its order,
+``total_count`` and pagination stand as they are.  When both do (hybrid),
+each is asked for the first ``offset + limit`` leads, the lists are fused by
+reciprocal rank, and the page is cut from the fused list; each record's
+``match`` then says which strategies found it, its rank and score in each, and
+the fused score.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from agent.agents.lead_search import parse_lead_query
+from agent.leads.query import LeadQuery
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.outputs import Output
 from agent.engine.state import FlowState
@@ -31,6 +39,7 @@ __all__ = ["LeadOrchestrator", "LeadPayload", "reciprocal_rank_fusion"]
 _CORE = frozenset({"run_id", "flow", "node", "source", "created_at", "total_count", "partial", "errors",
                    "duration_ms"})
 RRF_K = 60
+MAX_FUSED = 500  # leads each strategy ranks for a fused page (LeadQuery's limit cap)
 
 
 class LeadPayload(BaseModel):
@@ -63,20 +72,42 @@ class LeadOrchestrator(BaseOrchestrator):
     capabilities: ClassVar[frozenset[str]] = frozenset({"read"})
     payload_model: ClassVar[type[BaseModel]] = LeadPayload
     search_agent: ClassVar[str] = "lead_search"
+    semantic_agent: ClassVar[str | None] = "semantic_search"
     # Strategy name -> search agent; each becomes a parallel branch ``search_<name>``.
     strategies: ClassVar[Mapping[str, str] | None] = None
 
     def search_strategies(self) -> dict[str, str]:
-        return dict(self.strategies) if self.strategies else {"lexical": self.search_agent}
+        if self.strategies:
+            return dict(self.strategies)
+        found = {"lexical": self.search_agent}
+        if self.semantic_agent:
+            found["semantic"] = self.semantic_agent
+        return found
+
+    def flow_variant(self, payload: Any) -> Any:
+        """Which strategies serve this query: ("lexical",), ("semantic",) or both (hybrid)."""
+        if self.strategies or not self.semantic_agent:
+            return None
+        try:
+            query = parse_lead_query(payload.lead_query if isinstance(payload, LeadPayload)
+                                     else dict(payload or {}).get("lead_query"))
+        except Exception:  # noqa: BLE001 - the parse node reports it, naming the field
+            return ("lexical",)
+        if not query.uses_semantic():
+            return ("lexical",)
+        return ("semantic",) if not query.uses_lexical() else ("lexical", "semantic")
 
     def build_flow(self, variant: Any = None) -> FlowGraph:
-        branches = [f"search_{name}" for name in self.search_strategies()]
+        strategies = self.search_strategies()
+        if variant is not None:
+            strategies = {name: agent for name, agent in strategies.items() if name in variant}
+        branches = [f"search_{name}" for name in strategies]
         flow = Flow(self.name, input_model=LeadPayload).node("parse", _parse, lineage=None,
                                     description="check the query once, before any search")
-        for branch, agent in zip(branches, self.search_strategies().values(), strict=True):
+        for branch, agent in zip(branches, strategies.values(), strict=True):
             flow.node(branch, agent=agent, request=_search_request, description=f"search with {agent}")
         return (flow.merge("merge", key="lead_id", allow_partial=len(branches) > 1)
-                .node("rank", _rank, description="order the merged leads")
+                .node("rank", _rank, description="order the merged leads; fuse several rankings")
                 .fan_out("parse", branches, join="merge")
                 .then("merge", "rank")
                 .build())
@@ -88,19 +119,51 @@ def _parse(state: FlowState) -> list[dict[str, Any]]:
 
 
 def _search_request(state: FlowState) -> dict[str, Any]:
-    return {"lead_query": state.records("parse")[0]["lead_query"]}
+    query = dict(state.records("parse")[0]["lead_query"])
+    if _fused(query):
+        # Each strategy ranks from the top; the page is cut from the fused list.
+        query["limit"] = min(query.get("limit", 25) + query.get("offset", 0), MAX_FUSED)
+        query["offset"] = 0
+    return {"lead_query": query}
+
+
+def _fused(query: Mapping[str, Any]) -> bool:
+    parsed = LeadQuery.model_validate(query)
+    return parsed.uses_semantic() and parsed.uses_lexical()
 
 
 def _rank(state: FlowState) -> Output:
     merged = state["merge"]
-    branches = [name for name in merged["metadata"]["branches"] if name in state.results]
+    ran = [name for name in merged["metadata"]["branches"] if name in state.results]
+    branches = [name for name in ran if not state[name]["metadata"].get("skipped")] or ran[:1]
     meta = {k: v for k, v in merged["metadata"].items() if k in ("total_count", "partial", "errors", "branches")}
+    skipped = {name: state[name]["metadata"]["skipped"] for name in ran if state[name]["metadata"].get("skipped")}
+    if skipped:
+        meta["skipped"] = skipped
+    for name in ran:  # which embedder ran (or would have), whatever the outcome
+        if "embedder" in state[name]["metadata"]:
+            meta["embedder"] = state[name]["metadata"]["embedder"]
     if len(branches) == 1:
         # One strategy: its order, total and pagination stand as they are.
         only = state[branches[0]]["metadata"]
-        meta.update({k: v for k, v in only.items() if k not in _CORE})
+        meta.update({k: v for k, v in only.items() if k not in _CORE and k != "skipped"})
         return Output(merged["records"], source=only["source"], **meta)
-    fused = reciprocal_rank_fusion({b: state[b]["records"] for b in branches})
+    query = state.records("parse")[0]["lead_query"]
+    offset, limit = query.get("offset", 0), query.get("limit", 25)
+    rankings = {b.removeprefix("search_"): state[b]["records"] for b in branches}
+    fused = reciprocal_rank_fusion(rankings)
+    positions = {name: {r["lead_id"]: (rank, r.get("match", {}).get("score"))
+                        for rank, r in enumerate(records, start=1)} for name, records in rankings.items()}
+    page = []
+    for score, record in fused[offset : offset + limit]:
+        found = {name: {"rank": pos[record["lead_id"]][0], "score": pos[record["lead_id"]][1]}
+                 for name, pos in positions.items() if record["lead_id"] in pos}
+        match = {"strategies": sorted(found), "fused_score": score, "by_strategy": found}
+        page.append({**record, "match": match})
     meta["total_count"] = len(fused)
     meta["strategies"] = sorted({s for b in branches for s in state[b]["metadata"].get("strategies", [])})
-    return Output([{**record, "fused_score": score} for score, record in fused], **meta)
+    more = offset + len(page) < len(fused) or any(state[b]["metadata"].get("next_offset") is not None
+                                                   for b in branches)
+    meta.update(fusion="reciprocal_rank", rrf_k=RRF_K, offset=offset, limit=limit,
+                next_offset=offset + len(page) if more and page else None)
+    return Output(page, source="leads_db", **meta)
