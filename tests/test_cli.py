@@ -17,7 +17,8 @@ class CliTest(unittest.TestCase):
     def setUpClass(cls) -> None:
         cls.home = tempfile.mkdtemp(prefix="agent-cli-")
         cls.env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-        cls.env.update(AGENT_HOME=cls.home, COLUMNS="160")
+        # The hashing embedder: each subprocess would otherwise load the semantic model.
+        cls.env.update(AGENT_HOME=cls.home, COLUMNS="160", AGENT_EMBEDDER="hashing")
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -71,6 +72,23 @@ class CliTest(unittest.TestCase):
         # Then
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("[/b]CTO", proc.stdout)
+
+    def test_import_embeds_new_and_changed_leads_and_nothing_else(self) -> None:
+        # Given two leads imported
+        csv = self.write_csv("index.csv", "email,first_name,title,company\n"
+                                          "ia@indexco.example,Ia,CTO,Indexco\nib@indexco.example,Ib,CFO,Indexco\n")
+        first = json.loads(self.agent("leads", "import", "--json", str(csv)).stdout)
+        # When one of them changes title and the file is imported again
+        csv.write_text("email,first_name,title,company\nia@indexco.example,Ia,CEO,Indexco\n"
+                       "ib@indexco.example,Ib,CFO,Indexco\n", encoding="utf-8")
+        second = json.loads(self.agent("leads", "import", "--json", str(csv)).stdout)
+        again = self.agent("leads", "import", str(csv))
+        # Then the first import embedded its leads, the second only the changed one, the third nothing
+        self.assertEqual(first["indexed"]["embedder"], "hashing-v1")
+        self.assertGreaterEqual(first["indexed"]["embedded"], 2)
+        self.assertEqual((second["indexed"]["embedded"], second["updated"]), (1, 1))
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertNotIn("semantic index", again.stdout)
 
     def test_import_prints_ignored_column_names_that_look_like_markup(self) -> None:
         # Given: a CSV with a column the importer does not know, named like a tag

@@ -124,6 +124,29 @@ class VectorSearchSuite:
         self.assertEqual(ids, [r["lead_id"] for r in whole["records"]])
         self.assertEqual(first["metadata"]["next_offset"], 5)
 
+    def test_keywords_rank_any_word_within_the_filters(self) -> None:
+        from agent.errors import PayloadError
+        from agent.leads.query import LeadQuery
+        from agent.leads.search import LeadSearch
+
+        search = LeadSearch(self.home.database())
+        model = next(r for r in SAMPLE if r["title"] == "Founder" and " " not in r["industry"] + r["location"])
+        wanted = (model["industry"].lower(), model["location"].lower(), "founder")
+        result = search.search(LeadQuery(text=" ".join(wanted), keywords=True, limit=20))
+        words = [sum(w in f"{r['title']} {r['industry']} {r['location']} {r['company_location']}".lower()
+                     for w in wanted) for r in result.rows]
+        self.assertEqual(len(result.rows), 20)
+        self.assertEqual(words[0], 3, result.rows[0])  # a lead with every word ranks first
+        self.assertGreaterEqual(words[0], words[-1])
+        scores = [r["match"]["score"] for r in result.rows]
+        self.assertEqual(scores, sorted(scores, reverse=True))
+        filtered = search.search(LeadQuery(text="robotics founder", keywords=True, location="Berlin", limit=50))
+        self.assertTrue(filtered.rows)
+        self.assertTrue(all("Berlin" in (r["location"], r["company_location"]) for r in filtered.rows))
+        with self.assertRaises(PayloadError) as caught:
+            search.search(LeadQuery(text="robotics", keywords=True, after_id=3))
+        self.assertEqual(caught.exception.field, "lead_query.after_id")
+
     def test_a_company_query_stays_lexical(self) -> None:
         env = self.search(text="leads at Acme in Berlin", limit=10)
         self.assertEqual(list(env["metadata"]["branches"]), ["search_lexical"])

@@ -89,21 +89,35 @@ def db_upgrade() -> None:
 @leads_app.command("import")
 def leads_import(
     file: Path = typer.Argument(..., help="CSV file with a header row; 'email' is required."),
+    index: bool = typer.Option(True, "--index/--no-index",
+                               help="Embed the new and changed leads for semantic search now "
+                                    "(else the first semantic search does)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Validate, normalise, de-duplicate and upsert leads from a CSV file."""
+    from agent.embeddings import embedder_for
     from agent.leads.importer import import_csv
     from agent.settings import get_settings
     from agent.storage.db import Database
+    from agent.vectors import lead_vectors
 
     settings = get_settings()
-    report = import_csv(file, Database.for_settings(settings), tenant=settings.tenant)
+    db = Database.for_settings(settings)
+    report = import_csv(file, db, tenant=settings.tenant)
+    indexed = None
+    if index and report.changed:
+        embedder = embedder_for(settings)
+        indexed = {"embedder": embedder.name,
+                   **lead_vectors(db, settings.tenant, embedder).sync().to_dict()}
     if as_json:
-        _print_json(report.to_dict())
+        _print_json({**report.to_dict(), "indexed": indexed})
         return
     from agent.cli.render import import_summary
 
     import_summary(console, report)
+    if indexed is not None:
+        console.print(f"semantic index ({indexed['embedder']}): {indexed['embedded']} leads embedded, "
+                      f"{indexed['unchanged']} unchanged")
 
 
 def _run_lead(text: Optional[str], as_json: bool, **fields: Any) -> None:

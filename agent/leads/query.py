@@ -42,6 +42,8 @@ class LeadQuery(BaseModel):
         default="auto", description="How free text is matched: lexical (full text), semantic (embeddings), "
                                     "hybrid (both, fused by reciprocal rank); auto is hybrid for free text "
                                     "without a name, company, domain or email, else lexical.")
+    keywords: bool = Field(default=False, description="Free text as ranked keywords (any word, BM25), not "
+                                                       "parsed into filters; the lexical half of hybrid search.")
     ids_only: bool = Field(default=False, description="Records carry the lead id (and match) alone: "
                                                       "for a planner that loads the leads later.")
 

@@ -13,8 +13,8 @@ leaves the others' results, marked ``partial``); ``rank`` orders them.
 A strategy that does not serve the query says ``skipped`` (the semantic one
 for a query without free text).  When one strategy answers, its order,
 ``total_count`` and pagination stand as they are.  When both do (hybrid),
-each is asked for the first ``offset + limit`` leads, the lists are fused by
-reciprocal rank, and the page is cut from the fused list; each record's
+each is asked for its first ``FUSION_DEPTH`` leads (more for a deeper page),
+the lists are fused by reciprocal rank, and the page is cut from the fused list; each record's
 ``match`` then says which strategies found it, its rank and score in each, and
 the fused score.
 """
@@ -39,7 +39,10 @@ __all__ = ["LeadOrchestrator", "LeadPayload", "reciprocal_rank_fusion"]
 _CORE = frozenset({"run_id", "flow", "node", "source", "created_at", "total_count", "partial", "errors",
                    "duration_ms"})
 RRF_K = 60
-MAX_FUSED = 500  # leads each strategy ranks for a fused page (LeadQuery's limit cap)
+# Leads each strategy ranks for a fused page: FUSION_DEPTH whatever the page, so the pages within it
+# cut one fused list and never overlap; a page deeper than that asks deeper, up to LeadQuery's cap.
+FUSION_DEPTH = 100
+MAX_FUSED = 500
 
 
 class LeadPayload(BaseModel):
@@ -121,9 +124,11 @@ def _parse(state: FlowState) -> list[dict[str, Any]]:
 def _search_request(state: FlowState) -> dict[str, Any]:
     query = dict(state.records("parse")[0]["lead_query"])
     if _fused(query):
-        # Each strategy ranks from the top; the page is cut from the fused list.
-        query["limit"] = min(query.get("limit", 25) + query.get("offset", 0), MAX_FUSED)
+        # Each strategy ranks from the top; the page is cut from the fused list.  The lexical half
+        # ranks the text's keywords, as the semantic half ranks its meaning.
+        query["limit"] = min(max(FUSION_DEPTH, query.get("limit", 25) + query.get("offset", 0)), MAX_FUSED)
         query["offset"] = 0
+        query["keywords"] = True
     return {"lead_query": query}
 
 
