@@ -90,6 +90,17 @@ class Settings(BaseSettings):
                                                                             "for the cost in envelope metadata.")
     llm_price_completion_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million completion "
                                                                                 "tokens.")
+    enrich_fetch: bool = Field(default=False, description="Let the enricher fetch the text of a lead's company "
+                                                          "website (only hosts on enrich_fetch_allowlist).")
+    enrich_fetch_allowlist: str = Field(default="", description="Comma-separated registrable domains the website "
+                                                                "fetcher may reach; a host matches an entry or a "
+                                                                "subdomain of it.")
+    enrich_fetch_timeout: float = Field(default=5.0, gt=0, le=120, description="Seconds a website fetch waits to "
+                                                                               "connect and for each read; the "
+                                                                               "whole fetch gets three times this.")
+    enrich_fetch_max_bytes: int = Field(default=500_000, ge=1024, le=50_000_000, description="Bytes of a page "
+                                                                                             "read at most; the "
+                                                                                             "rest is not read.")
     plugins: str = Field(default="", description="Comma-separated modules whose `register(registry)` adds "
                                                  "agents and orchestrators (Celery workers load them too).")
     log_level: LogLevel = Field(
