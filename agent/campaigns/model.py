@@ -5,9 +5,16 @@
     id: acme-q4
     name: Acme accounts, Q4
     lead_query: {company: Acme}
-    template:
+    template:                      # step 1 of the sequence
       subject: "{{ lead.company }} and outbound pipeline quality"
       body: "Hi {{ lead.first_name }}, ..."
+      limits: {subject_chars: 150, body_words: 400}    # checked on every draft (optional)
+      variants:                    # A/B arms (optional): a lead keeps the one it was first given
+        - {id: a, weight: 1}
+        - {id: b, subject: "A question about {{ lead.company }}", weight: 1}
+      personalise: {enabled: true, instructions: "Mention one fact about them.", max_words: 120}
+      steps:                       # later steps (optional), same fields plus their number
+        - {step: 2, subject: "Re: {{ lead.company }}", body: "Hi again {{ lead.first_name }}, ..."}
     channel: outbox
     schedule: "0 9 * * 1-5"       # cron, in the campaign's time zone
     timezone: Europe/Berlin
@@ -24,28 +31,125 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.errors import PayloadError
 from agent.scoring.icp import ICP
 from agent.validation import first_error
 
-__all__ = ["Campaign", "CampaignLimits", "CampaignTemplate", "CampaignStatus", "load_campaign"]
+__all__ = ["Campaign", "CampaignLimits", "CampaignTemplate", "CampaignStatus", "CopyLimits",
+           "FollowUpTemplate", "PersonaliseOptions", "StepTemplate", "TemplateVariant", "load_campaign"]
 
 CampaignStatus = Literal["draft", "active", "paused", "completed"]
 _ID = r"^[A-Za-z0-9][\w.-]{0,63}$"
 
 
-class CampaignTemplate(BaseModel):
+class CopyLimits(BaseModel):
+    """What every draft of a template is checked against before it reaches the outbox (``agent.copy.checks``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # A good cold-email subject is short: past ~150 characters every client cuts it anyway.
+    subject_chars: int = Field(default=150, ge=10, le=900)
+    body_chars: int = Field(default=4000, ge=20, le=100_000)
+    body_words: int = Field(default=400, ge=5, le=20_000)
+
+
+class PersonaliseOptions(BaseModel):
+    """Optional LLM personalisation of a step's rendered draft (``agent.copy.personalise``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    # The campaign's own instructions to the model (trusted text; lead data never goes here).
+    instructions: str = Field(default="", max_length=4000)
+    max_words: int = Field(default=120, ge=10, le=2000)
+    # The lead fields the model may see; None: every field but contact details and bookkeeping.
+    fields: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]{0,63}$")]] | None = Field(default=None, max_length=50)
+    # An answer that breaks the schema or a check: use the template's draft ("fallback") or fail the lead.
+    on_error: Literal["fallback", "fail"] = "fallback"
+
+
+class TemplateVariant(BaseModel):
+    """One arm of an A/B test: its own subject and/or body (else the step's), drawn by ``weight``."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=_ID)
+    subject: str | None = Field(default=None, min_length=1, max_length=900)
+    body: str | None = Field(default=None, min_length=1, max_length=100_000)
+    # 0 retires a variant: leads already assigned to it keep it, no new lead gets it.
+    weight: float = Field(default=1.0, ge=0, le=1_000_000)
+
+
+class StepTemplate(BaseModel):
+    """The message of one sequence step: Jinja2 subject and body, checks' limits, options."""
+
     model_config = ConfigDict(extra="forbid")
     id: str = Field(default="v1", pattern=_ID)
     subject: str = Field(min_length=1, max_length=900)
     body: str = Field(min_length=1, max_length=100_000)
+    limits: CopyLimits = CopyLimits()
+    personalise: PersonaliseOptions = PersonaliseOptions()
+    variants: list[TemplateVariant] = Field(default_factory=list, max_length=20)
+
+    @field_validator("variants")
+    @classmethod
+    def _arms(cls, value: list[TemplateVariant]) -> list[TemplateVariant]:
+        ids = [v.id for v in value]
+        for index, variant_id in enumerate(ids):
+            if variant_id in ids[:index]:
+                raise ValueError(f"variant id {variant_id!r} is used twice")
+        if value and not any(v.weight > 0 for v in value):
+            raise ValueError("at least one variant needs a weight above 0")
+        return value
+
+    def variant(self, variant_id: str) -> TemplateVariant | None:
+        return next((v for v in self.variants if v.id == variant_id), None)
+
+
+class FollowUpTemplate(StepTemplate):
+    """A later step's template (``step`` 2 or more); its id defaults to ``step<N>``."""
+
+    step: int = Field(ge=2, le=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_id(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("id") is None and isinstance(data.get("step"), int):
+            data = {**data, "id": f"step{data['step']}"}
+        return data
+
+
+class CampaignTemplate(StepTemplate):
+    """Step 1's template (its own fields), plus the templates of later steps in ``steps``.
+
+    A campaign with a single ``template:`` (subject and body) is a one-step sequence, as before.
+    """
+
+    steps: list[FollowUpTemplate] = Field(default_factory=list, max_length=20)
+
+    @field_validator("steps")
+    @classmethod
+    def _once_per_step(cls, value: list[FollowUpTemplate]) -> list[FollowUpTemplate]:
+        seen: set[int] = set()
+        for follow_up in value:
+            if follow_up.step in seen:
+                raise ValueError(f"step {follow_up.step} has two templates")
+            seen.add(follow_up.step)
+        return value
+
+    def for_step(self, step: int) -> StepTemplate:
+        """The template of sequence step ``step``; a step without one is a ``PayloadError`` naming ``step``."""
+        if step == 1:
+            return self
+        for follow_up in self.steps:
+            if follow_up.step == step:
+                return follow_up
+        known = ", ".join(str(n) for n in [1, *sorted(f.step for f in self.steps)])
+        raise PayloadError("step", f"the template has no step {step} (it has steps {known})")
 
 
 class CampaignLimits(BaseModel):

@@ -26,7 +26,8 @@ from email_validator import EmailNotValidError, validate_email
 
 from agent.errors import InvalidInput
 
-__all__ = ["is_one_line", "build_message", "new_message_id", "sender_domain", "wire_address", "SMTP_POLICY"]
+__all__ = ["is_one_line", "build_message", "new_message_id", "sender_domain", "sent_text", "wire_address",
+           "SMTP_POLICY"]
 
 
 
@@ -78,11 +79,17 @@ def build_message(
     ``send_id`` goes into ``X-Send-Id`` so a bounce can be matched to the send.
     """
     stamp = format_datetime(date or datetime.now(timezone.utc))
-    text = body.rstrip() + _footer(sender, postal_address)
+    text = sent_text(body, sender=sender, postal_address=postal_address)
     fast = _plain_message(sender, to, subject, text, message_id, send_id, stamp)
     if fast is not None:
         return fast
     return _library_message(sender, to, subject, text, message_id, send_id, stamp)
+
+
+def sent_text(body: str, *, sender: str, postal_address: str) -> str:
+    """The body as it is sent: ``body`` and the footer every message gets (postal address, opt-out).
+    The copywriter checks this text before a draft may reach the outbox."""
+    return body.rstrip() + _footer(sender, postal_address)
 
 
 def _footer(sender: str, postal_address: str) -> str:

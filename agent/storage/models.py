@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     LargeBinary,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -27,7 +28,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "EngineRun",
            "EngineStep", "AuditRunRow", "AuditEnvelopeRow", "AuditRecordRow", "AuditFailureRow",
-           "AuditDeliveryRow", "QueueJobRow", "LLMCacheRow", "LeadVectorRow", "utcnow"]
+           "AuditDeliveryRow", "QueueJobRow", "LLMCacheRow", "LeadVectorRow",
+           "VariantAssignmentRow", "DraftRow", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -326,3 +328,50 @@ class LeadVectorRow(Base):
     embedder: Mapped[str] = mapped_column(String(100))
     text_sha: Mapped[str] = mapped_column(String(64))
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class VariantAssignmentRow(Base):
+    """The A/B variant a lead got for one step of a campaign: written once, the first writer wins."""
+
+    __tablename__ = "variant_assignments"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "campaign_id", "lead_id", "step", name="uq_variant_assignments_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    campaign_id: Mapped[str] = mapped_column(String(128))
+    lead_id: Mapped[str] = mapped_column(String(128))
+    step: Mapped[int] = mapped_column(Integer)
+    variant_id: Mapped[str] = mapped_column(String(64))
+    template_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DraftRow(Base):
+    """A draft in the approval queue: awaiting_approval, then approved or rejected (maybe edited first)."""
+
+    __tablename__ = "drafts"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "campaign_id", "lead_id", "step", name="uq_drafts_key"),
+        Index("ix_drafts_tenant_status", "tenant_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    campaign_id: Mapped[str] = mapped_column(String(128))
+    lead_id: Mapped[str] = mapped_column(String(128))
+    step: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(24))
+    to_address: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    record_json: Mapped[str] = mapped_column(Text)  # the draft record, provenance included, as last edited
+    record_hash: Mapped[str] = mapped_column(String(64))
+    score: Mapped[int | None] = mapped_column(Integer)
+    edited: Mapped[bool] = mapped_column(Boolean, default=False)
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
