@@ -21,6 +21,7 @@ _lock = threading.Lock()
 def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     from agent.agents.copywriter import CopywriterAgent
     from agent.agents.enricher import EnricherAgent
+    from agent.agents.icp_scorer import ICPScorerAgent
     from agent.agents.lead_loader import LeadLoaderAgent
     from agent.agents.lead_search import LeadSearchAgent
     from agent.agents.semantic_search import SemanticSearchAgent
@@ -36,6 +37,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     registry.register("lead_loader", LeadLoaderAgent, replace=replace)
     registry.register("copywriter", CopywriterAgent, replace=replace)
     registry.register("enricher", EnricherAgent, replace=replace)
+    registry.register("icp_scorer", ICPScorerAgent, replace=replace)
     registry.register("suppression_gate", SuppressionGateAgent, replace=replace)
     registry.register("outbox", OutboxChannel, replace=replace)
     registry.register("lead_orchestrator", LeadOrchestrator, replace=replace)

@@ -207,13 +207,18 @@ class OutreachTest(WithLeads):
         # When the sent record's parents are followed
         [sent] = result.envelope["records"]
         [draft] = result.state["draft"]["records"]
+        [scored] = result.state["score"]["records"]
+        [enriched] = result.state["enrich"]["records"]
         [lead] = result.state["load"]["records"]
-        # Then they lead to the draft, whose parent is the lead record, which names its row
+        # Then they lead to the draft, then the scored and enriched lead, then the lead record, which
+        # names its row
         self.assertEqual(sent["status"], "sent")
         self.assertEqual(sent["provenance"]["parents"], [draft["provenance"]["hash"]])
-        self.assertEqual(draft["provenance"]["parents"], [lead["provenance"]["hash"]])
+        self.assertEqual(draft["provenance"]["parents"], [scored["provenance"]["hash"]])
+        self.assertEqual(scored["provenance"]["parents"], [enriched["provenance"]["hash"]])
+        self.assertEqual(enriched["provenance"]["parents"], [lead["provenance"]["hash"]])
         self.assertEqual(lead["provenance"]["source_id"], "contacts/6")
-        for record in (sent, draft, lead):
+        for record in (sent, draft, scored, enriched, lead):
             self.assertEqual(record["provenance"]["hash"], record_hash(record))
 
     def test_a_lead_whose_draft_fails_is_reported_and_the_others_are_sent(self) -> None:

@@ -79,6 +79,20 @@ def batch_plan(campaign: Campaign, run_key: str, index: int, lead_ids: list[int]
                            "topic": topic})
 
 
+def release_plan(held_run_id: str, meta: dict[str, Any], *, topic: str) -> BatchPlan:
+    """The job that delivers a held batch's approved drafts, once every draft is decided.  Its run id
+    and idempotency key derive from the held run: releasing the same batch twice queues one job."""
+    campaign = meta["campaign"]
+    key = f"{meta['campaign_run']}:release"
+    job = Job(orchestrator=ORCHESTRATOR, run_id=hashlib.sha256(f"release:{held_run_id}".encode()).hexdigest()[:32],
+              payload={"campaign": campaign, "lead_ids": meta["lead_ids"], "release": True},
+              idempotency_key=f"release:{held_run_id}", max_attempts=int(campaign["limits"]["max_attempts"]),
+              meta={"campaign_id": campaign["id"], "campaign_run": key, "batch": meta["batch"],
+                    "released_from": held_run_id})
+    return BatchPlan(job, {"campaign_run": key, "batch": meta["batch"], "lead_ids": meta["lead_ids"],
+                           "campaign": campaign, "topic": topic, "released_from": held_run_id, "release": True})
+
+
 def record_plans(audit: Any, plans: list[BatchPlan], *, tenant: str) -> None:
     """Record every batch as a queued run, before any job exists: a crash in between loses no batch
     (``CampaignRunner.resume`` finds them).  Recording a batch again changes nothing."""

@@ -22,7 +22,14 @@ from typing import Any
 
 from agent.audit import AuditStore, SqlAuditStore
 from agent.campaigns.model import Campaign, check_tenant
-from agent.campaigns.planning import ORCHESTRATOR, batch_plan, find_leads, plan_batches, record_plans
+from agent.campaigns.planning import (
+    ORCHESTRATOR,
+    batch_plan,
+    find_leads,
+    plan_batches,
+    record_plans,
+    release_plan,
+)
 from agent.queues import InMemoryQueue, JobQueue, Queue, check_topic
 from agent.registry import Registry
 from agent.settings import Settings, get_settings
@@ -91,8 +98,12 @@ class CampaignRunner:
             if meta["campaign_run"] not in keys:
                 keys.append(meta["campaign_run"])
             topic = meta.get("topic", self.topic)
-            plan = batch_plan(Campaign.parse(meta["campaign"]), meta["campaign_run"], meta["batch"],
-                              meta["lead_ids"], topic=topic, resumed=True)
+            if meta.get("release"):  # a held batch's delivery: queued again under its own key
+                plan = release_plan(meta["released_from"], {**meta, "campaign_run": meta["campaign_run"]
+                                                            .removesuffix(":release")}, topic=topic)
+            else:
+                plan = batch_plan(Campaign.parse(meta["campaign"]), meta["campaign_run"], meta["batch"],
+                                  meta["lead_ids"], topic=topic, resumed=True)
             self.queue.enqueue(topic, plan.job)
             topics.add(topic)
             self._topics.add(topic)
@@ -102,6 +113,26 @@ class CampaignRunner:
             for topic in sorted(topics):
                 recover(topic, after=0)
         return [self.report(campaign_id, key) for key in keys]
+
+    def release(self, run_ids: list[str]) -> list[CampaignReport]:
+        """Queue the delivery of each held batch (a run whose drafts waited for approval) that has no
+        draft left undecided; the others wait.  Returns a report per release (nothing done yet)."""
+        from agent.drafts import DraftStore
+        from agent.storage.db import Database
+
+        pending = DraftStore(Database.for_settings(self.settings), tenant=self.settings.tenant).pending_runs(run_ids)
+        reports: dict[tuple[str, str], None] = {}
+        for run_id in dict.fromkeys(run_ids):
+            run = self.audit.get_run(run_id)
+            if pending.get(run_id) or run is None or "campaign_run" not in run.meta or run.meta.get("release"):
+                continue
+            topic = run.meta.get("topic", self.topic)
+            plan = release_plan(run_id, run.meta, topic=topic)
+            record_plans(self.audit, [plan], tenant=self.settings.tenant)
+            self.queue.enqueue(topic, plan.job)
+            self._topics.add(topic)
+            reports[(plan.job.meta["campaign_id"], plan.meta["campaign_run"])] = None
+        return [self.report(campaign_id, key) for campaign_id, key in reports]
 
     # -- running -------------------------------------------------------------------------------
     def work(self, reports: list[CampaignReport], *, threads: int = 4,

@@ -2,20 +2,31 @@
 
 The flow::
 
-    load ── draft (one call per lead) ──┬── approval "required": hold
-                                        └── approval "none":     deliver
+    load ── enrich ── score ── draft (one call per lead that passes) ──┬── approval "required": hold
+                                                                        └── approval "none":     deliver
 
-``load`` reads the tenant's lead records (agent ``lead_loader``); ``draft``
-renders the campaign template for each lead (agent ``copywriter``; a lead
-whose draft fails is reported ``failed`` and the others go on, the envelope
-marked ``partial``); ``hold`` keeps every draft ``awaiting_approval`` and
-delivers nothing; ``deliver`` hands the drafts to the ``DeliveryOrchestrator``,
-whose gates apply as always: nothing is written unless the campaign's
-``allow_delivery`` is true, and then only to the outbox, once per
-(campaign, lead, step).
+    with ``release: true`` (a held batch whose drafts are all decided):
+    approved ── deliver
 
-Lineage: a delivered record's parent is its draft, whose parent is the lead
-record, whose ``source_id`` names its row (``contacts/<id>``).
+``load`` reads the tenant's lead records (agent ``lead_loader``); ``enrich``
+adds company facts, each with its own provenance (agent ``enricher``);
+``score`` gives each lead its ICP score and reasons (agent ``icp_scorer``;
+leads below the campaign ICP's threshold are reported ``skipped`` and get no
+draft); ``draft`` writes each remaining lead's message (agent ``copywriter``;
+a lead whose draft fails or fails its checks is reported ``failed`` and the
+others go on, the envelope marked ``partial``).  ``hold`` parks every draft
+in the approval queue (``agent drafts``) as ``awaiting_approval`` and
+delivers nothing; once an operator has decided every draft of the batch, the
+batch is released: ``approved`` reads its approved drafts, as edited, and
+only those reach delivery.  ``deliver`` hands drafts to the
+``DeliveryOrchestrator``, whose gates apply as always: nothing is written
+unless the campaign's ``allow_delivery`` is true, and then only to the
+outbox, once per (campaign, lead, step).
+
+Lineage: a delivered record's parent is its draft (or the operator's edit of
+it, whose parent is the draft), whose parent is the scored lead, then the
+enriched lead, then the lead record, whose ``source_id`` names its row
+(``contacts/<id>``).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.campaigns.model import Campaign, check_tenant
+from agent.copy.personalise import llm_totals
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.outputs import Output
 from agent.engine.state import FlowState
@@ -45,6 +57,8 @@ class OutreachPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
     campaign: Campaign
     lead_ids: list[Annotated[int, Field(ge=1, strict=True)]] = Field(min_length=1, max_length=MAX_BATCH)
+    # Deliver the batch's approved drafts from the approval queue (nothing is drafted again).
+    release: bool = False
 
     @field_validator("campaign", mode="before")
     @classmethod
@@ -68,6 +82,8 @@ class OutreachOrchestrator(BaseOrchestrator):
     # A payload is a campaign and lead ids: an upstream envelope is not an answer here.
     passthrough_envelopes: ClassVar[bool] = False
     loader_agent: ClassVar[str] = "lead_loader"
+    enricher_agent: ClassVar[str] = "enricher"
+    scorer_agent: ClassVar[str] = "icp_scorer"
     copywriter_agent: ClassVar[str] = "copywriter"
     # Drafts of a batch written at once.  The template copywriter only computes, so parallel lanes
     # would only take turns on the GIL (measured: 6% slower at 4); a copywriter that waits on I/O
@@ -80,23 +96,72 @@ class OutreachOrchestrator(BaseOrchestrator):
         check_tenant(model.campaign, self.tenant)
         return model
 
+    def flow_variant(self, payload: Any) -> Any:
+        return "release" if isinstance(payload, OutreachPayload) and payload.release else None
+
     def build_flow(self, variant: Any = None) -> FlowGraph:
+        if variant == "release":
+            return (Flow(f"{self.name}.release", input_model=OutreachPayload)
+                    .node("approved", self._approved, lineage=None,
+                          description="the batch's decided drafts from the approval queue, as edited")
+                    .node("deliver", self._deliver, lineage=None,
+                          description="the approved drafts through the DeliveryOrchestrator and its gates")
+                    .then("approved", "deliver")
+                    .build())
         return (Flow(self.name, input_model=OutreachPayload)
                 .node("load", agent=self.loader_agent, request=_load_request,
                       description="the batch's lead records, in the order given")
-                .node("draft", agent=self.copywriter_agent, each=_loaded, key="lead_id", request=_draft_request,
+                .node("enrich", agent=self.enricher_agent, request=_enrich_request,
+                      description="company facts for each lead, each with its provenance")
+                .node("score", agent=self.scorer_agent, request=_score_request,
+                      description="each lead's ICP score and reasons; below the threshold, no draft")
+                .node("draft", agent=self.copywriter_agent, each=_passed, key="lead_id", request=_draft_request,
                       allow_partial=True, concurrency=self.draft_concurrency,
                       description="one draft per lead; a failed lead leaves the others")
-                .node("hold", _hold, lineage=None, description="approval required: the drafts wait, nothing is sent")
+                .node("hold", self._hold, lineage=None,
+                      description="approval required: the drafts wait in the approval queue, nothing is sent")
                 .node("deliver", self._deliver, lineage=None,
                       description="the drafts through the DeliveryOrchestrator and its gates")
-                .then("load", "draft")
+                .then("load", "enrich", "score", "draft")
                 .route("draft", _approval, {"required": "hold", "none": "deliver"})
                 .build())
 
+    def _drafts(self, tenant: str) -> Any:
+        from agent.drafts import DraftStore
+        from agent.storage.db import Database
+
+        return DraftStore(Database.for_settings(self.settings), tenant=tenant)
+
+    def _hold(self, state: FlowState) -> Output:
+        scores = {str(r["lead_id"]): r["icp_score"] for r in state.records("score")}
+        parked = {d.lead_id: d for d in self._drafts(state.tenant).park(state.records("draft"), run_id=state.run_id,
+                                                                        scores=scores)}
+        held = []
+        for draft in state.records("draft"):
+            queued = parked[str(draft["lead_id"])]
+            record = {"lead_id": draft["lead_id"], "to": draft["to"], "campaign_id": draft["campaign_id"],
+                      "step": draft["step"], "template_id": draft.get("template_id"), "subject": queued.subject,
+                      "body": queued.body, "status": queued.status, "draft_id": queued.id,
+                      "reason": "approval_required" if queued.status == "awaiting_approval" else "decided",
+                      "message_id": None}
+            held.append(_derived(record, draft))
+        return _outcome(state, held, allow_delivery=state.input.campaign.allow_delivery)
+
+    def _approved(self, state: FlowState) -> Output:
+        campaign: Campaign = state.input.campaign
+        drafts = self._drafts(state.tenant).for_leads(campaign.id, state.input.lead_ids, step=STEP)
+        # The records as queued or edited (their provenance intact); each one's decision beside them.
+        decisions = {d.lead_id: {"status": d.status, "draft_id": d.id} for d in drafts}
+        return Output([d.record for d in drafts], source=_SOURCE, decisions=decisions)
+
     def _deliver(self, state: FlowState) -> Output:
         campaign: Campaign = state.input.campaign
-        drafts = state.records("draft")
+        release = state.input.release
+        if release:
+            decisions = state["approved"]["metadata"]["decisions"]
+            drafts = [r for r in state.records("approved") if decisions[str(r["lead_id"])]["status"] == "approved"]
+        else:
+            drafts = state.records("draft")
         delivered: list[dict[str, Any]] = []
         if drafts:
             delivery = DeliveryOrchestrator(self.registry, settings=self.settings, tenant=state.tenant,
@@ -107,6 +172,8 @@ class OutreachOrchestrator(BaseOrchestrator):
             envelope = delivery.run({"records": drafts, "campaign_id": campaign.id,
                                      "allow_delivery": campaign.allow_delivery}, run_id=run_id)
             delivered = envelope["records"]
+        if release:
+            return _released(state, delivered)
         return _outcome(state, delivered, allow_delivery=campaign.allow_delivery)
 
 
@@ -114,8 +181,17 @@ def _load_request(state: FlowState) -> dict[str, Any]:
     return {"lead_ids": list(state.input.lead_ids)}
 
 
-def _loaded(state: FlowState) -> list[dict[str, Any]]:
-    return state.records("load")
+def _enrich_request(state: FlowState) -> dict[str, Any]:
+    return {"leads": state.records("load")}
+
+
+def _score_request(state: FlowState) -> dict[str, Any]:
+    icp = state.input.campaign.icp
+    return {"leads": state.records("enrich"), "icp": None if icp is None else icp.model_dump()}
+
+
+def _passed(state: FlowState) -> list[dict[str, Any]]:
+    return [lead for lead in state.records("score") if lead["icp_pass"]]
 
 
 def _draft_request(lead: dict[str, Any], state: FlowState) -> dict[str, Any]:
@@ -127,42 +203,69 @@ def _approval(state: FlowState) -> str:
     return state.input.campaign.approval
 
 
-def _hold(state: FlowState) -> Output:
-    held = []
-    for draft in state.records("draft"):
-        record = {"lead_id": draft["lead_id"], "to": draft["to"], "campaign_id": draft["campaign_id"],
-                  "step": draft["step"], "template_id": draft["template_id"], "subject": draft["subject"],
-                  "body": draft["body"], "status": "awaiting_approval", "reason": "approval_required",
-                  "message_id": None}
-        held.append(_derived(record, draft))
-    return _outcome(state, held, allow_delivery=state.input.campaign.allow_delivery)
-
-
 def _outcome(state: FlowState, done: list[dict[str, Any]], *, allow_delivery: bool) -> Output:
-    """One record per loaded lead, in batch order: its outcome, or ``failed`` if its draft failed."""
+    """One record per loaded lead, in batch order: its outcome, ``skipped`` if it scored below the
+    ICP's threshold, or ``failed`` if its draft failed."""
     campaign: Campaign = state.input.campaign
     by_lead = {str(r["lead_id"]): r for r in done}
     errors = state["draft"]["metadata"]["errors"]
     why = {str(e.get("item")): e for e in errors}
+    scored = {str(r["lead_id"]): r for r in state.records("score")}
     records = []
     for lead in state.records("load"):
         key = str(lead["lead_id"])
         record = by_lead.pop(key, None)
-        if record is None:
+        score = scored.get(key)
+        if record is None and score is not None and not score["icp_pass"]:
+            record = _derived({"lead_id": key, "to": lead.get("email"), "campaign_id": campaign.id, "step": STEP,
+                               "status": "skipped", "reason": "below_icp_threshold", "message_id": None,
+                               "icp_score": score["icp_score"], "icp_reasons": score["icp_reasons"]}, score)
+        elif record is None:
             error = why.get(key, {})
             record = _derived({"lead_id": key, "to": lead.get("email"), "campaign_id": campaign.id, "step": STEP,
                                "status": "failed", "reason": error.get("code", "draft_failed"),
                                "error": error.get("message"), "message_id": None}, lead)
+        elif score is not None and score["icp_score"] is not None:
+            record = {**record, "icp_score": score["icp_score"]}
         records.append(record)
     records.extend(by_lead.values())  # never expected: an outcome for a lead that was not loaded
+    loaded = state["load"]["metadata"]
+    score_meta = state["score"]["metadata"]
+    return Output(records, source=_SOURCE, counts=_counts(records), partial=bool(errors), errors=errors,
+                  campaign_id=campaign.id, approval=campaign.approval, allow_delivery=allow_delivery,
+                  requested=len(state.input.lead_ids), missing=loaded.get("missing", 0),
+                  missing_ids=loaded.get("missing_ids", []),
+                  icp={"scored": score_meta.get("scored", False), "threshold": score_meta.get("threshold"),
+                       "passed": score_meta.get("passed"), "embedder": score_meta.get("embedder")},
+                  llm=llm_totals(state.records("draft")))
+
+
+def _released(state: FlowState, delivered: list[dict[str, Any]]) -> Output:
+    """A released batch: the delivery outcome of each approved draft; the decided rest as they stand."""
+    campaign: Campaign = state.input.campaign
+    by_lead = {str(r["lead_id"]): r for r in delivered}
+    decisions = state["approved"]["metadata"]["decisions"]
+    records = []
+    for draft in state.records("approved"):
+        decision = decisions[str(draft["lead_id"])]
+        record = by_lead.pop(str(draft["lead_id"]), None)
+        if record is None:
+            record = _derived({"lead_id": str(draft["lead_id"]), "to": draft["to"], "campaign_id": campaign.id,
+                               "step": STEP, "status": decision["status"], "draft_id": decision["draft_id"],
+                               "reason": "rejected_by_operator" if decision["status"] == "rejected"
+                               else "not_decided", "message_id": None}, draft)
+        records.append(record)
+    records.extend(by_lead.values())
+    return Output(records, source=_SOURCE, counts=_counts(records), campaign_id=campaign.id,
+                  approval=campaign.approval, allow_delivery=campaign.allow_delivery, release=True,
+                  requested=len(state.input.lead_ids))
+
+
+def _counts(records: list[dict[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
-    loaded = state["load"]["metadata"]
-    return Output(records, source=_SOURCE, counts=counts, partial=bool(errors), errors=errors,
-                  campaign_id=campaign.id, approval=campaign.approval, allow_delivery=allow_delivery,
-                  requested=len(state.input.lead_ids), missing=loaded.get("missing", 0),
-                  missing_ids=loaded.get("missing_ids", []))
+    return counts
 
 
 def _derived(record: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
