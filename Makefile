@@ -39,6 +39,9 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/celery_path.py
 	$(BIN)/python bench/campaign.py
 	$(BIN)/python bench/embeddings.py
+	$(BIN)/python bench/vector_index.py
+	$(BIN)/python bench/search_quality.py
+	$(BIN)/python bench/hybrid_search.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

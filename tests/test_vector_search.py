@@ -147,6 +147,26 @@ class VectorSearchSuite:
             search.search(LeadQuery(text="robotics", keywords=True, after_id=3))
         self.assertEqual(caught.exception.field, "lead_query.after_id")
 
+    def test_the_in_process_filters_pass_exactly_the_leads_the_sql_filters_pass(self) -> None:
+        from agent.leads.query import LeadQuery
+        from agent.leads.search import LeadSearch
+
+        db = self.home.database()
+        search = LeadSearch(db)
+        for filters in ({"title": "head"}, {"title": "CTO"}, {"industry": "Fintech", "location": "Berlin"},
+                        {"company_size": "11-50", "title": "Sales"}, {"location": "new york"}):
+            with self.subTest(**filters):
+                by_sql: list[int] = []
+                after = 0
+                while after is not None:
+                    page = search.search(LeadQuery(**filters, ids_only=True, limit=500, after_id=after)).rows
+                    by_sql += [r["lead_id"] for r in page]
+                    after = page[-1]["lead_id"] if len(page) == 500 else None
+                with db.connect() as conn:
+                    in_process = search.filtered_ids(conn, LeadQuery(**filters, text="x"))
+                self.assertTrue(by_sql)
+                self.assertEqual(sorted(in_process.tolist()), sorted(by_sql))
+
     def test_a_company_query_stays_lexical(self) -> None:
         env = self.search(text="leads at Acme in Berlin", limit=10)
         self.assertEqual(list(env["metadata"]["branches"]), ["search_lexical"])
@@ -166,6 +186,12 @@ class VectorSearchSuite:
         self.assertEqual((report.embedded, report.removed), (2, 0))
         env = self.search(text="Growth Lead", search="semantic", limit=3)
         self.assertEqual(env["records"][0]["email"], "new.person@acme.example")
+        # and the in-process keyword index has reloaded: the new words are found
+        from agent.leads.query import LeadQuery
+        from agent.leads.search import LeadSearch
+
+        found = LeadSearch(db).search(LeadQuery(text="growth", keywords=True, limit=5)).rows
+        self.assertEqual([r["email"] for r in found], ["new.person@acme.example"])
         # And another process's index (a fresh LeadVectors) reads the same rows
         other = LeadVectors(db, tenant="default", embedder=HashingEmbedder())
         self.assertEqual(len(other.index()), len(vectors.index()))

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rapidfuzz import fuzz
-from sqlalchemy import Float, Integer, Select, and_, bindparam, column, false, func, or_, select, text
+import numpy as np
+from sqlalchemy import Select, and_, bindparam, false, func, or_, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from agent.errors import PayloadError
+from agent.leads.catalog import FILTER_COLUMNS, lead_catalog
 from agent.leads.company_index import CompanyNameIndex
 from agent.leads.normalize import registrable_domain
 from agent.leads.query import FILLER, LeadQuery, parse_free_text
@@ -26,7 +28,6 @@ from agent.storage.models import Company, Contact
 __all__ = ["LeadSearch", "SearchResult"]
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
-KEYWORD_POOL = 2000  # SQLite: the best-ranked keyword matches that filters then narrow
 # Words too common to rank by (beside the query filler words of agent.leads.query).
 _STOPWORDS = frozenset("""and or of in on at to for with by from the a an is are be who that this
 hiring hire looking need needs want like""".split())
@@ -173,67 +174,35 @@ class LeadSearch:
         page = scored[q.offset : q.offset + q.limit]
         return [cid for _, cid in page], {cid: s for s, cid in page}, len(scored)
 
-    def filtered_ids(self, conn: Any, query: LeadQuery) -> list[int] | None:
+    def filtered_ids(self, conn: Any, query: LeadQuery) -> np.ndarray | None:
         """Every lead id passing the query's filters (industry, company size, location, title), or
-        None when it has none: the candidates a semantic search ranks.  Free text is not a filter here."""
-        conditions = self._filters(query)
-        if not conditions:
-            return None
-        stmt = (select(Contact.id).select_from(Contact).outerjoin(Company, Contact.company_id == Company.id)
-                .where(Contact.tenant_id == self.tenant, *conditions))
-        return list(conn.execute(stmt).scalars())
-
-    def _filters(self, query: LeadQuery) -> list[ColumnElement[bool]]:
-        conditions: list[ColumnElement[bool]] = []
-        if query.company_size:
-            conditions.append(Company.size == query.company_size)
-        for value, columns in ((query.title, (Contact.title,)), (query.industry, (Company.industry,)),
-                               (query.location, (Contact.location, Company.location))):
-            if value:
-                conditions.append(or_(*(_word_prefix(c, value, self.db.dialect) for c in columns)))
-        return conditions
+        None when it has none: the candidates a semantic search ranks.  Free text is not a filter here.
+        Evaluated on the tenant's in-process ``LeadCatalog``, with the same word-prefix rule as SQL."""
+        catalog = lead_catalog(self.db, self.tenant).current(conn)
+        docs = catalog.filter_docs(_filters_of(query))
+        return None if docs is None else catalog.lead_ids(docs)
 
     def keyword_search(self, query: LeadQuery) -> SearchResult:
-        """Free text as ranked keywords: leads with any of its words (prefixes), best first by BM25
-        (SQLite FTS5) or ``ts_rank`` (PostgreSQL), within the query's filters.  The text is not parsed
-        into filters: this is the lexical half of a hybrid search."""
+        """Free text as ranked keywords: leads with any of its words (prefixes), best first by BM25,
+        within the query's filters (on the tenant's in-process ``LeadCatalog``, the same on SQLite and
+        PostgreSQL).  The text is not parsed into filters: this is the lexical half of a hybrid search."""
         if query.after_id is not None:
             raise PayloadError("lead_query.after_id", "cannot page a keyword search by id (its order is "
                                                       "the rank); use offset")
         words = [w for w in dict.fromkeys(_TOKEN.findall((query.text or "").lower()))
                  if w not in FILLER and w not in _STOPWORDS and len(w) > 1][:32]
         strategies = ["full_text"]  # ranked, any word
-        if not words:
-            return SearchResult(rows=[], total=0, query=query.model_dump(exclude_none=True), strategies=strategies)
-        conditions = [Contact.tenant_id == self.tenant, *self._filters(query)]
-        if self.db.dialect == "sqlite":
-            expr = " OR ".join(f'"{w}"*' for w in words)
-            # The best-ranked matches first, alone (LIMIT keeps SQLite from joining into the FTS
-            # scan), then the tenant and filters: a ranked top-N, not every match.
-            matched = (text("SELECT rowid AS id, bm25(contacts_fts) AS s FROM contacts_fts "
-                            "WHERE contacts_fts MATCH :fts ORDER BY rank LIMIT :top")
-                       .bindparams(fts=expr, top=max(KEYWORD_POOL, 4 * (query.offset + query.limit)))
-                       .columns(column("id", Integer), column("s", Float)).subquery("m"))
-            base = (select(Contact.id, (-matched.c.s).label("score")).select_from(matched)
-                    .join(Contact, Contact.id == matched.c.id))
-            order = [matched.c.s, Contact.id]
-        else:
-            tsquery = func.to_tsquery("simple", " | ".join(f"{w}:*" for w in words))
-            vector = func.to_tsvector("simple", Contact.search_text)
-            rank = func.ts_rank(vector, tsquery)
-            base = select(Contact.id, rank.label("score")).select_from(Contact)
-            conditions.append(vector.op("@@")(tsquery))
-            order = [rank.desc(), Contact.id]
-        stmt = base.outerjoin(Company, Contact.company_id == Company.id).where(*conditions)
         with self.db.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
-            page = conn.execute(stmt.order_by(*order).limit(query.limit).offset(query.offset)).all()
-            ids = [row[0] for row in page]
+            catalog = lead_catalog(self.db, self.tenant).current(conn)
+            allowed = catalog.filter_docs(_filters_of(query))
+            ranked, total = catalog.keywords(words, allowed=allowed, top=query.offset + query.limit)
+            page = ranked[query.offset:]
+            ids = [lead for lead, _ in page]
             rows = [{"lead_id": i} for i in ids] if query.ids_only else self.load(conn, ids)
-        score_of = {row[0]: round(float(row[1]), 4) for row in page}
+        score_of = {lead: round(score, 4) for lead, score in page}
         for row in rows:
             row["match"] = {"strategies": strategies, "score": score_of[row["lead_id"]]}
-        return SearchResult(rows=rows, total=int(total), query=query.model_dump(exclude_none=True),
+        return SearchResult(rows=rows, total=total, query=query.model_dump(exclude_none=True),
                             strategies=strategies)
 
     def load(self, conn: Any, ids: list[int]) -> list[dict[str, Any]]:
@@ -247,6 +216,10 @@ class LeadSearch:
             record["updated_at"] = row["updated_at"].isoformat() if row["updated_at"] else None
             by_id[row["lead_id"]] = record
         return [by_id[i] for i in ids if i in by_id]
+
+
+def _filters_of(query: LeadQuery) -> dict[str, str]:
+    return {name: getattr(query, name) for name in FILTER_COLUMNS if getattr(query, name)}
 
 
 def _word_prefix(column: Any, value: str, dialect: str) -> ColumnElement[bool]:
