@@ -25,7 +25,6 @@ from agent.agents.lead_search import parse_lead_query
 from agent.context import RunContext
 from agent.embeddings import embedder_for
 from agent.envelope import make_envelope, make_provenance
-from agent.leads.query import LeadQuery, parse_free_text
 from agent.leads.search import LeadSearch
 from agent.storage.db import Database
 from agent.vectors import lead_vectors
@@ -64,7 +63,7 @@ class SemanticSearchAgent(BaseAgent):
         search = self._search_for(db, context.tenant)
         with db.connect() as conn:
             index = vectors.index(conn)
-            allowed = search.filtered_ids(conn, _with_place(query))
+            allowed = search.filtered_ids(conn, query.with_place())
             wanted = query.offset + query.limit
             hits = index.search(embedder.embed([query.text or ""])[0], wanted,
                                 None if allowed is None else np.asarray(allowed, dtype=np.int64))
@@ -92,11 +91,3 @@ class SemanticSearchAgent(BaseAgent):
                              node=context.node, agent="semantic_search", duration_ms=context.elapsed_ms(),
                              **meta)
 
-
-def _with_place(query: LeadQuery) -> LeadQuery:
-    """A place named in the free text ("... in Berlin") is a filter, as the lexical search takes it:
-    embeddings rank meaning, and "Berlin" is not a matter of degree."""
-    if query.location or not query.text:
-        return query
-    place = parse_free_text(query.text).get("location")
-    return query.model_copy(update={"location": place}) if place else query

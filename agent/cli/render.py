@@ -32,11 +32,20 @@ def leads_table(envelope: dict[str, Any], *, title: str = "Leads") -> Table:
     for column in ("#", "Name", "Title", "Company", "Domain", "Location", "Email", "Score"):
         table.add_column(column, overflow="fold")
     for record in envelope["records"]:
-        score = (record.get("match") or {}).get("score")
         table.add_row(*(_cell(record.get(key)) for key in
                         ("lead_id", "full_name", "title", "company", "domain", "location", "email")),
-                      _cell(None if score is None else f"{score:.0f}"))
+                      _cell(_score(record.get("match") or {})))
     return table
+
+
+def _score(match: dict[str, Any]) -> str | None:
+    """A fuzzy score as 0-100; a similarity as 0.00-1.00; a fused score with who found the lead."""
+    if match.get("fused_score") is not None:
+        return f"{match['fused_score']:.4f} {'+'.join(match.get('strategies', []))}"
+    score = match.get("score")
+    if score is None:
+        return None
+    return f"{score:.0f}" if score > 1 else f"{score:.2f}"
 
 
 def delivery_table(envelope: dict[str, Any], *, title: str) -> Table:

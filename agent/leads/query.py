@@ -75,6 +75,14 @@ class LeadQuery(BaseModel):
         parsed = parse_free_text(self.text)
         return bool(parsed.get("text")) and not (parsed.get("company") or parsed.get("name"))
 
+    def with_place(self) -> LeadQuery:
+        """This query with the place its free text names ("... in Berlin") as its location filter,
+        unless it has one: a hybrid search's halves both take a place literally."""
+        if self.location or not self.text:
+            return self
+        place = parse_free_text(self.text).get("location")
+        return self.model_copy(update={"location": place}) if place else self
+
     def uses_lexical(self) -> bool:
         return self.search != "semantic"
 

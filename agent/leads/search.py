@@ -194,7 +194,7 @@ class LeadSearch:
         strategies = ["full_text"]  # ranked, any word
         with self.db.connect() as conn:
             catalog = lead_catalog(self.db, self.tenant).current(conn)
-            allowed = catalog.filter_docs(_filters_of(query))
+            allowed = catalog.filter_docs(_filters_of(query.with_place()))
             ranked, total = catalog.keywords(words, allowed=allowed, top=query.offset + query.limit)
             page = ranked[query.offset:]
             ids = [lead for lead, _ in page]
