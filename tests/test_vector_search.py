@@ -198,6 +198,31 @@ class VectorSearchSuite:
         self.assertEqual(sorted(other.index().ids().tolist()), sorted(vectors.index().ids().tolist()))
 
 
+class PluggableIndexTest(unittest.TestCase):
+    def test_another_index_class_is_filled_from_the_table_and_searched(self) -> None:
+        # Given an index class of our own (here a FlatIndex that records its builds)
+        built: list[int] = []
+
+        class Recording(FlatIndex):
+            name = "recording"
+
+            def __init__(self, dims: int, *, capacity: int = 1024) -> None:
+                super().__init__(dims, capacity=capacity)
+                built.append(capacity)
+
+        home = TempHome(sample_data="on", sample_size=50, embedder="hashing")
+        self.addCleanup(home.cleanup)
+        vectors = LeadVectors(home.database(), tenant="default", embedder=HashingEmbedder(), index_factory=Recording)
+        vectors.sync()
+        # When the index is asked for
+        index = vectors.index()
+        # Then it is one of ours, holding every lead, and it answers
+        self.assertIsInstance(index, Recording)
+        self.assertEqual(len(index), 50)
+        self.assertTrue(built)
+        self.assertEqual(len(index.search(HashingEmbedder().embed(["CTO"])[0], 3)), 3)
+
+
 class SQLiteVectorSearchTest(VectorSearchSuite, unittest.TestCase):
     @classmethod
     def make_home(cls) -> TempHome:

@@ -26,6 +26,9 @@ class VectorIndex(Protocol):
     def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add these ids' vectors, replacing any the index already holds for them."""
 
+    def ids(self) -> np.ndarray:
+        """Every id the index holds."""
+
     def remove(self, ids: np.ndarray) -> None:
         """Forget these ids (unknown ids are ignored)."""
 

@@ -36,6 +36,7 @@ from agent.storage.bulk import insert_many
 from agent.storage.db import Database
 from agent.storage.models import Company, Contact, LeadVectorRow
 from agent.storage.versions import bump_version, read_version
+from agent.vectors.base import VectorIndex
 from agent.vectors.flat import FlatIndex
 
 __all__ = ["LeadVectors", "SyncReport", "lead_vectors"]
@@ -63,12 +64,15 @@ _TEXT_COLUMNS = (Contact.id, Contact.title, Contact.location, Company.name.label
 class LeadVectors:
     """The embeddings of one tenant's leads under one embedder, and their in-process index."""
 
-    def __init__(self, db: Database, *, tenant: str, embedder: Embedder) -> None:
+    def __init__(self, db: Database, *, tenant: str, embedder: Embedder,
+                 index_factory: Callable[..., VectorIndex] = FlatIndex) -> None:
         self.db = db
         self.tenant = tenant
         self.embedder = embedder
+        # Any VectorIndex: called as factory(dims, capacity=n) whenever the index is (re)built.
+        self.index_factory = index_factory
         self._seen_versions: tuple[int, int] | None = None
-        self._index = FlatIndex(embedder.dims)
+        self._index = index_factory(embedder.dims, capacity=1024)
         self._last_id = 0
         self._index_version: int | None = None
         self._sync_lock = threading.Lock()
@@ -120,7 +124,7 @@ class LeadVectors:
             bump_version(conn, self.tenant, _SCOPE)
 
     # -- reading -------------------------------------------------------------------------------
-    def index(self, conn: Connection | None = None) -> FlatIndex:
+    def index(self, conn: Connection | None = None) -> VectorIndex:
         """The in-process index, brought level with the table first (one point read when it is)."""
         if conn is None:
             with self.db.connect() as own:
@@ -132,7 +136,7 @@ class LeadVectors:
             self._catch_up(conn)
             count = self._count(conn)
             if count != len(self._index):
-                self._index, self._last_id = FlatIndex(self.embedder.dims, capacity=count), 0
+                self._index, self._last_id = self.index_factory(self.embedder.dims, capacity=count), 0
                 self._catch_up(conn)
             self._index_version = version
             return self._index
