@@ -202,7 +202,8 @@ class OutreachTest(WithLeads):
     def test_a_sent_message_traces_back_through_its_draft_to_the_lead_row(self) -> None:
         # Given an outreach flow run with delivery on
         orchestrator = self.outreach()
-        payload = orchestrator.validate_payload({"campaign": campaign(allow_delivery=True), "lead_ids": [6]})
+        icp = {"rules": [{"field": "title", "any_of": ["a", "e", "i", "o", "u", "c"], "weight": 1}], "threshold": 0}
+        payload = orchestrator.validate_payload({"campaign": campaign(allow_delivery=True, icp=icp), "lead_ids": [6]})
         result = orchestrator.engine.run(orchestrator.flow_for(payload), payload)
         # When the sent record's parents are followed
         [sent] = result.envelope["records"]
@@ -236,6 +237,23 @@ class OutreachTest(WithLeads):
         self.assertTrue(envelope["metadata"]["partial"])
         self.assertEqual(envelope["metadata"]["counts"], {"sent": 2, "failed": 1})
         self.assertEqual(len(self.outbox_files()), 2)
+
+    def test_the_enrich_and_score_nodes_run_only_when_the_campaign_reads_them(self) -> None:
+        orchestrator = self.outreach()
+        plain = orchestrator.validate_payload({"campaign": campaign(), "lead_ids": [6]})
+        facts = orchestrator.validate_payload({"campaign": campaign(template={
+            **TEMPLATE, "body": "Hi {{ lead.first_name }}, as a {{ lead.enrichment.seniority }} leader ..."}),
+            "lead_ids": [6]})
+        # When each runs
+        ran_plain = orchestrator.engine.run(orchestrator.flow_for(plain), plain)
+        ran_facts = orchestrator.engine.run(orchestrator.flow_for(facts), facts)
+        # Then the plain campaign skips both nodes; the one whose template reads the facts is enriched
+        self.assertEqual([n for n in ("enrich", "score") if n in ran_plain.state.results], [])
+        self.assertIn("enrich", ran_facts.state.results)
+        self.assertNotIn("score", ran_facts.state.results)
+        [draft] = ran_facts.state["draft"]["records"]
+        seniority = ran_facts.state["enrich"]["records"][0]["enrichment"]["seniority"]
+        self.assertIn(f"as a {seniority} leader", draft["body"])
 
     def test_a_lead_carrying_injected_instructions_gets_no_draft_and_the_reason_is_recorded(self) -> None:
         # Given lead 2's title carries instructions aimed at a model

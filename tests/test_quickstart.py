@@ -134,5 +134,5 @@ class DemoTest(unittest.TestCase):
         self.assertEqual(data["outbox_files"], {"before": 40, "after": 40, "new": 0})
         # And the first message's lineage runs channel → draft → load, ending at a contacts row
         lineage = data["first_message"]["lineage"]
-        self.assertEqual([link["node"] for link in lineage], ["channel", "draft", "score", "enrich", "load"])
+        self.assertEqual([link["node"] for link in lineage], ["channel", "draft", "load"])
         self.assertRegex(lineage[-1]["record"]["provenance"]["source_id"], r"^contacts/\d+$")

@@ -177,6 +177,9 @@ class Campaign(BaseModel):
     status: CampaignStatus = "draft"
     # Who fits (agent.scoring): rules and a description; leads scoring below its threshold are left out.
     icp: ICP | None = None
+    # The enrich node: "auto" runs it when something reads its facts (an ICP, an LLM personalisation,
+    # a template mentioning ``enrichment``); "always" or "never" decide outright.
+    enrich: Literal["auto", "always", "never"] = "auto"
 
     @field_validator("icp")
     @classmethod
@@ -212,6 +215,17 @@ class Campaign(BaseModel):
         except ValidationError as exc:
             raise PayloadError(*first_error(exc, "")) from None
 
+    def needs_enrichment(self) -> bool:
+        """Whether anything reads the enricher's facts: an ICP, an LLM personalisation, or a template
+        that mentions ``enrichment``.  A campaign without any of them skips the enrich node."""
+        if self.enrich != "auto":
+            return self.enrich == "always"
+        if self.icp is not None:
+            return True
+        steps = [self.template, *self.template.steps]
+        return any(step.personalise.enabled or any("enrichment" in text for text in _texts(step))
+                   for step in steps)
+
     def fire_times(self, after: datetime, until: datetime) -> list[datetime]:
         """The schedule's firing instants in (after, until], in the campaign's time zone."""
         if self.schedule is None:
@@ -226,6 +240,10 @@ class Campaign(BaseModel):
             out.append(moment)
             if len(out) >= 1000:  # a long gap since the last tick: fire the latest ones, not a flood
                 return out[-1:]
+
+
+def _texts(step: StepTemplate) -> list[str]:
+    return [step.subject, step.body, *(t for v in step.variants for t in (v.subject, v.body) if t)]
 
 
 def load_campaign(path: str | Path) -> Campaign:

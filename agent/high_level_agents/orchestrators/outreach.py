@@ -97,7 +97,12 @@ class OutreachOrchestrator(BaseOrchestrator):
         return model
 
     def flow_variant(self, payload: Any) -> Any:
-        return "release" if isinstance(payload, OutreachPayload) and payload.release else None
+        """``release``; else which optional nodes the campaign needs: ``(enrich, score)``."""
+        if not isinstance(payload, OutreachPayload):
+            return None
+        if payload.release:
+            return "release"
+        return (payload.campaign.needs_enrichment(), payload.campaign.icp is not None)
 
     def build_flow(self, variant: Any = None) -> FlowGraph:
         if variant == "release":
@@ -108,21 +113,29 @@ class OutreachOrchestrator(BaseOrchestrator):
                           description="the approved drafts through the DeliveryOrchestrator and its gates")
                     .then("approved", "deliver")
                     .build())
-        return (Flow(self.name, input_model=OutreachPayload)
+        # Without a variant (``agent flow show``) the whole flow; a campaign that reads no facts and
+        # has no ICP runs without the enrich and score nodes.
+        enrich, score = variant if isinstance(variant, tuple) else (True, True)
+        flow = (Flow(self.name, input_model=OutreachPayload)
                 .node("load", agent=self.loader_agent, request=_load_request,
-                      description="the batch's lead records, in the order given")
-                .node("enrich", agent=self.enricher_agent, request=_enrich_request,
+                      description="the batch's lead records, in the order given"))
+        chain = ["load"]
+        if enrich:
+            flow.node("enrich", agent=self.enricher_agent, request=_enrich_request,
                       description="company facts for each lead, each with its provenance")
-                .node("score", agent=self.scorer_agent, request=_score_request,
+            chain.append("enrich")
+        if score:
+            flow.node("score", agent=self.scorer_agent, request=_score_request,
                       description="each lead's ICP score and reasons; below the threshold, no draft")
-                .node("draft", agent=self.copywriter_agent, each=_passed, key="lead_id", request=_draft_request,
-                      allow_partial=True, concurrency=self.draft_concurrency,
-                      description="one draft per lead; a failed lead leaves the others")
+            chain.append("score")
+        return (flow.node("draft", agent=self.copywriter_agent, each=_passed, key="lead_id", request=_draft_request,
+                          allow_partial=True, concurrency=self.draft_concurrency,
+                          description="one draft per lead; a failed lead leaves the others")
                 .node("hold", self._hold, lineage=None,
                       description="approval required: the drafts wait in the approval queue, nothing is sent")
                 .node("deliver", self._deliver, lineage=None,
                       description="the drafts through the DeliveryOrchestrator and its gates")
-                .then("load", "enrich", "score", "draft")
+                .then(*chain, "draft")
                 .route("draft", _approval, {"required": "hold", "none": "deliver"})
                 .build())
 
@@ -133,7 +146,7 @@ class OutreachOrchestrator(BaseOrchestrator):
         return DraftStore(Database.for_settings(self.settings), tenant=tenant)
 
     def _hold(self, state: FlowState) -> Output:
-        scores = {str(r["lead_id"]): r["icp_score"] for r in state.records("score")}
+        scores = {str(r["lead_id"]): r.get("icp_score") for r in _leads(state)}
         parked = {d.lead_id: d for d in self._drafts(state.tenant).park(state.records("draft"), run_id=state.run_id,
                                                                         scores=scores)}
         held = []
@@ -185,13 +198,22 @@ def _enrich_request(state: FlowState) -> dict[str, Any]:
     return {"leads": state.records("load")}
 
 
+def _leads(state: FlowState) -> list[dict[str, Any]]:
+    """The lead records as far as the flow has taken them: scored, else enriched, else loaded."""
+    for node in ("score", "enrich", "load"):
+        if node in state.results:
+            return state.records(node)
+    return []
+
+
 def _score_request(state: FlowState) -> dict[str, Any]:
     icp = state.input.campaign.icp
-    return {"leads": state.records("enrich"), "icp": None if icp is None else icp.model_dump()}
+    return {"leads": state.records("enrich") if "enrich" in state.results else state.records("load"),
+            "icp": None if icp is None else icp.model_dump()}
 
 
 def _passed(state: FlowState) -> list[dict[str, Any]]:
-    return [lead for lead in state.records("score") if lead["icp_pass"]]
+    return [lead for lead in _leads(state) if lead.get("icp_pass", True)]
 
 
 def _draft_request(lead: dict[str, Any], state: FlowState) -> dict[str, Any]:
@@ -210,7 +232,7 @@ def _outcome(state: FlowState, done: list[dict[str, Any]], *, allow_delivery: bo
     by_lead = {str(r["lead_id"]): r for r in done}
     errors = state["draft"]["metadata"]["errors"]
     why = {str(e.get("item")): e for e in errors}
-    scored = {str(r["lead_id"]): r for r in state.records("score")}
+    scored = {str(r["lead_id"]): r for r in state.records("score")} if "score" in state.results else {}
     records = []
     for lead in state.records("load"):
         key = str(lead["lead_id"])
@@ -225,12 +247,10 @@ def _outcome(state: FlowState, done: list[dict[str, Any]], *, allow_delivery: bo
             record = _derived({"lead_id": key, "to": lead.get("email"), "campaign_id": campaign.id, "step": STEP,
                                "status": "failed", "reason": error.get("code", "draft_failed"),
                                "error": error.get("message"), "message_id": None}, lead)
-        elif score is not None and score["icp_score"] is not None:
-            record = {**record, "icp_score": score["icp_score"]}
         records.append(record)
     records.extend(by_lead.values())  # never expected: an outcome for a lead that was not loaded
     loaded = state["load"]["metadata"]
-    score_meta = state["score"]["metadata"]
+    score_meta = state["score"]["metadata"] if "score" in state.results else {}
     return Output(records, source=_SOURCE, counts=_counts(records), partial=bool(errors), errors=errors,
                   campaign_id=campaign.id, approval=campaign.approval, allow_delivery=allow_delivery,
                   requested=len(state.input.lead_ids), missing=loaded.get("missing", 0),
