@@ -123,6 +123,17 @@ class VectorSearchSuite:
         ids = [r["lead_id"] for r in first["records"] + second["records"]]
         self.assertEqual(ids, [r["lead_id"] for r in whole["records"]])
         self.assertEqual(first["metadata"]["next_offset"], 5)
+        # and deep pages too: no lead twice, none skipped, the same total on every page
+        seen: list[int] = []
+        totals = set()
+        for offset in range(0, 300, 50):
+            page = self.search(text="Fintech sales director", limit=50, offset=offset)
+            seen += [r["lead_id"] for r in page["records"]]
+            totals.add(page["metadata"]["total_count"])
+        deep = self.search(text="Fintech sales director", limit=300, ids_only=True)
+        self.assertEqual(len(seen), len(set(seen)))
+        self.assertEqual(seen, [r["lead_id"] for r in deep["records"]])
+        self.assertEqual(len(totals), 1)
 
     def test_keywords_rank_any_word_within_the_filters(self) -> None:
         from agent.errors import PayloadError
@@ -166,6 +177,16 @@ class VectorSearchSuite:
                     in_process = search.filtered_ids(conn, LeadQuery(**filters, text="x"))
                 self.assertTrue(by_sql)
                 self.assertEqual(sorted(in_process.tolist()), sorted(by_sql))
+
+    def test_a_semantic_search_cannot_be_asked_to_honour_an_identity_filter(self) -> None:
+        from agent.errors import PayloadError
+
+        for mode in ("semantic", "hybrid"):
+            for field, value in (("domain", "acme.example"), ("company", "Acme"), ("email", "a@acme.example")):
+                with self.subTest(mode=mode, field=field), self.assertRaises(PayloadError) as caught:
+                    self.search(text="sales leaders", search=mode, **{field: value})
+                self.assertEqual(caught.exception.field, "lead_query.search")
+                self.assertIn(field, caught.exception.reason)
 
     def test_a_company_query_stays_lexical(self) -> None:
         env = self.search(text="leads at Acme in Berlin", limit=10)

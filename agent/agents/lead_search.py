@@ -31,6 +31,13 @@ def parse_lead_query(raw: Any, *, field: str = "lead_query") -> LeadQuery:
         query = LeadQuery.model_validate(dict(raw))
     except ValidationError as exc:
         raise PayloadError(*first_error(exc, field)) from None
+    if query.search in ("semantic", "hybrid"):
+        exact = [f for f in ("name", "company", "domain", "email") if getattr(query, f)]
+        if exact:
+            raise PayloadError(f"{field}.search", f"{query.search!r} cannot honour {', '.join(exact)} (embeddings "
+                                                  "rank meaning, not identity); use 'lexical' or 'auto'")
+        if not query.text:
+            raise PayloadError(f"{field}.search", f"{query.search!r} needs free text (text) to rank by")
     if query.is_empty():
         raise PayloadError(field, "needs at least one of name, company, domain, email, title, "
                                   "industry, location or text")

@@ -94,6 +94,9 @@ def drafts_show(draft_id: int = typer.Argument(..., help="The draft's id (from `
     if isinstance(llm, dict):
         details["model"] = llm.get("model")
     console.print(escape(json.dumps(details)), style="dim")
+    if draft.status == "awaiting_approval":
+        console.print(f"approve exactly this text: agent drafts approve {draft.id} --seen {str(prov.get('hash'))[:12]}",
+                      style="dim")
 
 
 @drafts_app.command("approve")
@@ -101,14 +104,20 @@ def drafts_approve(
     draft_ids: list[int] = typer.Argument(None, help="Draft ids; or --all with --campaign."),
     all_waiting: bool = typer.Option(False, "--all", help="Every draft of --campaign awaiting approval."),
     campaign: Optional[str] = typer.Option(None, "--campaign", "-c"),
+    seen: Optional[str] = typer.Option(None, "--seen", help="The hash `drafts show` printed: refuse the "
+                                                             "approval if the draft changed since (one id)."),
     by: Optional[str] = BY_OPT,
     release: bool = RELEASE_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Approve drafts: they may now be sent (the campaign's delivery gates still apply)."""
+    from agent.errors import PayloadError
+
     store = _store()
     ids = _ids(store, draft_ids, all_waiting, campaign)
-    decided = store.approve(ids, by=_who(by))
+    if seen is not None and len(ids) != 1:
+        raise PayloadError("seen", "applies to one draft id")
+    decided = store.approve(ids, by=_who(by), seen={ids[0]: seen} if seen else None)
     _after_decisions(decided, release=release, as_json=as_json)
 
 
@@ -150,21 +159,36 @@ def drafts_edit(
             raise PayloadError("body_file", f"cannot read {body_file}: {exc}") from None
     store = _store()
     original = store.get(draft_id)
+    limits = _limits_of(original)
     draft = store.edit(draft_id, by=_who(by), subject=subject, body=body,
-                       check=lambda record: _check_edit(record, original.subject + "\n" + original.body))
+                       check=lambda record: _check_edit(record, original.subject + "\n" + original.body, limits))
     if as_json:
         typer.echo(json.dumps(draft.summary()))
         return
     console.print(f"draft {draft.id} edited; it still awaits approval (`agent drafts approve {draft.id}`)")
 
 
-def _check_edit(record: dict[str, Any], original: str) -> None:
+def _limits_of(draft: Any) -> Any:
+    """The copy limits of the draft's campaign step, from the campaign its batch ran with (recorded in
+    the audit store); the defaults when that is gone."""
+    from agent.audit import SqlAuditStore
+    from agent.campaigns.model import Campaign, CopyLimits
+    from agent.storage.db import Database
+
+    run = SqlAuditStore(Database.for_settings()).get_run(draft.run_id)
+    try:
+        return Campaign.parse(run.meta["campaign"]).template.for_step(draft.step).limits
+    except Exception:  # noqa: BLE001 - no run, or a campaign this version cannot read
+        return CopyLimits()
+
+
+def _check_edit(record: dict[str, Any], original: str, limits: Any = None) -> None:
     from agent.campaigns.model import CopyLimits
     from agent.copy.checks import check_draft
     from agent.settings import get_settings
 
     settings = get_settings()
-    check_draft(record["subject"], record["body"], limits=CopyLimits(), fields=("subject", "body"),
+    check_draft(record["subject"], record["body"], limits=limits or CopyLimits(), fields=("subject", "body"),
                 sender=settings.sender, postal_address=settings.postal_address, source=original)
 
 

@@ -134,8 +134,10 @@ class DraftStore:
         with self.db.connect() as conn:
             return {status: int(n) for status, n in conn.execute(stmt.group_by(DraftRow.status))}
 
-    def approve(self, draft_ids: Iterable[int], *, by: str) -> list[Draft]:
-        return [self._decide(i, APPROVED, by=by, reason=None) for i in draft_ids]
+    def approve(self, draft_ids: Iterable[int], *, by: str, seen: Mapping[int, str] | None = None) -> list[Draft]:
+        """Approve drafts; with ``seen`` (draft id -> the record hash the approver read, as ``show``
+        prints it) a draft changed since it was read is refused, naming it."""
+        return [self._decide(i, APPROVED, by=by, reason=None, seen=(seen or {}).get(i)) for i in draft_ids]
 
     def reject(self, draft_ids: Iterable[int], *, by: str, reason: str | None = None) -> list[Draft]:
         return [self._decide(i, REJECTED, by=by, reason=reason) for i in draft_ids]
@@ -152,11 +154,16 @@ class DraftStore:
                                            "approval can be edited")
         record = {k: v for k, v in draft.record.items() if k != PROVENANCE}
         if subject is not None:
+            if not subject.strip():
+                raise PayloadError("subject", "cannot be empty")
             record["subject"] = subject.strip()
         if body is not None:
+            if not body.strip():
+                raise PayloadError("body", "cannot be empty")
             record["body"] = body
         if check is not None:
             check(record)
+        by = _who(by)
         record[PROVENANCE] = make_provenance(record, source="operator", agent="drafts.edit",
                                              run_id=draft.run_id, node="edit",
                                              parents=[draft.record[PROVENANCE]["hash"]], edited_by=by)
@@ -165,21 +172,28 @@ class DraftStore:
                 DraftRow.id == draft_id, DraftRow.tenant_id == self.tenant, DraftRow.status == AWAITING,
                 DraftRow.record_hash == draft.record[PROVENANCE]["hash"],
             ).values(subject=record["subject"], body=record["body"], record_json=canonical_json(record),
-                     record_hash=record[PROVENANCE]["hash"], edited=True, decided_by=by)).rowcount
+                     record_hash=record[PROVENANCE]["hash"], edited=True)).rowcount
         if changed != 1:
             raise InvalidInput("draft_id", f"draft {draft_id} changed while it was being edited; try again")
         return self.get(draft_id)
 
-    def _decide(self, draft_id: int, status: str, *, by: str, reason: str | None) -> Draft:
-        if not by or not by.strip():
-            raise PayloadError("by", "name who decides")
+    def _decide(self, draft_id: int, status: str, *, by: str, reason: str | None,
+                seen: str | None = None) -> Draft:
+        conditions = [DraftRow.id == draft_id, DraftRow.tenant_id == self.tenant, DraftRow.status == AWAITING]
+        if seen is not None:
+            if len(seen) < 8:
+                raise PayloadError("seen", "give at least the first 8 characters of the hash `drafts show` printed")
+            conditions.append(DraftRow.record_hash.startswith(seen.lower(), autoescape=True))
         with self.db.connect(write=True) as conn:
-            changed = conn.execute(update(DraftRow).where(
-                DraftRow.id == draft_id, DraftRow.tenant_id == self.tenant, DraftRow.status == AWAITING,
-            ).values(status=status, decided_by=by.strip()[:128], reason=reason, decided_at=utcnow())).rowcount
+            changed = conn.execute(update(DraftRow).where(*conditions).values(
+                status=status, decided_by=_who(by), reason=reason, decided_at=utcnow())).rowcount
         draft = self.get(draft_id)
-        if changed != 1 and draft.status != status:
-            raise InvalidInput("draft_id", f"draft {draft_id} is already {draft.status}")
+        if changed != 1:
+            if draft.status == AWAITING:
+                raise InvalidInput("draft_id", f"draft {draft_id} was changed since it was read (it is now "
+                                               f"{draft.record['provenance']['hash'][:12]}); read it again")
+            if draft.status != status:
+                raise InvalidInput("draft_id", f"draft {draft_id} is already {draft.status}")
         return draft
 
     def _select(self, *conditions: Any, limit: int | None = None) -> list[Draft]:
@@ -188,6 +202,12 @@ class DraftStore:
             stmt = stmt.limit(limit)
         with self.db.connect() as conn:
             return [_draft(row) for row in conn.execute(stmt.with_only_columns(*DraftRow.__table__.c)).mappings()]
+
+
+def _who(by: str) -> str:
+    if not by or not by.strip():
+        raise PayloadError("by", "name who decides")
+    return by.strip()[:128]
 
 
 def _iso(value: Any) -> str | None:

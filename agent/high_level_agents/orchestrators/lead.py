@@ -13,8 +13,8 @@ leaves the others' results, marked ``partial``); ``rank`` orders them.
 A strategy that does not serve the query says ``skipped`` (the semantic one
 for a query without free text).  When one strategy answers, its order,
 ``total_count`` and pagination stand as they are.  When both do (hybrid),
-each is asked for its first ``FUSION_DEPTH`` leads (more for a deeper page),
-the lists are fused by reciprocal rank, and the page is cut from the fused list; each record's
+each ranks its first ``MAX_FUSED`` lead ids, the lists are fused by reciprocal
+rank, the page is cut from the fused list and only its leads are loaded; each record's
 ``match`` then says which strategies found it, its rank and score in each, and
 the fused score.
 """
@@ -39,9 +39,8 @@ __all__ = ["LeadOrchestrator", "LeadPayload", "reciprocal_rank_fusion"]
 _CORE = frozenset({"run_id", "flow", "node", "source", "created_at", "total_count", "partial", "errors",
                    "duration_ms"})
 RRF_K = 60
-# Leads each strategy ranks for a fused page: FUSION_DEPTH whatever the page, so the pages within it
-# cut one fused list and never overlap; a page deeper than that asks deeper, up to LeadQuery's cap.
-FUSION_DEPTH = 100
+# Leads each strategy ranks for a fused page, whatever the page: every page of a query is cut from
+# one fused list, so pages never overlap or skip, and total_count is the same on each.
 MAX_FUSED = 500
 
 
@@ -75,6 +74,7 @@ class LeadOrchestrator(BaseOrchestrator):
     capabilities: ClassVar[frozenset[str]] = frozenset({"read"})
     payload_model: ClassVar[type[BaseModel]] = LeadPayload
     search_agent: ClassVar[str] = "lead_search"
+    loader_agent: ClassVar[str] = "lead_loader"
     semantic_agent: ClassVar[str | None] = "semantic_search"
     # Strategy name -> search agent; each becomes a parallel branch ``search_<name>``.
     strategies: ClassVar[Mapping[str, str] | None] = None
@@ -110,10 +110,55 @@ class LeadOrchestrator(BaseOrchestrator):
         for branch, agent in zip(branches, strategies.values(), strict=True):
             flow.node(branch, agent=agent, request=_search_request, description=f"search with {agent}")
         return (flow.merge("merge", key="lead_id", allow_partial=len(branches) > 1)
-                .node("rank", _rank, description="order the merged leads; fuse several rankings")
+                .node("rank", self._rank, description="order the merged leads; fuse several rankings")
                 .fan_out("parse", branches, join="merge")
                 .then("merge", "rank")
                 .build())
+
+    def _rank(self, state: FlowState) -> Output:
+        merged = state["merge"]
+        ran = [name for name in merged["metadata"]["branches"] if name in state.results]
+        branches = [name for name in ran if not state[name]["metadata"].get("skipped")] or ran[:1]
+        meta = {k: v for k, v in merged["metadata"].items() if k in ("total_count", "partial", "errors", "branches")}
+        skipped = {name: state[name]["metadata"]["skipped"] for name in ran if state[name]["metadata"].get("skipped")}
+        if skipped:
+            meta["skipped"] = skipped
+        for name in ran:  # which embedder ran (or would have), whatever the outcome
+            if "embedder" in state[name]["metadata"]:
+                meta["embedder"] = state[name]["metadata"]["embedder"]
+        if len(branches) == 1:
+            # One strategy: its order, total and pagination stand as they are.
+            only = state[branches[0]]["metadata"]
+            meta.update({k: v for k, v in only.items() if k not in _CORE and k != "skipped"})
+            return Output(merged["records"], source=only["source"], **meta)
+        query = state.records("parse")[0]["lead_query"]
+        offset, limit = query.get("offset", 0), query.get("limit", 25)
+        rankings = {b.removeprefix("search_"): state[b]["records"] for b in branches}
+        fused = reciprocal_rank_fusion(rankings)
+        positions = {name: {r["lead_id"]: (rank, r.get("match", {}).get("score"))
+                            for rank, r in enumerate(records, start=1)} for name, records in rankings.items()}
+        cut = fused[offset : offset + limit]
+        if query.get("ids_only") or not _fused(query):  # ids asked for, or strategies that gave records
+            records = [record for _, record in cut]
+        else:  # the strategies ranked ids: the page's lead records, through the loader, in fused order
+            loaded = self.call(self.loader_agent, {"lead_ids": [int(r["lead_id"]) for _, r in cut]}, state.context,
+                               node="rank")["records"]
+            by_id = {r["lead_id"]: r for r in loaded}
+            records = [by_id[r["lead_id"]] for _, r in cut if r["lead_id"] in by_id]
+        scores = {r["lead_id"]: score for score, r in cut}
+        page = []
+        for record in records:
+            found = {name: {"rank": pos[record["lead_id"]][0], "score": pos[record["lead_id"]][1]}
+                     for name, pos in positions.items() if record["lead_id"] in pos}
+            match = {"strategies": sorted(found), "fused_score": scores[record["lead_id"]], "by_strategy": found}
+            page.append({**{k: v for k, v in record.items() if k != "match"}, "match": match})
+        meta["total_count"] = len(fused)
+        meta["strategies"] = sorted({s for b in branches for s in state[b]["metadata"].get("strategies", [])})
+        more = offset + len(page) < len(fused) or any(state[b]["metadata"].get("next_offset") is not None
+                                                       for b in branches)
+        meta.update(fusion="reciprocal_rank", rrf_k=RRF_K, offset=offset, limit=limit,
+                    next_offset=offset + len(page) if more and page else None)
+        return Output(page, source="leads_db", **meta)
 
 
 def _parse(state: FlowState) -> list[dict[str, Any]]:
@@ -126,9 +171,10 @@ def _search_request(state: FlowState) -> dict[str, Any]:
     if _fused(query):
         # Each strategy ranks from the top; the page is cut from the fused list.  The lexical half
         # ranks the text's keywords, as the semantic half ranks its meaning.
-        query["limit"] = min(max(FUSION_DEPTH, query.get("limit", 25) + query.get("offset", 0)), MAX_FUSED)
+        query["limit"] = MAX_FUSED
         query["offset"] = 0
         query["keywords"] = True
+        query["ids_only"] = True  # ranked by id; the page's records are loaded once, after the fusion
     return {"lead_query": query}
 
 
@@ -137,38 +183,3 @@ def _fused(query: Mapping[str, Any]) -> bool:
     return parsed.uses_semantic() and parsed.uses_lexical()
 
 
-def _rank(state: FlowState) -> Output:
-    merged = state["merge"]
-    ran = [name for name in merged["metadata"]["branches"] if name in state.results]
-    branches = [name for name in ran if not state[name]["metadata"].get("skipped")] or ran[:1]
-    meta = {k: v for k, v in merged["metadata"].items() if k in ("total_count", "partial", "errors", "branches")}
-    skipped = {name: state[name]["metadata"]["skipped"] for name in ran if state[name]["metadata"].get("skipped")}
-    if skipped:
-        meta["skipped"] = skipped
-    for name in ran:  # which embedder ran (or would have), whatever the outcome
-        if "embedder" in state[name]["metadata"]:
-            meta["embedder"] = state[name]["metadata"]["embedder"]
-    if len(branches) == 1:
-        # One strategy: its order, total and pagination stand as they are.
-        only = state[branches[0]]["metadata"]
-        meta.update({k: v for k, v in only.items() if k not in _CORE and k != "skipped"})
-        return Output(merged["records"], source=only["source"], **meta)
-    query = state.records("parse")[0]["lead_query"]
-    offset, limit = query.get("offset", 0), query.get("limit", 25)
-    rankings = {b.removeprefix("search_"): state[b]["records"] for b in branches}
-    fused = reciprocal_rank_fusion(rankings)
-    positions = {name: {r["lead_id"]: (rank, r.get("match", {}).get("score"))
-                        for rank, r in enumerate(records, start=1)} for name, records in rankings.items()}
-    page = []
-    for score, record in fused[offset : offset + limit]:
-        found = {name: {"rank": pos[record["lead_id"]][0], "score": pos[record["lead_id"]][1]}
-                 for name, pos in positions.items() if record["lead_id"] in pos}
-        match = {"strategies": sorted(found), "fused_score": score, "by_strategy": found}
-        page.append({**record, "match": match})
-    meta["total_count"] = len(fused)
-    meta["strategies"] = sorted({s for b in branches for s in state[b]["metadata"].get("strategies", [])})
-    more = offset + len(page) < len(fused) or any(state[b]["metadata"].get("next_offset") is not None
-                                                   for b in branches)
-    meta.update(fusion="reciprocal_rank", rrf_k=RRF_K, offset=offset, limit=limit,
-                next_offset=offset + len(page) if more and page else None)
-    return Output(page, source="leads_db", **meta)

@@ -151,13 +151,15 @@ class OutreachOrchestrator(BaseOrchestrator):
                                                                         scores=scores)}
         held = []
         for draft in state.records("draft"):
+            # A batch run again finds its leads' drafts queued already: the queued draft stands.
             queued = parked[str(draft["lead_id"])]
-            record = {"lead_id": draft["lead_id"], "to": draft["to"], "campaign_id": draft["campaign_id"],
-                      "step": draft["step"], "template_id": draft.get("template_id"), "subject": queued.subject,
+            kept = queued.record
+            record = {"lead_id": kept["lead_id"], "to": kept["to"], "campaign_id": kept["campaign_id"],
+                      "step": kept["step"], "template_id": kept.get("template_id"), "subject": queued.subject,
                       "body": queued.body, "status": queued.status, "draft_id": queued.id,
                       "reason": "approval_required" if queued.status == "awaiting_approval" else "decided",
                       "message_id": None}
-            held.append(_derived(record, draft))
+            held.append(_derived(record, kept))
         return _outcome(state, held, allow_delivery=state.input.campaign.allow_delivery)
 
     def _approved(self, state: FlowState) -> Output:
@@ -174,7 +176,14 @@ class OutreachOrchestrator(BaseOrchestrator):
             decisions = state["approved"]["metadata"]["decisions"]
             drafts = [r for r in state.records("approved") if decisions[str(r["lead_id"])]["status"] == "approved"]
         else:
-            drafts = state.records("draft")
+            # A lead whose draft an operator rejected (under an earlier approval policy) is never sent.
+            rejected = {d.lead_id for d in self._drafts(state.tenant).for_leads(
+                campaign.id, [r["lead_id"] for r in state.records("draft")], step=STEP) if d.status == "rejected"}
+            drafts = [r for r in state.records("draft") if str(r["lead_id"]) not in rejected]
+            refused = [_derived({"lead_id": str(r["lead_id"]), "to": r["to"], "campaign_id": campaign.id,
+                                 "step": STEP, "status": "rejected", "reason": "rejected_by_operator",
+                                 "message_id": None}, r)
+                       for r in state.records("draft") if str(r["lead_id"]) in rejected]
         delivered: list[dict[str, Any]] = []
         if drafts:
             delivery = DeliveryOrchestrator(self.registry, settings=self.settings, tenant=state.tenant,
@@ -187,7 +196,7 @@ class OutreachOrchestrator(BaseOrchestrator):
             delivered = envelope["records"]
         if release:
             return _released(state, delivered)
-        return _outcome(state, delivered, allow_delivery=campaign.allow_delivery)
+        return _outcome(state, delivered + refused, allow_delivery=campaign.allow_delivery)
 
 
 def _load_request(state: FlowState) -> dict[str, Any]:
