@@ -63,6 +63,8 @@ ROUTES: dict[str, tuple[int, bytes, str, dict[str, str]]] = {
     "/to-metadata": (302, b"", HTML, {"Location": "http://169.254.169.254/latest/meta-data/"}),
     "/to-elsewhere": (302, b"", HTML, {"Location": "http://elsewhere.test/"}),
     "/to-ftp": (302, b"", HTML, {"Location": "ftp://acme.example/file"}),
+    "/zlib": (200, b"<p>hello</p>", "text/html; charset=zlib", {}),
+    "/meta-base64": (200, b'<meta charset="base64"><p>hello</p>', "text/html", {}),
 }
 
 
@@ -78,6 +80,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.release.wait(10)  # set by the test's cleanup, long after the fetcher gave up
         elif self.path == "/tick":
             self.server.clock.now += 100  # as if the site took 100 s to answer
+        elif self.path == "/dribble":  # a header line every 50 ms, for ever: each read is quick
+            self.send_response(200)
+            try:
+                while not self.server.release.is_set():
+                    self.wfile.write(b"X-Filler: 1\r\n")
+                    self.wfile.flush()
+                    self.server.release.wait(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the fetcher gave up and hung up
+            return
         route = ROUTES.get(self.path, ROUTES["/page"] if self.path.startswith(("/site/", "/slow", "/tick",
                                                                                  "/echo")) else ROUTES["/missing"])
         status, body, content_type, headers = route
@@ -271,6 +283,17 @@ class FetchTests(ServerTestCase):
     def test_a_fetch_past_its_total_time_stops(self) -> None:
         fetcher = self.fetcher(total_timeout=10, clock=self.server.clock)
         self.assertEqual(self.refusal(fetcher, self.server.url("/tick")).code, "total_timeout")
+
+    def test_headers_dribbled_past_the_total_time_end_the_fetch(self) -> None:
+        # Every read answers within the read timeout; the whole fetch must still end at its total time
+        fetcher = self.fetcher(timeout=5, total_timeout=0.5)
+        self.assertEqual(self.refusal(fetcher, self.server.url("/dribble")).code, "total_timeout")
+
+    def test_a_charset_that_is_not_a_text_encoding_is_ignored(self) -> None:
+        # "zlib" or "base64" name codecs too: the body is read as UTF-8, never decompressed or decoded so
+        for path in ("/zlib", "/meta-base64"):
+            with self.subTest(path=path):
+                self.assertEqual(self.fetcher().fetch(self.server.url(path)).text, "hello")
 
     def test_a_redirect_is_followed_and_reported(self) -> None:
         result = self.fetcher().fetch(self.server.url("/hop"))

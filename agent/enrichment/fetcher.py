@@ -133,10 +133,18 @@ class WebsiteFetcher:
 
     def fetch(self, url: str) -> FetchResult:
         """The page at ``url`` as visible text; ``FetchError`` (or ``FetchRefused``) if it cannot be had."""
+        try:
+            return self._fetch(url)
+        except FetchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a hostile page provokes fails this fetch alone
+            raise FetchError("fetch_failed", f"{_url_host(url)}: {exc.__class__.__name__}") from None
+
+    def _fetch(self, url: str) -> FetchResult:
         deadline = self.clock() + self.total_timeout
         current = self._checked_url(url)
         redirects: list[str] = []
-        with self._client() as client:
+        with self._client(deadline) as client:
             for _ in range(self.max_redirects + 1):
                 response = self._send(client, current, deadline)
                 try:
@@ -173,10 +181,11 @@ class WebsiteFetcher:
             raise FetchRefused("host_not_allowed", f"{what} host {host} is not on the fetch allowlist")
         return parsed.copy_with(fragment=None)
 
-    def _client(self) -> httpx.Client:
-        pool = httpcore.ConnectionPool(
-            ssl_context=self._ssl(), max_connections=2, retries=0,
-            network_backend=PinnedBackend(resolver=self.resolver, allow_private=self.allow_private))
+    def _client(self, deadline: float) -> httpx.Client:
+        backend = PinnedBackend(resolver=self.resolver, allow_private=self.allow_private, deadline=deadline,
+                                clock=self.clock)
+        pool = httpcore.ConnectionPool(ssl_context=self._ssl(), max_connections=2, retries=0,
+                                       network_backend=backend)
         headers = {"User-Agent": self.user_agent, "Accept": "text/html, text/plain;q=0.9",
                    "Accept-Encoding": "identity"}
         # trust_env=False: no proxy from the environment (a proxy would connect where it likes).
@@ -259,9 +268,13 @@ def _charset(declared: str | None, head: bytes) -> str:
     for name in candidates:
         if name:
             try:
-                return codecs.lookup(name).name
+                info = codecs.lookup(name)
             except LookupError:
                 continue
+            # Only a text encoding: "zlib", "base64" or "rot13" are codecs too, and a page must not
+            # get its body decompressed or its decoder to fail by naming one.
+            if getattr(info, "_is_text_encoding", True):
+                return info.name
     return "utf-8"
 
 

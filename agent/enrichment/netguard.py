@@ -18,6 +18,7 @@ import ipaddress
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -160,13 +161,27 @@ class PinnedBackend:
     (tests that reach a server on 127.0.0.1); a tuple of networks allows those.
     """
 
-    def __init__(self, *, resolver: Resolver, allow_private: bool | tuple[Any, ...] = False) -> None:
+    def __init__(self, *, resolver: Resolver, allow_private: bool | tuple[Any, ...] = False,
+                 deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         import httpcore2
 
         self._inner = httpcore2.SyncBackend()
         self._connect_error = httpcore2.ConnectError
+        self._timeout_error = httpcore2.ReadTimeout
         self.resolver = resolver
         self.allow_private = allow_private
+        # Every wait on a connection (TLS handshake, headers, body) ends by this clock time at the
+        # latest: a server dribbling a byte at a time cannot hold a fetch past its total timeout.
+        self.deadline = deadline
+        self.clock = clock
+
+    def clamp(self, timeout: float | None) -> float | None:
+        if self.deadline is None:
+            return timeout
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise self._timeout_error("the fetch's total time ran out")
+        return left if timeout is None else min(timeout, left)
 
     def checked_addresses(self, host: str, port: int) -> list[str]:
         """The addresses of ``host`` to connect to, all of them allowed; else ``FetchRefused``."""
@@ -198,8 +213,9 @@ class PinnedBackend:
         last: Exception | None = None
         for address in self.checked_addresses(host, port):
             try:
-                return self._inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
-                                               socket_options=socket_options)
+                stream = self._inner.connect_tcp(address, port, timeout=self.clamp(timeout),
+                                                 local_address=local_address, socket_options=socket_options)
+                return stream if self.deadline is None else _DeadlineStream(stream, self)
             except self._connect_error as exc:  # refused or unreachable: the next address may answer
                 last = exc
         assert last is not None
@@ -211,3 +227,28 @@ class PinnedBackend:
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
+
+
+class _DeadlineStream:
+    """A connection whose every wait is cut to what is left of the fetch's total time."""
+
+    def __init__(self, inner: Any, backend: PinnedBackend) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout=self._backend.clamp(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout=self._backend.clamp(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        upgraded = self._inner.start_tls(ssl_context, server_hostname=server_hostname,
+                                         timeout=self._backend.clamp(timeout))
+        return _DeadlineStream(upgraded, self._backend)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
