@@ -230,6 +230,19 @@ class PersonalisationTest(unittest.TestCase):
             self.draft(template)
         self.assertEqual(caught.exception.field, "llm.body")
 
+    def test_a_link_from_fetched_website_text_or_an_unshown_field_is_not_used(self) -> None:
+        # Given a lead whose website text and consent note carry links the model could repeat
+        record = lead(enrichment={"funding": "Series B, 40M EUR (2024)",
+                                  "website_text": "Log in at https://evil.example/login today"},
+                      consent_source="https://crm.internal.example/leads/1")
+        for link in ("https://evil.example/login", "https://crm.internal.example/leads/1"):
+            with self.subTest(link=link):
+                self.serve(reply(GOOD, body=GOOD["body"] + f"\n\n{link}"))
+                # When drafting, then the model's answer is not used, and the draft says why
+                [draft] = self.draft(record=record)["records"]
+                self.assertNotIn(link, draft["body"])
+                self.assertEqual(draft["provenance"]["llm"]["reason"]["code"], "invented_link")
+
     def test_a_link_the_template_had_may_stay(self) -> None:
         template = {**TEMPLATE, "body": TEMPLATE["body"] + "\nhttps://cal.example/sam"}
         self.serve(reply(GOOD, body=GOOD["body"] + "\n\nhttps://cal.example/sam"))

@@ -129,7 +129,9 @@ class Personaliser:
         check_placeholders(out_body, "llm.body")
         check_lengths(out_subject, out_body, template.limits, fields=("llm.subject", "llm.body"),
                       max_words=template.personalise.max_words)
-        allowed = [base_text, *lead_texts(lead)]
+        # Links the base draft has, or the lead data the model was shown; never one from fields it was not
+        # shown, nor from fetched website text (a page could plant a link for a model to repeat).
+        allowed = [base_text, *lead_texts(data, skip=_UNTRUSTED_LINK_SOURCES)]
         check_links(out_subject, allowed, "llm.subject")
         check_links(out_body, allowed, "llm.body")
         return verify_facts(answer.facts_used, lead, data, ref)
@@ -195,8 +197,12 @@ def verify_facts(facts: list[FactUsed], lead: Mapping[str, Any], data: Mapping[s
     return out
 
 
-def lead_texts(lead: Mapping[str, Any]) -> list[str]:
-    """Every string in the lead record (provenance aside): where an allowed link may come from."""
+_UNTRUSTED_LINK_SOURCES = frozenset({"website_text", "website_title"})
+
+
+def lead_texts(lead: Mapping[str, Any], *, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Every string in the lead record (provenance and ``skip`` keys aside): where an allowed link may
+    come from."""
     texts: list[str] = []
 
     def walk(value: Any) -> None:
@@ -204,7 +210,7 @@ def lead_texts(lead: Mapping[str, Any]) -> list[str]:
             texts.append(value)
         elif isinstance(value, Mapping):
             for key, item in value.items():
-                if key not in ("provenance", "enrichment_provenance"):
+                if key not in ("provenance", "enrichment_provenance") and key not in skip:
                     walk(item)
         elif isinstance(value, (list, tuple)):
             for item in value:
