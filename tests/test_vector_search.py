@@ -12,7 +12,7 @@ import unittest
 import numpy as np
 
 from agent.embeddings import HashingEmbedder, embedder_for, semantic_available
-from agent.embeddings.base import normalise
+from agent.embeddings.base import lead_text, normalise
 from agent.high_level_agents.orchestrators import LeadOrchestrator
 from agent.leads.sample import generate_leads
 from agent.leads.store import LeadStore
@@ -242,6 +242,40 @@ class PluggableIndexTest(unittest.TestCase):
         self.assertEqual(len(index), 50)
         self.assertTrue(built)
         self.assertEqual(len(index.search(HashingEmbedder().embed(["CTO"])[0], 3)), 3)
+
+
+class StaleVectorTest(unittest.TestCase):
+    def test_a_lead_changed_while_it_was_embedded_never_gets_the_stale_vector(self) -> None:
+        # Given two indexers on one store (two processes), and an import that lands while one embeds
+        home = TempHome(embedder="hashing")
+        self.addCleanup(home.cleanup)
+        db = home.database()
+        leads = generate_leads(60)
+        LeadStore(db, tenant="default").upsert_rows(leads)
+        changed = dict(leads[0], title="Chief Underwater Basket Weaving Officer")
+        other = LeadVectors(db, tenant="default", embedder=HashingEmbedder())
+
+        class Slow(HashingEmbedder):
+            fired = False
+
+            def embed(self, texts):  # type: ignore[no-untyped-def]
+                out = super().embed(texts)  # from the texts as this indexer read them
+                if not Slow.fired:
+                    Slow.fired = True
+                    LeadStore(db, tenant="default").upsert_rows([changed])
+                    other.sync()  # the other indexer embeds the new text first
+                return out
+
+        slow = LeadVectors(db, tenant="default", embedder=Slow())
+        # When the slow indexer finishes after the other one
+        report = slow.sync()
+        # Then it left the changed lead alone, and the stored vector is the new text's
+        self.assertEqual((report.stale, report.embedded), (1, 59))
+        found = other.index().search(HashingEmbedder().embed(["Chief Underwater Basket Weaving Officer"])[0], 1)
+        self.assertAlmostEqual(found[0][1], HashingEmbedder().embed([lead_text({
+            **changed, "company_size": changed["size"]})])[0] @ HashingEmbedder().embed(
+            ["Chief Underwater Basket Weaving Officer"])[0], places=4)
+        self.assertFalse(slow.sync().skipped, "a sync that left a lead stale looks again next time")
 
 
 class SQLiteVectorSearchTest(VectorSearchSuite, unittest.TestCase):

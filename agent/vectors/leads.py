@@ -50,11 +50,12 @@ class SyncReport:
     embedded: int = 0
     unchanged: int = 0
     removed: int = 0
+    stale: int = 0  # changed again while being embedded: left for the next sync
     skipped: bool = False  # nothing changed since the last look: no lead was read
 
     def to_dict(self) -> dict[str, Any]:
         return {"embedded": self.embedded, "unchanged": self.unchanged, "removed": self.removed,
-                "skipped": self.skipped}
+                "stale": self.stale, "skipped": self.skipped}
 
 
 _TEXT_COLUMNS = (Contact.id, Contact.title, Contact.location, Company.name.label("company"), Company.industry,
@@ -99,8 +100,9 @@ class LeadVectors:
             report = SyncReport(unchanged=len(texts) - len(changed), removed=len(gone))
             for chunk in _chunks(changed, EMBED_BATCH):
                 vectors = self.embedder.embed([texts[lead] for lead in chunk])
-                self._write(chunk, [shas[lead] for lead in chunk], vectors)
-                report.embedded += len(chunk)
+                written = self._write(chunk, [shas[lead] for lead in chunk], vectors)
+                report.embedded += written
+                report.stale += len(chunk) - written
                 if progress is not None:
                     progress(report.embedded, len(changed))
             with self.db.connect(lock=f"agent:vectors:{self.tenant}") as conn:
@@ -109,19 +111,28 @@ class LeadVectors:
                                                              LeadVectorRow.contact_id.in_(chunk)))
                 # Readers re-check their index against the table: a cascade may have removed rows.
                 bump_version(conn, self.tenant, _SCOPE)
-            self._seen_versions = versions
+            # A lead changed while this ran (stale, not written) is embedded by the next sync.
+            self._seen_versions = versions if not report.stale else None
             return report
 
-    def _write(self, leads: list[int], shas: list[str], vectors: np.ndarray) -> None:
+    def _write(self, leads: list[int], shas: list[str], vectors: np.ndarray) -> int:
+        """Store these vectors, but only for leads whose text is still the one embedded: a lead changed
+        since it was read is left for the next sync, never given a stale vector.  Returns how many."""
         blobs = [np.ascontiguousarray(v, dtype="<f4").tobytes() for v in vectors]
         with self.db.connect(lock=f"agent:vectors:{self.tenant}") as conn:
+            current = {row.id: _sha(lead_text(row._mapping)) for row in conn.execute(
+                select(*_TEXT_COLUMNS).outerjoin(Company, Contact.company_id == Company.id)
+                .where(Contact.tenant_id == self.tenant, Contact.id.in_(leads)))}
+            rows = [(lead, sha, blob) for lead, sha, blob in zip(leads, shas, blobs) if current.get(lead) == sha]
+            if not rows:
+                return 0
             # Replaced, not updated: the new row's higher id is how other processes' indexes see it.
             conn.execute(delete(LeadVectorRow).where(LeadVectorRow.embedder == self.embedder.name,
-                                                     LeadVectorRow.contact_id.in_(leads)))
-            insert_many(conn, LeadVectorRow.__table__, ("contact_id", "text_sha", "vector"),
-                        list(zip(leads, shas, blobs)),
+                                                     LeadVectorRow.contact_id.in_([r[0] for r in rows])))
+            insert_many(conn, LeadVectorRow.__table__, ("contact_id", "text_sha", "vector"), rows,
                         shared={"tenant_id": self.tenant, "embedder": self.embedder.name})
             bump_version(conn, self.tenant, _SCOPE)
+            return len(rows)
 
     # -- reading -------------------------------------------------------------------------------
     def index(self, conn: Connection | None = None) -> VectorIndex:
