@@ -65,12 +65,16 @@ def evaluate(embedder_name: str, labels: dict) -> dict[str, float]:
         icp = parse_icp(labels["icp"])
         rows = _all_leads(db, settings.tenant)
         scores = score_leads(icp, rows, embedder=embedder)
-        predicted = {row["email"] for row, score in zip(rows, scores) if score.passes(icp)}
         fit = set(labels["icp_fit"])
-        hits = len(predicted & fit)
-        figures["icp_precision"] = hits / len(predicted) if predicted else 0.0
-        figures["icp_recall"] = hits / len(fit)
-        figures["icp_predicted"] = len(predicted)
+        for threshold in sorted({60, 65, icp.threshold, 75, 80}):
+            predicted = {row["email"] for row, score in zip(rows, scores) if score.score >= threshold}
+            hits = len(predicted & fit)
+            figures[f"icp_precision@{threshold}"] = hits / len(predicted) if predicted else 0.0
+            figures[f"icp_recall@{threshold}"] = hits / len(fit)
+            figures[f"icp_predicted@{threshold}"] = len(predicted)
+        figures["icp_precision"] = figures[f"icp_precision@{icp.threshold}"]
+        figures["icp_recall"] = figures[f"icp_recall@{icp.threshold}"]
+        figures["icp_predicted"] = figures[f"icp_predicted@{icp.threshold}"]
         return figures
     finally:
         Database.forget_all()
@@ -99,6 +103,10 @@ def main() -> None:
               f"semantic {figures['semantic']:.3f}  hybrid {figures['hybrid']:.3f}   ICP at threshold {labels['icp']['threshold']}: precision "
               f"{figures['icp_precision']:.3f} recall {figures['icp_recall']:.3f} "
               f"({figures['icp_predicted']:.0f} predicted)")
+    for name, figures in results.items():
+        sweep = "  ".join(f"{key.split('@')[1]}: P {figures[key]:.2f} R {figures[key.replace('precision', 'recall')]:.2f}"
+                          for key in figures if key.startswith("icp_precision@"))
+        print(f"{name}: ICP precision/recall by threshold  {sweep}")
     for name, figures in results.items():
         for peer in ("lexical", "keywords"):
             verdict = "beats" if figures["hybrid"] > figures[peer] else "DOES NOT beat"

@@ -217,11 +217,26 @@ def _after_decisions(decided: list[Any], *, release: bool, as_json: bool) -> Non
             reports = runner.work(reports, threads=2)
         released = [{"campaign_id": r.campaign_id, "run": r.run_key, "batches": r.batches,
                      "states": dict(r.states), "statuses": dict(r.statuses)} for r in reports]
+    orphans = _unreleasable(decided) if release else []
     if as_json:
-        typer.echo(json.dumps({"decided": [d.summary() for d in decided], "released": released}))
+        typer.echo(json.dumps({"decided": [d.summary() for d in decided], "released": released,
+                               "unreleasable": orphans}))
         return
     for d in decided:
         console.print(f"draft {d.id}: {d.status}")
+    for d in orphans:
+        console.print(f"draft {d}: its run is not a campaign batch, so no release delivers it", style="yellow")
     for r in released:
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(r["statuses"].items())) or "nothing"
         console.print(f"released {r['batches']} batch(es) of {escape(r['campaign_id'])}: {statuses}")
+
+
+def _unreleasable(decided: list[Any]) -> list[int]:
+    """Decided drafts whose run is not a campaign batch (an orchestrator run by hand): nothing releases
+    them, and the operator should know."""
+    from agent.audit import SqlAuditStore
+    from agent.storage.db import Database
+
+    audit = SqlAuditStore(Database.for_settings())
+    runs = {run_id: audit.get_run(run_id) for run_id in {d.run_id for d in decided}}
+    return [d.id for d in decided if runs[d.run_id] is None or "campaign_run" not in runs[d.run_id].meta]

@@ -113,11 +113,12 @@ def make() -> tuple[list[dict[str, str]], dict[str, object]]:
             queries.append({"text": f"{SECTOR_WORDS[sector][0]} {SIZE_WORDS[size]} in {CITY_WORDS[city]} hiring "
                                     f"{FUNCTION_WORDS[function][0]}", "relevant": relevant,
                             "hidden": [sector, function, city, size]})
+    # Industry and seniority are rules; the sales function is left to the description, which only an
+    # embedder that knows meaning can weigh ("Account Executive" and "pipeline" share no word).
     icp = {"rules": [{"field": "industry", "any_of": SECTORS["fintech"], "weight": 40},
-                     {"field": "title", "any_of": ["Head", "VP", "Director", "Chief"], "weight": 30},
-                     {"field": "company_size", "any_of": ["11-50", "51-200", "201-500"], "weight": 10}],
-           "description": "B2B payments and banking software companies; senior sales and revenue leaders",
-           "description_weight": 20, "threshold": 70}
+                     {"field": "title", "any_of": ["Head", "VP", "Director", "Chief"], "weight": 20}],
+           "description": "sales and revenue leadership: selling, pipeline, deals, quota",
+           "description_weight": 40, "threshold": 70}
     senior = ("Head", "VP", "Director", "Chief")
     fit = sorted(lead["email"] for lead in leads
                  if hidden[lead["email"]]["sector"] == "fintech" and hidden[lead["email"]]["function"] == "sales"
