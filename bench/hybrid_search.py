@@ -5,6 +5,8 @@ Imports ``--leads`` generated leads into a fresh SQLite store, embeds them
 queries through the ``LeadOrchestrator`` with ``search: hybrid`` (keywords
 and semantic, fused by reciprocal rank), half of them with explicit filters
 (industry, company size, location or title).  Reports p50 and p99 in ms,
+first as a freshly warmed process, then after ``agent.runtime.settle_heap()``
+(what a long-running process calls once warm; the target is judged there),
 end to end (engine, both strategies, fusion, loading the records), beside
 the two strategies alone and the peer: the lexical search the project had
 before (free text parsed into filters plus full text), on the same queries.
@@ -39,6 +41,7 @@ from agent.leads.query import LeadQuery  # noqa: E402
 from agent.leads.sample import CITIES, INDUSTRIES, SIZES, TITLES, generate_leads  # noqa: E402
 from agent.leads.search import LeadSearch  # noqa: E402
 from agent.leads.store import LeadStore  # noqa: E402
+from agent.runtime import settle_heap  # noqa: E402
 from agent.settings import get_settings  # noqa: E402
 from agent.storage.db import Database  # noqa: E402
 from agent.vectors import lead_vectors  # noqa: E402
@@ -107,16 +110,24 @@ def main() -> None:
         search = LeadSearch(db)
         context = RunContext(settings=settings)
         items = queries(args.queries)
+        hybrid = lambda q: orch.run({"lead_query": {**q, "search": "hybrid"}})  # noqa: E731
+        # First as a freshly warmed process is: a full garbage collection walks the whole heap (~50 ms
+        # here) and lands on whichever query runs then.  Then after agent.runtime.settle_heap(), as a
+        # long-running worker or search service calls it once warm.
+        unsettled = timed(hybrid, items)
+        frozen = settle_heap()
         results = {
-            "hybrid (orchestrator)": timed(lambda q: orch.run({"lead_query": {**q, "search": "hybrid"}}), items),
+            "hybrid, heap not settled": unsettled,
+            "hybrid (orchestrator)": timed(hybrid, items),
             "semantic agent alone": timed(lambda q: agent.run({"lead_query": {**q, "search": "semantic"}},
                                                                context=context), items),
             "keywords alone": timed(lambda q: search.search(LeadQuery(**q, keywords=True)), items),
             "peer: lexical (parsed)": timed(lambda q: search.search(LeadQuery(**q)), items),
         }
+        print(f"(settle_heap froze {frozen:,} objects after the first pass)")
         for name, samples in results.items():
             p50, p99 = percentiles(samples)
-            print(f"{name:23}: p50 {p50:6.1f} ms   p99 {p99:6.1f} ms")
+            print(f"{name:25}: p50 {p50:6.1f} ms   p99 {p99:6.1f} ms")
         p50, p99 = percentiles(results["hybrid (orchestrator)"])
         print(f"target p50 <= 30 ms: {'PASS' if p50 <= 30 else 'FAIL'}  target p99 <= 100 ms: "
               f"{'PASS' if p99 <= 100 else 'FAIL'}")
