@@ -42,6 +42,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/vector_index.py
 	$(BIN)/python bench/search_quality.py
 	$(BIN)/python bench/hybrid_search.py
+	$(BIN)/python bench/smtp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -27,6 +27,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     from agent.agents.semantic_search import SemanticSearchAgent
     from agent.agents.suppression_gate import SuppressionGateAgent
     from agent.delivery.channels.outbox import OutboxChannel
+    from agent.delivery.channels.smtp import SmtpChannel
     from agent.high_level_agents.orchestrators.campaign import CampaignOrchestrator
     from agent.high_level_agents.orchestrators.delivery import DeliveryOrchestrator
     from agent.high_level_agents.orchestrators.lead import LeadOrchestrator
@@ -40,6 +41,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     registry.register("icp_scorer", ICPScorerAgent, replace=replace)
     registry.register("suppression_gate", SuppressionGateAgent, replace=replace)
     registry.register("outbox", OutboxChannel, replace=replace)
+    registry.register("smtp", SmtpChannel, replace=replace)
     registry.register("lead_orchestrator", LeadOrchestrator, replace=replace)
     registry.register("delivery_orchestrator", DeliveryOrchestrator, replace=replace)
     registry.register("outreach_orchestrator", OutreachOrchestrator, replace=replace)

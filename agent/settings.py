@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     enrich_fetch_max_bytes: int = Field(default=500_000, ge=1024, le=50_000_000, description="Bytes of a page "
                                                                                              "read at most; the "
                                                                                              "rest is not read.")
+    smtp_host: str | None = Field(default=None, description="The SMTP server of the smtp channel.")
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "ssl", "none"] = Field(
+        default="starttls", description="starttls (port 587), ssl (implicit TLS, port 465) or none (a local relay).")
+    smtp_username: str | None = Field(default=None, description="Login at the SMTP server; none: no AUTH.")
+    smtp_password: SecretStr | None = Field(default=None, description="Its password (never logged).")
+    smtp_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds an SMTP command may wait.")
+    smtp_ca_file: str | None = Field(default=None, description="CA certificates to trust for the server's TLS "
+                                                               "certificate (default: the system's).")
     plugins: str = Field(default="", description="Comma-separated modules whose `register(registry)` adds "
                                                  "agents and orchestrators (Celery workers load them too).")
     log_level: LogLevel = Field(

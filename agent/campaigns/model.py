@@ -168,7 +168,7 @@ class Campaign(BaseModel):
     tenant: str = Field(default="default", pattern=_ID)
     lead_query: dict[str, Any] | str
     template: CampaignTemplate
-    channel: Literal["outbox"] = "outbox"
+    channel: Literal["outbox", "smtp"] = "outbox"
     schedule: str | None = None
     timezone: str = "UTC"
     limits: CampaignLimits = CampaignLimits()

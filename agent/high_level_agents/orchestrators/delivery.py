@@ -99,7 +99,7 @@ class DeliveryPayload(BaseModel):
     # No default: a shared fallback would make unrelated ad-hoc messages to one lead collide.
     campaign_id: str | None = Field(default=None, pattern=_KEY, validate_default=True)
     allow_delivery: bool = False
-    channel: Literal["outbox"] = "outbox"
+    channel: Literal["outbox", "smtp"] = "outbox"
 
     @field_validator("campaign_id")
     @classmethod

@@ -191,7 +191,7 @@ class OutreachOrchestrator(BaseOrchestrator):
             # Without checkpoints the delivery runs within this run (its steps audited under it); with
             # them a run_id names one flow's steps, so it gets its own (lineage holds through parents).
             run_id = state.run_id if self.engine.checkpoints is None else None
-            envelope = delivery.run({"records": drafts, "campaign_id": campaign.id,
+            envelope = delivery.run({"records": drafts, "campaign_id": campaign.id, "channel": campaign.channel,
                                      "allow_delivery": campaign.allow_delivery}, run_id=run_id)
             delivered = envelope["records"]
         if release:

@@ -1,0 +1,245 @@
+"""SMTP channel: each message handed to a real mail server, with exactly one DATA per key.
+
+One connection serves a whole batch (``RSET`` between messages, one reconnect
+if the server hangs up between them), over STARTTLS, implicit TLS (SSL) or
+plain, with authentication when a user is set.  Per message:
+
+1. the key is claimed in the outbox ledger with its Message-ID fixed first
+   (``sending``); a retry reuses that Message-ID;
+2. ``MAIL FROM`` and ``RCPT TO``: a refusal here is certain, so the row
+   becomes ``failed`` and a later attempt may send; a 5xx ``RCPT`` is a hard
+   bounce, recorded, and the address is suppressed (5.7.x excepted: that is
+   our sending's problem, not the recipient's);
+3. ``DATA``: a 250 makes the row ``sent``; a 4xx/5xx reply is ``failed`` (a 5xx
+   a bounce); but a connection lost or timed out *during* DATA leaves the row
+   ``unknown``: the server may have accepted the message, so it is never sent
+   again without an operator.  A row found in ``sending`` or ``unknown`` by a
+   later attempt (a worker killed mid-send) is reported ``unknown`` and not
+   re-sent.
+
+Gates are the DeliveryOrchestrator's, and suppression is checked again here,
+right before the hand-over.  Error texts are never echoed from the server or
+the email stack (they carry addresses); the SMTP code and enhanced status are.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from agent.agents.base import BaseAgent
+from agent.context import RunContext
+from agent.delivery.keys import idempotency_key
+from agent.delivery.ledger import LedgerEntry, OutboxLedger
+from agent.delivery.message import build_message, new_message_id
+from agent.delivery.suppression import SuppressionList
+from agent.envelope import make_envelope, make_provenance
+from agent.errors import ConfigurationError, DeliveryError
+from agent.settings import Settings
+from agent.storage.db import Database
+
+__all__ = ["SmtpChannel", "SmtpSession"]
+
+
+class _Unknown(Exception):
+    """The connection failed during DATA: the server may or may not have the message."""
+
+
+class SmtpSession:
+    """One SMTP connection, opened on first use and reused; reconnects once if dropped between sends."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.smtp_host:
+            raise ConfigurationError("setting smtp_host: the smtp channel needs a mail server "
+                                     "(AGENT_SMTP_HOST), or use the outbox channel")
+        self.settings = settings
+        self._smtp: smtplib.SMTP | None = None
+        self._used = False  # a message was handed over on this connection: RSET before the next
+        self.connections = 0
+
+    def _context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.settings.smtp_ca_file or None)
+
+    def _open(self) -> smtplib.SMTP:
+        s = self.settings
+        try:
+            if s.smtp_security == "ssl":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                                                      context=self._context())
+            else:
+                smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            smtp.ehlo()
+            if s.smtp_security == "starttls":
+                smtp.starttls(context=self._context())
+                smtp.ehlo()
+            if s.smtp_username:
+                password = s.smtp_password.get_secret_value() if s.smtp_password else ""
+                smtp.login(s.smtp_username, password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(f"SMTP server {s.smtp_host} refused the login ({exc.smtp_code})") from None
+        except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            raise DeliveryError(f"cannot open an SMTP session with {s.smtp_host}:{s.smtp_port}: "
+                                f"{type(exc).__name__}") from None
+        self.connections += 1
+        return smtp
+
+    def send(self, sender: str, to: str, data: bytes) -> None:
+        """Hand one message over; ``SMTPResponseException`` for a refusal (certain), ``_Unknown`` if
+        the connection failed during DATA, ``DeliveryError`` if it failed before."""
+        for attempt in (1, 2):
+            if self._smtp is None:
+                self._smtp, self._used = self._open(), False
+            smtp = self._smtp
+            try:
+                if self._used:
+                    smtp.rset()
+                self._used = True
+                code, _ = smtp.mail(sender)
+                if code != 250:
+                    raise smtplib.SMTPSenderRefused(code, b"", sender)
+                code, reply = smtp.rcpt(to)
+                if code not in (250, 251):
+                    raise smtplib.SMTPRecipientsRefused({to: (code, reply)})
+            except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused):
+                raise  # a refusal (SMTPException is an OSError: caught here first)
+            except (smtplib.SMTPServerDisconnected, OSError):
+                self.close()  # dropped before DATA: nothing was sent, so a fresh connection may retry
+                if attempt == 2:
+                    raise DeliveryError("the SMTP server closed the connection before DATA") from None
+                continue
+            try:
+                code, reply = smtp.data(data)
+            except smtplib.SMTPResponseException:
+                raise
+            except (smtplib.SMTPServerDisconnected, OSError, socket.timeout):
+                self.close()
+                raise _Unknown() from None
+            if code != 250:
+                raise smtplib.SMTPDataError(code, reply)
+            return
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                self._smtp.close()
+            self._smtp = None
+
+
+class SmtpChannel(BaseAgent):
+    """Delivery channel that sends through an SMTP server (``AGENT_SMTP_*`` settings)."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"write", "send"})
+    channel = "smtp"
+
+    def __init__(self, db: Database | None = None) -> None:
+        self._db = db
+
+    def run(self, request: Mapping[str, Any], *, context: RunContext) -> dict[str, Any]:
+        settings = context.settings
+        db = self._db or Database.for_settings(settings)
+        ledger = OutboxLedger(db)
+        suppression = SuppressionList(db, tenant=context.tenant)
+        messages = list(request["messages"])
+        suppressed = suppression.suppressed(m["to"] for m in messages)
+        results = []
+        for msg in messages:
+            key = idempotency_key(context.tenant, msg["campaign_id"], msg["lead_id"], msg["step"])
+            results.append({"to": msg["to"], "lead_id": msg["lead_id"], "campaign_id": msg["campaign_id"],
+                            "step": msg["step"], "subject": msg["subject"], "channel": self.channel,
+                            "idempotency_key": key, "message_id": None, "location": None})
+        sending = [(r, m) for r, m in zip(results, messages) if m["to"] not in suppressed]
+        claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
+        session = SmtpSession(settings)
+        done: dict[str, dict[str, Any]] = {}
+        try:
+            for result, msg in sending:
+                key = result["idempotency_key"]
+                if key in done:  # the same (campaign, lead, step) twice in one request
+                    result.update({k: done[key][k] for k in ("status", "reason", "message_id")})
+                    continue
+                entry, created = claims[key]
+                result.update(self._one(entry, created, msg, session, ledger, suppression, settings))
+                done[key] = result
+        finally:
+            session.close()
+        for result, msg in zip(results, messages):
+            if msg["to"] in suppressed:
+                result.update(status="skipped", reason="suppressed")
+            result["provenance"] = make_provenance(
+                result, source=f"channel:{self.channel}", source_id=result["idempotency_key"], agent=self.channel,
+                run_id=context.run_id, node=context.node, parents=[msg["parent_hash"]])
+        return make_envelope(results, source=f"channel:{self.channel}", run_id=context.run_id, flow=context.flow,
+                             node=context.node, agent=self.channel, duration_ms=context.elapsed_ms(),
+                             connections=session.connections)
+
+    def _claim(self, key: str, msg: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
+        return {"idempotency_key": key, "tenant_id": context.tenant, "campaign_id": msg["campaign_id"],
+                "lead_id": msg["lead_id"], "step": msg["step"], "channel": self.channel,
+                "message_id": new_message_id(context.settings.sender), "to_address": msg["to"],
+                "subject": msg["subject"], "record_hash": msg["parent_hash"], "run_id": context.run_id,
+                "provenance": msg.get("provenance")}
+
+    def _one(self, entry: LedgerEntry, created: bool, msg: Mapping[str, Any], session: SmtpSession,
+             ledger: OutboxLedger, suppression: SuppressionList, settings: Settings) -> dict[str, Any]:
+        key = entry.idempotency_key
+        if entry.state == "sent":
+            return {"status": "duplicate", "reason": "already_sent", "message_id": entry.message_id}
+        if not created and (entry.record_hash != msg["parent_hash"] or entry.to_address != msg["to"]):
+            return {"status": "conflict", "reason": "content_changed", "message_id": None}
+        if not created and entry.state in ("sending", "unknown"):
+            # An earlier attempt claimed it and may have reached DATA: never sent blindly again.
+            ledger.mark_many([(key, "unknown", None)])
+            return {"status": "unknown", "reason": "earlier_attempt_unfinished", "message_id": entry.message_id}
+        data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
+                             message_id=entry.message_id, postal_address=settings.postal_address, send_id=key)
+        envelope_from = _address(settings.sender)
+        try:
+            session.send(envelope_from, msg["to"], data)
+        except _Unknown:
+            ledger.mark_many([(key, "unknown", None)])
+            return {"status": "unknown", "reason": "connection_lost_during_data", "message_id": entry.message_id}
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = next(iter(exc.recipients.values()))
+            return self._refused(key, code, reply, "rcpt", msg, entry, ledger, suppression)
+        except smtplib.SMTPDataError as exc:
+            return self._refused(key, exc.smtp_code, exc.smtp_error, "data", msg, entry, ledger, suppression)
+        except smtplib.SMTPResponseException as exc:  # MAIL FROM refused: the mailbox's problem
+            ledger.mark_many([(key, "failed", None)])
+            return {"status": "failed", "reason": f"sender_refused:{exc.smtp_code}", "message_id": entry.message_id}
+        except DeliveryError:
+            ledger.mark_many([(key, "failed", None)])
+            raise
+        ledger.mark_many([(key, "sent", f"smtp://{settings.smtp_host}")])
+        return {"status": "sent", "reason": None, "message_id": entry.message_id}
+
+    @staticmethod
+    def _refused(key: str, code: int, reply: bytes | str, stage: str, msg: Mapping[str, Any], entry: LedgerEntry,
+                 ledger: OutboxLedger, suppression: SuppressionList) -> dict[str, Any]:
+        ledger.mark_many([(key, "failed", None)])
+        status = _enhanced(reply)
+        detail = f"{stage}:{code}" + (f" {status}" if status else "")
+        if 500 <= code < 600:
+            if status.startswith("5.7."):  # policy: our sending is refused, not the address
+                return {"status": "failed", "reason": f"policy_refused:{detail}", "message_id": entry.message_id}
+            suppression.add(msg["to"], reason="hard_bounce", source="smtp", evidence=detail)
+            return {"status": "bounced", "reason": f"hard_bounce:{detail}", "message_id": entry.message_id}
+        return {"status": "failed", "reason": f"deferred:{detail}", "message_id": entry.message_id}
+
+
+def _enhanced(reply: bytes | str) -> str:
+    """The RFC 3463 enhanced status code at the start of a reply ("5.1.1"), or ""."""
+    text = reply.decode("ascii", "replace") if isinstance(reply, bytes) else str(reply)
+    first = text.strip().split(" ", 1)[0] if text.strip() else ""
+    parts = first.split(".")
+    return first if len(parts) == 3 and all(p.isdigit() for p in parts) else ""
+
+
+def _address(sender: str) -> str:
+    from email.utils import parseaddr
+
+    return parseaddr(sender)[1]

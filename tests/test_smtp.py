@@ -1,0 +1,154 @@
+"""The SMTP channel against a real SMTP server (aiosmtpd on 127.0.0.1, started by each test).
+
+Exact bytes, one connection per batch, a 550 5.1.1 at RCPT as a hard bounce
+and suppression, exactly one DATA per key across retries, and a connection
+lost during DATA left ``unknown``, never re-sent.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import unittest
+from typing import Any
+
+from agent.delivery.keys import idempotency_key
+from agent.delivery.ledger import OutboxLedger
+from agent.delivery.suppression import SuppressionList
+from agent.errors import ConfigurationError, DeliveryError
+from agent.high_level_agents.orchestrators import DeliveryOrchestrator
+from tests.smtp_server import SmtpServer
+from tests.support import TempHome
+
+
+def message(lead_id: str, to: str, **changes: Any) -> dict[str, Any]:
+    return {"to": to, "subject": "Quick question", "body": f"Hello {lead_id},\n\nAre you free on Tuesday?",
+            "lead_id": lead_id, "campaign_id": "c1", "step": 1, **changes}
+
+
+class SmtpChannelTest(unittest.TestCase):
+    def start(self, **server_options: Any) -> SmtpServer:
+        server = SmtpServer(**server_options)
+        server.__enter__()
+        self.addCleanup(server.__exit__, None, None, None)
+        return server
+
+    def home(self, server: SmtpServer, **settings: Any) -> TempHome:
+        home = TempHome(**{"smtp_host": "127.0.0.1", "smtp_port": server.port, "smtp_security": "none", **settings})
+        self.addCleanup(home.cleanup)
+        return home
+
+    def deliver(self, home: TempHome, *records: dict[str, Any]) -> list[dict[str, Any]]:
+        orchestrator = DeliveryOrchestrator(settings=home.settings)
+        payload = {"records": list(records), "campaign_id": "c1", "allow_delivery": True, "channel": "smtp"}
+        return orchestrator.run(payload)["records"]
+
+    def test_a_batch_goes_over_one_connection_with_its_message_ids_and_exact_bytes(self) -> None:
+        server = self.start()
+        home = self.home(server)
+        results = self.deliver(home, *(message(f"lead-{n}", f"person{n}@acme.example") for n in range(5)))
+        self.assertEqual([r["status"] for r in results], ["sent"] * 5)
+        self.assertEqual(server.handler.connections, 1)
+        self.assertEqual(len(server.received), 5)
+        first = server.received[0]
+        self.assertEqual((first.mail_from, first.rcpt_tos), ("outreach@sender.example", ["person0@acme.example"]))
+        parsed = email.message_from_bytes(first.data, policy=email.policy.SMTP)
+        self.assertEqual(parsed["Message-ID"], results[0]["message_id"])
+        self.assertEqual(parsed["X-Send-Id"], idempotency_key("default", "c1", "lead-0", 1))
+        self.assertTrue(all(len(line) <= 998 for line in first.data.split(b"\r\n")))
+        unfolded = first.data.replace(b"\r\n ", b" ")
+        self.assertIn(b"List-Unsubscribe: <mailto:unsubscribe@sender.example?subject=unsubscribe>", unfolded)
+        # The ledger fixed each Message-ID before sending and says sent
+        entry = OutboxLedger(home.database()).get(idempotency_key("default", "c1", "lead-0", 1))
+        self.assertEqual((entry.state, entry.message_id), ("sent", results[0]["message_id"]))
+
+    def test_a_550_at_rcpt_is_a_hard_bounce_and_the_address_is_suppressed(self) -> None:
+        server = self.start()
+        server.handler.refuse["gone@acme.example"] = "550 5.1.1 <gone@acme.example>: user unknown"
+        home = self.home(server)
+        results = self.deliver(home, message("a", "gone@acme.example"), message("b", "here@acme.example"))
+        self.assertEqual([r["status"] for r in results], ["bounced", "sent"])
+        self.assertEqual(results[0]["reason"], "hard_bounce:rcpt:550 5.1.1")
+        self.assertEqual([r.rcpt_tos for r in server.received], [["here@acme.example"]])
+        self.assertEqual(SuppressionList(home.database()).suppressed(["gone@acme.example"]),
+                         {"gone@acme.example": "hard_bounce"})
+        # and a later step to that address never reaches the server
+        again = self.deliver(home, message("a", "gone@acme.example", step=2))
+        self.assertEqual((again[0]["status"], again[0]["reason"]), ("skipped", "suppressed"))
+
+    def test_a_policy_refusal_or_a_4xx_does_not_suppress_the_recipient(self) -> None:
+        server = self.start()
+        server.handler.refuse["p@acme.example"] = "550 5.7.1 sending domain blocked"
+        server.handler.refuse["t@acme.example"] = "451 4.3.0 try again later"
+        home = self.home(server)
+        results = self.deliver(home, message("p", "p@acme.example"), message("t", "t@acme.example"))
+        self.assertEqual([(r["status"], r["reason"]) for r in results],
+                         [("failed", "policy_refused:rcpt:550 5.7.1"), ("failed", "deferred:rcpt:451 4.3.0")])
+        self.assertEqual(SuppressionList(home.database()).suppressed(["p@acme.example", "t@acme.example"]), {})
+        # a failed key was never accepted, so a retry sends it, once
+        server.handler.refuse.clear()
+        retry = self.deliver(home, message("t", "t@acme.example"))
+        self.assertEqual(retry[0]["status"], "sent")
+        self.assertEqual(retry[0]["message_id"], results[1]["message_id"])
+
+    def test_exactly_one_data_per_key_whatever_the_retries(self) -> None:
+        server = self.start()
+        home = self.home(server)
+        first = self.deliver(home, message("a", "a@acme.example"))
+        again = self.deliver(home, message("a", "a@acme.example"))
+        self.assertEqual([first[0]["status"], again[0]["status"]], ["sent", "duplicate"])
+        self.assertEqual(len(server.received), 1)
+
+    def test_a_connection_lost_during_data_is_unknown_and_never_sent_again(self) -> None:
+        server = self.start()
+        server.handler.drop_data_for.add("lost@acme.example")
+        home = self.home(server)
+        results = self.deliver(home, message("x", "lost@acme.example"), message("y", "next@acme.example"))
+        self.assertEqual([(r["status"], r["reason"]) for r in results],
+                         [("unknown", "connection_lost_during_data"), ("sent", None)])
+        key = idempotency_key("default", "c1", "x", 1)
+        self.assertEqual(OutboxLedger(home.database()).get(key).state, "unknown")
+        # A retry (the server would now accept) does not send it blindly
+        server.handler.drop_data_for.clear()
+        retry = self.deliver(home, message("x", "lost@acme.example"))
+        self.assertEqual((retry[0]["status"], retry[0]["reason"]), ("unknown", "earlier_attempt_unfinished"))
+        self.assertEqual([r.rcpt_tos for r in server.received], [["next@acme.example"]])
+
+    def test_a_claim_left_sending_by_a_killed_worker_is_not_sent_again(self) -> None:
+        server = self.start()
+        home = self.home(server)
+        # Given a worker claimed the key, then died before it could mark the outcome
+        ledger = OutboxLedger(home.database())
+        record = message("k", "k@acme.example")
+        from agent.envelope import record_hash
+
+        ledger.claim(idempotency_key("default", "c1", "k", 1), tenant_id="default", campaign_id="c1", lead_id="k",
+                     step=1, channel="smtp", message_id="<claimed@sender.example>", to_address="k@acme.example",
+                     subject="Quick question", record_hash=record_hash(record), run_id=None, provenance=None)
+        # When the batch is retried
+        results = self.deliver(home, record)
+        # Then it is unknown, for an operator, and nothing reached the server
+        self.assertEqual((results[0]["status"], results[0]["message_id"]), ("unknown", "<claimed@sender.example>"))
+        self.assertEqual(server.received, [])
+
+    def test_starttls_and_authentication(self) -> None:
+        server = self.start(tls=True, users={"mailer": "s3cret"})
+        home = self.home(server, smtp_security="starttls", smtp_username="mailer", smtp_password="s3cret",
+                         smtp_ca_file=str(server.cert))
+        results = self.deliver(home, message("a", "a@acme.example"))
+        self.assertEqual(results[0]["status"], "sent")
+        self.assertEqual(len(server.received), 1)
+        # a wrong password is the channel's error, naming the server but never the secret
+        wrong = self.home(server, smtp_security="starttls", smtp_username="mailer", smtp_password="nope",
+                          smtp_ca_file=str(server.cert))
+        with self.assertRaises(DeliveryError) as caught:
+            self.deliver(wrong, message("b", "b@acme.example"))
+        self.assertIn("refused the login", str(caught.exception))
+        self.assertNotIn("nope", str(caught.exception))
+
+    def test_without_a_server_configured_the_channel_says_which_setting(self) -> None:
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        with self.assertRaises(ConfigurationError) as caught:
+            self.deliver(home, message("a", "a@acme.example"))
+        self.assertIn("smtp_host", str(caught.exception))
