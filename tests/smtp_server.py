@@ -73,7 +73,7 @@ def _free_port() -> int:
 class SmtpServer:
     """``with SmtpServer() as server:`` a server on a free port of 127.0.0.1."""
 
-    def __init__(self, *, tls: bool = False, users: dict[str, str] | None = None) -> None:
+    def __init__(self, *, tls: bool = False, users: dict[str, str] | None = None, port: int | None = None) -> None:
         self.handler = _Handler()
         self._dir = Path(tempfile.mkdtemp(prefix="agent-smtp-"))
         self.cert = self._dir / "cert.pem"
@@ -92,7 +92,7 @@ class SmtpServer:
                 return AuthResult(success=ok, handled=False)
 
             kwargs.update(authenticator=authenticate, auth_require_tls=tls, auth_required=True)
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
 
     @property

@@ -146,6 +146,19 @@ class SmtpChannelTest(unittest.TestCase):
         self.assertIn("refused the login", str(caught.exception))
         self.assertNotIn("nope", str(caught.exception))
 
+    def test_a_server_that_cannot_be_reached_leaves_every_key_free_for_a_retry(self) -> None:
+        # Given a server that is down (nobody listens on its port yet)
+        later = SmtpServer()
+        home = self.home(later)
+        with self.assertRaises(DeliveryError):
+            self.deliver(home, message("a", "a@acme.example"), message("b", "b@acme.example"))
+        # When it is up, the retry sends both, once each
+        later.__enter__()
+        self.addCleanup(later.__exit__, None, None, None)
+        results = self.deliver(home, message("a", "a@acme.example"), message("b", "b@acme.example"))
+        self.assertEqual([r["status"] for r in results], ["sent", "sent"])
+        self.assertEqual(len(later.received), 2)
+
     def test_without_a_server_configured_the_channel_says_which_setting(self) -> None:
         home = TempHome()
         self.addCleanup(home.cleanup)

@@ -156,9 +156,11 @@ class SmtpChannel(BaseAgent):
         claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
         session = SmtpSession(settings)
         done: dict[str, dict[str, Any]] = {}
+        tried = 0
         try:
             for result, msg in sending:
                 key = result["idempotency_key"]
+                tried += 1
                 if key in done:  # the same (campaign, lead, step) twice in one request
                     result.update({k: done[key][k] for k in ("status", "reason", "message_id")})
                     continue
@@ -167,6 +169,10 @@ class SmtpChannel(BaseAgent):
                 done[key] = result
         finally:
             session.close()
+            # A batch stopped (the server unreachable) leaves no claim on the messages it never tried:
+            # left "sending", a retry would have to call them unknown.
+            ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[tried:]
+                                 if claims[r["idempotency_key"]][1]])
         for result, msg in zip(results, messages):
             if msg["to"] in suppressed:
                 result.update(status="skipped", reason="suppressed")
