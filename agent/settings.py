@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds an SMTP command may wait.")
     smtp_ca_file: str | None = Field(default=None, description="CA certificates to trust for the server's TLS "
                                                                "certificate (default: the system's).")
+    unsubscribe_base_url: str | None = Field(
+        default=None, pattern=r"^https://[^\s/]+(/[^\s]*)?$",
+        description="The public https address of `agent serve` (e.g. https://mail.example.com): messages then "
+                    "carry one-click List-Unsubscribe URLs (RFC 8058) and a visible unsubscribe link.")
+    unsubscribe_secret: SecretStr | None = Field(
+        default=None, description="Key that signs unsubscribe tokens (at least 16 characters); default: a random "
+                                  "key kept in the data directory.")
+    unsubscribe_token_days: int = Field(default=365, ge=30, le=3650, description="Days an unsubscribe link works.")
     plugins: str = Field(default="", description="Comma-separated modules whose `register(registry)` adds "
                                                  "agents and orchestrators (Celery workers load them too).")
     log_level: LogLevel = Field(

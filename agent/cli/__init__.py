@@ -37,6 +37,7 @@ def _add_commands() -> None:
     from agent.cli.campaign import campaign_app, runs_app, trace
     from agent.cli.drafts import drafts_app
     from agent.cli.flows import flow_app
+    from agent.cli.serve import serve
     from agent.cli.jobs import jobs_app
     from agent.cli.worker import worker
 
@@ -45,6 +46,7 @@ def _add_commands() -> None:
     app.add_typer(runs_app, name="runs")
     app.command("trace")(trace)
     app.command("worker")(worker)
+    app.command("serve")(serve)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(drafts_app, name="drafts")
 

@@ -73,32 +73,39 @@ def build_message(
     postal_address: str,
     send_id: str,
     date: datetime | None = None,
+    unsubscribe_url: str | None = None,
 ) -> bytes:
     """The message as bytes: headers, body, and a footer with address and opt-out.
 
     ``send_id`` goes into ``X-Send-Id`` so a bounce can be matched to the send.
+    With ``unsubscribe_url`` (https, one-click), ``List-Unsubscribe`` names it
+    first and the mailto second, ``List-Unsubscribe-Post`` asks for RFC 8058
+    one-click, and the footer shows the link.
     """
     stamp = format_datetime(date or datetime.now(timezone.utc))
-    text = sent_text(body, sender=sender, postal_address=postal_address)
-    fast = _plain_message(sender, to, subject, text, message_id, send_id, stamp)
-    if fast is not None:
-        return fast
-    return _library_message(sender, to, subject, text, message_id, send_id, stamp)
+    text = sent_text(body, sender=sender, postal_address=postal_address, unsubscribe_url=unsubscribe_url)
+    if unsubscribe_url is None:
+        fast = _plain_message(sender, to, subject, text, message_id, send_id, stamp)
+        if fast is not None:
+            return fast
+    return _library_message(sender, to, subject, text, message_id, send_id, stamp, unsubscribe_url)
 
 
-def sent_text(body: str, *, sender: str, postal_address: str) -> str:
+def sent_text(body: str, *, sender: str, postal_address: str, unsubscribe_url: str | None = None) -> str:
     """The body as it is sent: ``body`` and the footer every message gets (postal address, opt-out).
     The copywriter checks this text before a draft may reach the outbox."""
-    return body.rstrip() + _footer(sender, postal_address)
+    return body.rstrip() + _footer(sender, postal_address, unsubscribe_url)
 
 
-def _footer(sender: str, postal_address: str) -> str:
+def _footer(sender: str, postal_address: str, unsubscribe_url: str | None = None) -> str:
+    link = f"\nUnsubscribe with one click: {unsubscribe_url}" if unsubscribe_url else ""
     return (f"\n\n--\n{postal_address}\n"
-            f"To stop receiving these emails, reply with \"unsubscribe\" or write to unsubscribe@{sender_domain(sender)}.")
+            f"To stop receiving these emails, reply with \"unsubscribe\" or write to unsubscribe@{sender_domain(sender)}."
+            f"{link}")
 
 
 def _library_message(sender: str, to: str, subject: str, text: str, message_id: str, send_id: str,
-                     stamp: str) -> bytes:
+                     stamp: str, unsubscribe_url: str | None = None) -> bytes:
     """The message as the email library writes it (the reference for ``_plain_message``)."""
     msg = EmailMessage(policy=SMTP_POLICY)
     msg["From"] = _sender_header("From", sender)
@@ -106,7 +113,12 @@ def _library_message(sender: str, to: str, subject: str, text: str, message_id: 
     msg["Subject"] = subject
     msg["Date"] = stamp
     msg["Message-ID"] = message_id
-    msg["List-Unsubscribe"] = _sender_header("List-Unsubscribe", sender)
+    if unsubscribe_url is None:
+        msg["List-Unsubscribe"] = _sender_header("List-Unsubscribe", sender)
+    else:
+        # https first (RFC 8058), the mailto for clients without one-click.
+        msg["List-Unsubscribe"] = f"<{unsubscribe_url}>, <mailto:unsubscribe@{sender_domain(sender)}?subject=unsubscribe>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["X-Send-Id"] = send_id
     msg.set_content(text)
     return msg.as_bytes()

@@ -28,6 +28,7 @@ from agent.delivery.keys import idempotency_key
 from agent.delivery.ledger import LedgerEntry, OutboxLedger
 from agent.delivery.message import build_message, new_message_id
 from agent.delivery.suppression import SuppressionList
+from agent.delivery.unsubscribe import unsubscribe_url
 from agent.envelope import make_envelope, make_provenance
 from agent.errors import DeliveryError
 from agent.storage.db import Database
@@ -248,7 +249,9 @@ class OutboxChannel(BaseAgent):
                 return self._found(path, entry, marks)
             data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"],
                                  body=msg["body"], message_id=entry.message_id,
-                                 postal_address=settings.postal_address, send_id=key)
+                                 postal_address=settings.postal_address, send_id=key,
+                                 unsubscribe_url=unsubscribe_url(settings, context.tenant, msg["campaign_id"],
+                                                                 msg["lead_id"], msg["step"]))
             temp = _write_temp(directory, data)
         except Exception as exc:
             marks.append((key, "failed", None))

@@ -36,6 +36,7 @@ from agent.delivery.keys import idempotency_key
 from agent.delivery.ledger import LedgerEntry, OutboxLedger
 from agent.delivery.message import build_message, new_message_id
 from agent.delivery.suppression import SuppressionList
+from agent.delivery.unsubscribe import unsubscribe_url
 from agent.envelope import make_envelope, make_provenance
 from agent.errors import ConfigurationError, DeliveryError
 from agent.settings import Settings
@@ -165,7 +166,7 @@ class SmtpChannel(BaseAgent):
                     result.update({k: done[key][k] for k in ("status", "reason", "message_id")})
                     continue
                 entry, created = claims[key]
-                result.update(self._one(entry, created, msg, session, ledger, suppression, settings))
+                result.update(self._one(entry, created, msg, session, ledger, suppression, context))
                 done[key] = result
         finally:
             session.close()
@@ -191,7 +192,8 @@ class SmtpChannel(BaseAgent):
                 "provenance": msg.get("provenance")}
 
     def _one(self, entry: LedgerEntry, created: bool, msg: Mapping[str, Any], session: SmtpSession,
-             ledger: OutboxLedger, suppression: SuppressionList, settings: Settings) -> dict[str, Any]:
+             ledger: OutboxLedger, suppression: SuppressionList, context: RunContext) -> dict[str, Any]:
+        settings = context.settings
         key = entry.idempotency_key
         if entry.state == "sent":
             return {"status": "duplicate", "reason": "already_sent", "message_id": entry.message_id}
@@ -202,7 +204,9 @@ class SmtpChannel(BaseAgent):
             ledger.mark_many([(key, "unknown", None)])
             return {"status": "unknown", "reason": "earlier_attempt_unfinished", "message_id": entry.message_id}
         data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
-                             message_id=entry.message_id, postal_address=settings.postal_address, send_id=key)
+                             message_id=entry.message_id, postal_address=settings.postal_address, send_id=key,
+                             unsubscribe_url=unsubscribe_url(settings, context.tenant, msg["campaign_id"],
+                                                             msg["lead_id"], msg["step"]))
         envelope_from = _address(settings.sender)
         try:
             session.send(envelope_from, msg["to"], data)

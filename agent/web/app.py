@@ -1,0 +1,75 @@
+"""``create_app(settings)``: the HTTP app ``agent serve`` runs.
+
+- ``POST /u/{token}``: RFC 8058 one-click unsubscribe.  Unsubscribes at once
+  and idempotently (200 every time), with no login, cookie or redirect, and
+  withdraws the lead's drafts awaiting approval.  The body a mail client sends
+  (``List-Unsubscribe=One-Click``) is not required: the signed token is the
+  authority, and the confirm page's form posts the same way.
+- ``GET /u/{token}``: a confirm page with a button.  It never unsubscribes:
+  link scanners fetch every URL in a message.
+- A forged, altered or expired token gets 400 with a plain reason, and nothing
+  is written.  Responses carry no address; the log line carries no token.
+"""
+
+from __future__ import annotations
+
+import html
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse
+
+from agent.delivery.unsubscribe import TokenError, apply_unsubscribe, tokens_for
+from agent.settings import Settings, get_settings
+from agent.storage.db import Database
+
+__all__ = ["create_app"]
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
+<title>{title}</title></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<h1>{title}</h1>
+{content}
+</body></html>
+"""
+
+
+def _page(title: str, content: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), content=content), status_code=status,
+                        headers={"Cache-Control": "no-store"})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    tokens = tokens_for(settings)
+    db = Database.for_settings(settings)
+    app = FastAPI(title="agent", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/u/{token}", response_class=HTMLResponse)
+    def confirm(token: str) -> HTMLResponse:
+        try:
+            tokens.read(token)
+        except TokenError as exc:
+            return _page("This link does not work", f"<p>The unsubscribe link {html.escape(exc.reason)}.</p>", 400)
+        return _page("Unsubscribe", '<p>Stop receiving these emails?</p>'
+                     '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
+                     '<button type="submit">Unsubscribe</button></form>')
+
+    @app.post("/u/{token}")
+    async def unsubscribe(token: str, request: Request) -> PlainTextResponse:
+        await request.body()  # read and ignored: the signed token decides
+        try:
+            claims = tokens.read(token)
+        except TokenError as exc:
+            return PlainTextResponse(f"This unsubscribe link {exc.reason}.", status_code=400)
+        address, _ = apply_unsubscribe(db, claims, source="one_click")
+        if address is None:
+            return PlainTextResponse("This unsubscribe link names no message we sent.", status_code=404)
+        return PlainTextResponse("You are unsubscribed. You will not get further emails from this sender.",
+                                 headers={"Cache-Control": "no-store"})
+
+    @app.get("/healthz")
+    def health() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return app
