@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/search_quality.py
 	$(BIN)/python bench/hybrid_search.py
 	$(BIN)/python bench/smtp.py
+	$(BIN)/python bench/inbound.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -58,6 +58,7 @@ from agent.high_level_agents.orchestrators import (
     DeliveryOrchestrator,
     LeadOrchestrator,
     OutreachOrchestrator,
+    ReplyOrchestrator,
 )
 from agent.leads.importer import import_csv
 from agent.leads.query import LeadQuery
@@ -87,6 +88,7 @@ __all__ = [
     "LeadOrchestrator",
     "DeliveryOrchestrator",
     "OutreachOrchestrator",
+    "ReplyOrchestrator",
     "CampaignOrchestrator",
     "BaseAgent",
     "RunContext",

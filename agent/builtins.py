@@ -32,6 +32,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     from agent.high_level_agents.orchestrators.delivery import DeliveryOrchestrator
     from agent.high_level_agents.orchestrators.lead import LeadOrchestrator
     from agent.high_level_agents.orchestrators.outreach import OutreachOrchestrator
+    from agent.high_level_agents.orchestrators.reply import ReplyOrchestrator
 
     registry.register("lead_search", LeadSearchAgent, replace=replace)
     registry.register("semantic_search", SemanticSearchAgent, replace=replace)
@@ -46,6 +47,7 @@ def register_builtins(registry: Registry, *, replace: bool = False) -> Registry:
     registry.register("delivery_orchestrator", DeliveryOrchestrator, replace=replace)
     registry.register("outreach_orchestrator", OutreachOrchestrator, replace=replace)
     registry.register("campaign_orchestrator", CampaignOrchestrator, replace=replace)
+    registry.register("reply_orchestrator", ReplyOrchestrator, replace=replace)
     return registry
 
 

@@ -118,6 +118,16 @@ class Settings(BaseSettings):
         default=None, description="Key that signs unsubscribe tokens (at least 16 characters); default: a random "
                                   "key kept in the data directory.")
     unsubscribe_token_days: int = Field(default=365, ge=30, le=3650, description="Days an unsubscribe link works.")
+    imap_host: str | None = Field(default=None, description="The IMAP server replies and bounces arrive at.")
+    imap_port: int = Field(default=993, ge=1, le=65535)
+    imap_ssl: bool = Field(default=True, description="Implicit TLS (port 993); false: plain (a local server).")
+    imap_username: str | None = None
+    imap_password: SecretStr | None = Field(default=None, description="Its password (never logged).")
+    imap_folder: str = Field(default="INBOX")
+    imap_timeout: float = Field(default=30.0, gt=0, le=600)
+    inbound_webhook_token: SecretStr | None = Field(
+        default=None, description="Shared secret a POST to /inbound must carry (X-Agent-Token); unset: the "
+                                  "webhook is off.")
     plugins: str = Field(default="", description="Comma-separated modules whose `register(registry)` adds "
                                                  "agents and orchestrators (Celery workers load them too).")
     log_level: LogLevel = Field(

@@ -99,7 +99,7 @@ class OrchestratorsPackageExportsTests(unittest.TestCase):
 
         # Then it is exactly the orchestrators and the Registry
         self.assertEqual(exported, {"BaseOrchestrator", "LeadOrchestrator", "DeliveryOrchestrator",
-                                    "OutreachOrchestrator", "CampaignOrchestrator", "Registry"})
+                                    "OutreachOrchestrator", "CampaignOrchestrator", "ReplyOrchestrator", "Registry"})
 
     def test_orchestrators_package_names_are_the_top_level_objects(self):
         # Given / When each name the orchestrators package exports

@@ -37,6 +37,7 @@ def _add_commands() -> None:
     from agent.cli.campaign import campaign_app, runs_app, trace
     from agent.cli.drafts import drafts_app
     from agent.cli.flows import flow_app
+    from agent.cli.inbound import inbound_app
     from agent.cli.serve import serve
     from agent.cli.jobs import jobs_app
     from agent.cli.worker import worker
@@ -49,6 +50,7 @@ def _add_commands() -> None:
     app.command("serve")(serve)
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(drafts_app, name="drafts")
+    app.add_typer(inbound_app, name="inbound")
 
 
 _add_commands()

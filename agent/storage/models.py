@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "EngineRun",
            "EngineStep", "AuditRunRow", "AuditEnvelopeRow", "AuditRecordRow", "AuditFailureRow",
            "AuditDeliveryRow", "QueueJobRow", "LLMCacheRow", "LeadVectorRow",
-           "VariantAssignmentRow", "DraftRow", "utcnow"]
+           "VariantAssignmentRow", "DraftRow", "InboundMessageRow", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -375,3 +375,28 @@ class DraftRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class InboundMessageRow(Base):
+    """An inbound message, raw, as it came (IMAP, a file, the webhook); classified and acted on after."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "identity", name="uq_inbound_messages_identity"),
+        Index("ix_inbound_messages_tenant_processed", "tenant_id", "processed_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    identity: Mapped[str] = mapped_column(String(300))  # "mid:<Message-ID>" or "sha256:<hex>"
+    source: Mapped[str] = mapped_column(String(32))
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str | None] = mapped_column(String(32))
+    result_json: Mapped[str | None] = mapped_column(Text)
+    lead_id: Mapped[str | None] = mapped_column(String(128))
+    campaign_id: Mapped[str | None] = mapped_column(String(128))
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)

@@ -9,16 +9,25 @@
   link scanners fetch every URL in a message.
 - A forged, altered or expired token gets 400 with a plain reason, and nothing
   is written.  Responses carry no address; the log line carries no token.
+- ``POST /inbound``: a raw message from a mail provider's webhook, with the
+  shared ``X-Agent-Token``; stored raw, then processed by the
+  ``ReplyOrchestrator`` (202).  Off unless ``AGENT_INBOUND_WEBHOOK_TOKEN`` is set.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
+from functools import lru_cache
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from agent.delivery.unsubscribe import TokenError, apply_unsubscribe, tokens_for
+from agent.errors import InvalidInput
+from agent.inbound.intake import process_pending
+from agent.inbound.store import MAX_BYTES, InboundStore
 from agent.settings import Settings, get_settings
 from agent.storage.db import Database
 
@@ -45,6 +54,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     db = Database.for_settings(settings)
     app = FastAPI(title="agent", docs_url=None, redoc_url=None, openapi_url=None)
 
+    @lru_cache(maxsize=1)
+    def reply_orchestrator() -> Any:
+        from agent.high_level_agents.orchestrators import ReplyOrchestrator
+
+        return ReplyOrchestrator(settings=settings)
+
     @app.get("/u/{token}", response_class=HTMLResponse)
     def confirm(token: str) -> HTMLResponse:
         try:
@@ -67,6 +82,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse("This unsubscribe link names no message we sent.", status_code=404)
         return PlainTextResponse("You are unsubscribed. You will not get further emails from this sender.",
                                  headers={"Cache-Control": "no-store"})
+
+    @app.post("/inbound")
+    async def inbound(request: Request) -> JSONResponse:
+        """A raw message (``message/rfc822`` body) from a mail provider's webhook: stored, then processed."""
+        expected = settings.inbound_webhook_token
+        if expected is None:
+            return JSONResponse({"error": "the inbound webhook is off (AGENT_INBOUND_WEBHOOK_TOKEN)"}, 404)
+        given = request.headers.get("x-agent-token", "")
+        if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+            return JSONResponse({"error": "token: missing or wrong"}, 401)
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BYTES:
+            return JSONResponse({"error": f"message: over the {MAX_BYTES:,} bytes kept"}, 413)
+        raw = await request.body()
+        store = InboundStore(db, tenant=settings.tenant)
+        try:
+            stored, new = store.store(raw, source="webhook")
+        except InvalidInput as exc:
+            return JSONResponse({"error": f"{exc.field}: {exc.reason}"}, 413 if "bytes" in exc.reason else 400)
+        counts = process_pending(reply_orchestrator(), store, limit=10) if new else {}
+        return JSONResponse({"inbound_id": stored.id, "stored": new, "processed": counts}, 202)
 
     @app.get("/healthz")
     def health() -> PlainTextResponse:

@@ -1,0 +1,203 @@
+"""ReplyOrchestrator: one stored inbound message in; classified, matched to its thread, acted on, audited.
+
+The flow::
+
+    read ── classify ── match ── act
+
+``read`` takes the raw bytes the inbound store kept (so the whole flow can run
+again on any message); ``classify`` applies the rules (bounce, complaint,
+auto-reply, out-of-office, unsubscribe request) and, for a human reply only,
+the sentiment (``unknown`` when it fails); ``match`` finds the message of ours
+it answers; ``act`` does what the kind asks:
+
+- hard bounce, complaint, unsubscribe request: the address is suppressed (a
+  5.7.x policy bounce is not: our sending is the problem, and the outcome says
+  so); a soft bounce is suppressed after three;
+- reply: the lead is ``replied`` and its drafts awaiting approval are
+  withdrawn (a reply stops the sequence);
+- out-of-office: the lead is ``out_of_office``, with the return date when the
+  message gives one (the sequence waits, it does not stop);
+- other machine mail: recorded, nothing else.
+
+Every step's envelope is audited like any run's; the inbound row records the
+outcome.  Malformed mail never stops the flow: the rules classify what they
+can, and an unparsable message is a ``reply`` with reason ``unparsed``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select, update
+
+from agent.delivery.suppression import SuppressionList
+from agent.drafts import DraftStore
+from agent.embeddings import embedder_for
+from agent.engine.flow import Flow, FlowGraph
+from agent.engine.outputs import Output
+from agent.engine.state import FlowState
+from agent.high_level_agents.orchestrators.base import BaseOrchestrator
+from agent.inbound.classify import Classification, classify
+from agent.inbound.sentiment import SentimentClassifier
+from agent.inbound.store import InboundStore
+from agent.inbound.threads import match_thread, sender_address
+from agent.storage.db import Database
+from agent.storage.models import Contact, InboundMessageRow
+
+__all__ = ["ReplyOrchestrator", "ReplyPayload"]
+
+SOFT_BOUNCE_LIMIT = 3
+_SOURCE = "inbound"
+
+
+class ReplyPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inbound_id: int = Field(ge=1, strict=True)
+
+
+class ReplyOrchestrator(BaseOrchestrator):
+    name: ClassVar[str] = "reply_orchestrator"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"read", "write"})
+    payload_model: ClassVar[type[BaseModel]] = ReplyPayload
+    passthrough_envelopes: ClassVar[bool] = False
+
+    def build_flow(self, variant: Any = None) -> FlowGraph:
+        return (Flow(self.name, input_model=ReplyPayload)
+                .node("read", self._read, lineage=None, description="the stored raw message, parsed")
+                .node("classify", self._classify, description="rules, then sentiment for a human reply")
+                .node("match", self._match, description="the message of ours it answers")
+                .node("act", self._act, description="suppress, update the lead, withdraw drafts; record")
+                .then("read", "classify", "match", "act")
+                .build())
+
+    # -- nodes ------------------------------------------------------------------------------------
+    def _db(self) -> Database:
+        return Database.for_settings(self.settings)
+
+    def _read(self, state: FlowState) -> Output:
+        stored = InboundStore(self._db(), tenant=state.tenant).get(state.input.inbound_id)
+        message = email.message_from_bytes(stored.raw, policy=email.policy.default)
+        record = {"inbound_id": stored.id, "identity": stored.identity, "source": stored.source,
+                  "size": len(stored.raw), "from": _header(message, "From"), "subject": _header(message, "Subject"),
+                  "sender": sender_address(_header(message, "From"))}
+        return Output([record], source=_SOURCE, source_id=f"inbound_messages/{stored.id}")
+
+    def _classify(self, state: FlowState) -> list[dict[str, Any]]:
+        stored = InboundStore(self._db(), tenant=state.tenant).get(state.input.inbound_id)
+        message = email.message_from_bytes(stored.raw, policy=email.policy.default)
+        try:
+            found = classify(message)
+        except Exception as exc:  # noqa: BLE001 - the rules promise not to raise; if they do, the mail is kept
+            found = Classification(kind="reply", reason=f"unparsed:{type(exc).__name__}")
+        record: dict[str, Any] = {"kind": found.kind, "reason": found.reason, "machine": found.machine,
+                                  "bounces": [asdict(b) for b in found.bounces],
+                                  "return_date": found.return_date.isoformat() if found.return_date else None,
+                                  "original_message_ids": list(found.original_message_ids), "send_id": found.send_id,
+                                  "sentiment": None}
+        if found.kind == "reply":
+            from agent.llm import LLMClient
+
+            classifier = SentimentClassifier(embedder_for(self.settings), LLMClient(self.settings))
+            sentiment = classifier.classify(_body(message))
+            record["sentiment"] = {"label": sentiment.label, "method": sentiment.method, **sentiment.detail}
+        return [record]
+
+    def _match(self, state: FlowState) -> list[dict[str, Any]]:
+        read = state.records("read")[0]
+        found = state.records("classify")[0]
+        match = match_thread(self._db(), state.tenant, sender=read["sender"], subject=read["subject"] or "",
+                             send_id=found["send_id"], message_ids=tuple(found["original_message_ids"]))
+        return [{"matched": match is not None, **(match.to_dict() if match else {})}]
+
+    def _act(self, state: FlowState) -> Output:
+        db = self._db()
+        read, found, match = state.records("read")[0], state.records("classify")[0], state.records("match")[0]
+        kind = found["kind"]
+        actions: list[dict[str, Any]] = []
+        suppression = SuppressionList(db, tenant=state.tenant)
+        lead_id = match.get("lead_id") if match["matched"] else None
+        if kind == "bounce":
+            for bounce in found["bounces"]:
+                address = bounce["recipient"] or (read["sender"] if not match["matched"] else None)
+                if not address:
+                    continue
+                if bounce["severity"] == "hard":
+                    suppression.add(address, reason="hard_bounce", source="dsn", evidence=bounce["status"])
+                    actions.append({"action": "suppressed", "address": address, "reason": "hard_bounce"})
+                    self._status(db, state.tenant, lead_id, "bounced", actions)
+                elif bounce["severity"] == "policy":
+                    actions.append({"action": "mailbox_attention", "status": bounce["status"],
+                                    "reason": "our sending was refused (5.7.x): the recipient is not suppressed"})
+                elif self._soft_bounces(db, state.tenant, address) >= SOFT_BOUNCE_LIMIT:
+                    suppression.add(address, reason="soft_bounces", source="dsn", evidence=bounce["status"])
+                    actions.append({"action": "suppressed", "address": address, "reason": "soft_bounces"})
+                else:
+                    actions.append({"action": "soft_bounce_counted", "address": address})
+        elif kind in ("complaint", "unsubscribe") and (match.get("to_address") or read["sender"]):
+            address = match.get("to_address") if kind == "complaint" and match["matched"] else read["sender"]
+            reason = "complaint" if kind == "complaint" else "unsubscribe_reply"
+            suppression.add(address, reason=reason, source="inbound", evidence=read["identity"][:200])
+            actions.append({"action": "suppressed", "address": address, "reason": reason})
+            actions.extend(self._withdraw(db, state.tenant, address, f"the recipient sent a {kind}"))
+            self._status(db, state.tenant, lead_id, "unsubscribed" if kind == "unsubscribe" else "complained", actions)
+        elif kind == "reply" and match["matched"] and match["from_recipient"]:
+            self._status(db, state.tenant, lead_id, "replied", actions)
+            actions.extend(self._withdraw(db, state.tenant, match["to_address"], "the lead replied"))
+        elif kind == "out_of_office" and match["matched"]:
+            self._status(db, state.tenant, lead_id, "out_of_office", actions)
+            actions.append({"action": "sequence_waits", "until": found["return_date"]})
+        outcome = {"kind": kind, "reason": found["reason"], "sentiment": found["sentiment"], "match": match,
+                   "actions": actions, "return_date": found["return_date"]}
+        InboundStore(db, tenant=state.tenant).done(state.input.inbound_id, kind=kind, result=outcome,
+                                                   lead_id=lead_id, campaign_id=match.get("campaign_id"))
+        return Output([{"inbound_id": read["inbound_id"], **outcome}], source=_SOURCE)
+
+    # -- helpers ----------------------------------------------------------------------------------
+    @staticmethod
+    def _status(db: Database, tenant: str, lead_id: str | None, status: str, actions: list[dict[str, Any]]) -> None:
+        if not lead_id or not str(lead_id).isdigit():
+            return
+        with db.connect(write=True) as conn:
+            changed = conn.execute(update(Contact).where(Contact.tenant_id == tenant, Contact.id == int(lead_id))
+                                   .values(status=status)).rowcount
+        if changed:
+            actions.append({"action": "lead_status", "lead_id": str(lead_id), "status": status})
+
+    @staticmethod
+    def _withdraw(db: Database, tenant: str, address: str | None, why: str) -> list[dict[str, Any]]:
+        drafts = DraftStore(db, tenant=tenant)
+        waiting = [d.id for d in drafts.list(status="awaiting_approval", limit=10_000) if d.to == address]
+        if not waiting:
+            return []
+        drafts.reject(waiting, by="inbound", reason=why)
+        return [{"action": "drafts_withdrawn", "count": len(waiting)}]
+
+    @staticmethod
+    def _soft_bounces(db: Database, tenant: str, address: str) -> int:
+        """Soft bounces for ``address`` seen before, this one included."""
+        pattern = f'%"action": "soft_bounce_counted", "address": "{address}"%'
+        with db.connect() as conn:
+            seen = conn.execute(select(func.count()).select_from(InboundMessageRow).where(
+                InboundMessageRow.tenant_id == tenant, InboundMessageRow.kind == "bounce",
+                InboundMessageRow.result_json.like(pattern))).scalar_one()
+        return int(seen) + 1
+
+
+def _header(message: Any, name: str) -> str | None:
+    try:
+        value = message.get(name)
+        return None if value is None else " ".join(str(value).split())[:500]
+    except Exception:  # noqa: BLE001 - a header the library cannot parse is absent for us
+        return None
+
+
+def _body(message: Any) -> str:
+    try:
+        part = message.get_body(preferencelist=("plain",)) if message.is_multipart() else message
+        return part.get_content() if part is not None else ""
+    except Exception:  # noqa: BLE001 - undecodable content: no words of its own
+        return ""
