@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     smtp_timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds an SMTP command may wait.")
     smtp_ca_file: str | None = Field(default=None, description="CA certificates to trust for the server's TLS "
                                                                "certificate (default: the system's).")
+    dkim_domain: str | None = Field(default=None, description="Sign outgoing SMTP mail with DKIM for this domain "
+                                                              "(d=); needs dkim_selector and dkim_private_key_file.")
+    dkim_selector: str | None = Field(default=None, description="The DKIM selector (s=).")
+    dkim_private_key_file: str | None = Field(default=None, description="PEM file of the DKIM private key.")
     unsubscribe_base_url: str | None = Field(
         default=None, pattern=r"^https://[^\s/]+(/[^\s]*)?$",
         description="The public https address of `agent serve` (e.g. https://mail.example.com): messages then "

@@ -159,6 +159,34 @@ class SmtpChannelTest(unittest.TestCase):
         self.assertEqual([r["status"] for r in results], ["sent", "sent"])
         self.assertEqual(len(later.received), 2)
 
+    def test_dkim_signs_what_is_sent_and_a_receiver_verifies_it(self) -> None:
+        import base64
+        import subprocess
+        import tempfile
+
+        import dkim
+
+        server = self.start()
+        keys = tempfile.mkdtemp(prefix="agent-dkim-")
+        private, public = f"{keys}/private.pem", f"{keys}/public.der"
+        subprocess.run(["openssl", "genrsa", "-out", private, "2048"], check=True, capture_output=True)
+        subprocess.run(["openssl", "rsa", "-in", private, "-pubout", "-outform", "DER", "-out", public],
+                       check=True, capture_output=True)
+        record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(open(public, "rb").read())
+        home = self.home(server, dkim_domain="sender.example", dkim_selector="s1", dkim_private_key_file=private,
+                         unsubscribe_base_url="https://mail.sender.example")
+        self.assertEqual(self.deliver(home, message("a", "a@acme.example"))[0]["status"], "sent")
+        raw = server.received[0].data
+        self.assertTrue(raw.startswith(b"DKIM-Signature:"))
+        signed = raw.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
+        self.assertIn(b"list-unsubscribe-post", signed.lower().split(b"h=", 1)[1].split(b";", 1)[0])
+
+        def dns(name: bytes, timeout: int = 5) -> bytes:
+            return record if name == b"s1._domainkey.sender.example." else b""
+
+        self.assertTrue(dkim.verify(raw, dnsfunc=dns))
+        self.assertFalse(dkim.verify(raw.replace(b"Are you free", b"Are you busy"), dnsfunc=dns))
+
     def test_without_a_server_configured_the_channel_says_which_setting(self) -> None:
         home = TempHome()
         self.addCleanup(home.cleanup)

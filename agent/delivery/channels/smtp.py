@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 from agent.agents.base import BaseAgent
 from agent.context import RunContext
+from agent.delivery.dkim_signing import signer_for
 from agent.delivery.keys import idempotency_key
 from agent.delivery.ledger import LedgerEntry, OutboxLedger
 from agent.delivery.message import build_message, new_message_id
@@ -207,6 +208,9 @@ class SmtpChannel(BaseAgent):
                              message_id=entry.message_id, postal_address=settings.postal_address, send_id=key,
                              unsubscribe_url=unsubscribe_url(settings, context.tenant, msg["campaign_id"],
                                                              msg["lead_id"], msg["step"]))
+        signer = signer_for(settings)
+        if signer is not None:
+            data = signer.sign(data)
         envelope_from = _address(settings.sender)
         try:
             session.send(envelope_from, msg["to"], data)
