@@ -121,6 +121,13 @@ class Settings(BaseSettings):
     unsubscribe_secret: SecretStr | None = Field(
         default=None, description="Key that signs unsubscribe tokens (at least 16 characters); default: a random "
                                   "key kept in the data directory.")
+    @field_validator("unsubscribe_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("needs at least 16 characters")
+        return value
+
     unsubscribe_token_days: int = Field(default=365, ge=30, le=3650, description="Days an unsubscribe link works.")
     imap_host: str | None = Field(default=None, description="The IMAP server replies and bounces arrive at.")
     imap_port: int = Field(default=993, ge=1, le=65535)

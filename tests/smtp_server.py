@@ -36,6 +36,7 @@ class _Handler:
     received: list[Received] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)  # address -> reply at RCPT
     drop_data_for: set[str] = field(default_factory=set)  # addresses whose DATA loses the connection
+    refuse_data: dict[str, str] = field(default_factory=dict)  # address -> reply to its message body
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,6 +60,9 @@ class _Handler:
         if set(envelope.rcpt_tos) & self.drop_data_for:
             server.transport.close()  # gone before the 250: the client cannot know the outcome
             return "421 closing"
+        for address in envelope.rcpt_tos:
+            if address in self.refuse_data:
+                return self.refuse_data[address]
         with self.lock:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 Message accepted"

@@ -113,6 +113,39 @@ class InboundTest(unittest.TestCase):
         self.assertEqual(stop["kind"], "unsubscribe")
         self.assertEqual(SuppressionList(self.db).suppressed([sent["to"]]), {sent["to"]: "unsubscribe_reply"})
 
+    def test_a_complaint_suppresses_the_person_who_complained_never_the_feedback_loop(self) -> None:
+        raw = (Path(__file__).parent / "fixtures" / "inbound" / "arf_complaint.eml").read_bytes()
+        outcome = self.receive(raw)
+        self.assertEqual(outcome["kind"], "complaint")
+        self.assertEqual(SuppressionList(self.db).suppressed(["e.kowalski@mailbox-provider.example",
+                                                              "fbl@mailbox-provider.example"]),
+                         {"e.kowalski@mailbox-provider.example": "complaint"})
+
+    def test_a_reply_withdraws_drafts_whatever_the_case_of_the_address(self) -> None:
+        sent = self.sent(8)
+        draft = {"to": sent["to"].upper().replace("@", "@"), "subject": "F", "body": "Hi", "lead_id": "8",
+                 "campaign_id": "c3", "step": 1}
+        draft["provenance"] = make_provenance(draft, source="test")
+        DraftStore(self.db).park([draft], run_id="r2")
+        self.receive(_message(sent["to"], "Re: Pipeline quality at your company", "Not now, thanks.",
+                              in_reply_to=sent["message_id"]))
+        self.assertEqual([d.status for d in DraftStore(self.db).list(status=None)], ["rejected"])
+
+    def test_a_message_whose_processing_fails_stays_pending_for_the_next_run(self) -> None:
+        stored, _ = self.store.store(_message("x@acme.example", "Hello", "A human message."), source="test")
+
+        class Failing(ReplyOrchestrator):
+            def execute(self, payload, context):  # type: ignore[no-untyped-def]
+                from agent.errors import StorageError
+
+                raise StorageError("database is locked")
+
+        counts = process_pending(Failing(settings=self.home.settings), self.store)
+        self.assertEqual(counts, {"error": 1})
+        self.assertEqual([m.id for m in self.store.pending()], [stored.id])
+        self.assertEqual(process_pending(self.replies, self.store), {"reply": 1})
+        self.assertEqual(self.store.pending(), [])
+
     def test_the_same_message_is_stored_once_and_bad_input_never_stops_the_loop(self) -> None:
         folder = Path(self.home.path, "mail")
         folder.mkdir()

@@ -91,6 +91,39 @@ class SmtpChannelTest(unittest.TestCase):
         self.assertEqual(retry[0]["status"], "sent")
         self.assertEqual(retry[0]["message_id"], results[1]["message_id"])
 
+    def test_a_refusal_that_does_not_say_the_address_is_gone_is_a_bounce_but_suppresses_nobody(self) -> None:
+        server = self.start()
+        server.handler.refuse["blocked@acme.example"] = "550 rejected, listed at a blocklist"
+        server.handler.refuse_data["big@acme.example"] = "552 5.3.4 message too big"
+        home = self.home(server)
+        results = self.deliver(home, message("a", "blocked@acme.example"), message("b", "big@acme.example"))
+        self.assertEqual([(r["status"], r["reason"]) for r in results],
+                         [("bounced", "refused:rcpt:550"), ("bounced", "refused:data:552 5.3.4")])
+        self.assertEqual(SuppressionList(home.database()).suppressed(["blocked@acme.example", "big@acme.example"]),
+                         {})
+
+    def test_a_failed_key_is_retried_by_one_attempt_only(self) -> None:
+        server = self.start()
+        server.handler.refuse["t@acme.example"] = "451 4.3.0 try again later"
+        home = self.home(server)
+        [first] = self.deliver(home, message("t", "t@acme.example"))
+        self.assertEqual(first["status"], "failed")
+        server.handler.refuse.clear()
+        # Given another attempt has already taken the failed row back for its retry
+        key = idempotency_key("default", "c1", "t", 1)
+        self.assertTrue(OutboxLedger(home.database()).take(key, first["message_id"]))
+        # When this attempt retries too, then it does not send: one DATA per key
+        [second] = self.deliver(home, message("t", "t@acme.example"))
+        self.assertEqual((second["status"], second["reason"]), ("unknown", "earlier_attempt_unfinished"))
+        self.assertEqual(server.received, [])
+
+    def test_the_same_key_twice_in_one_request_is_sent_once(self) -> None:
+        server = self.start()
+        home = self.home(server)
+        results = self.deliver(home, message("a", "a@acme.example"), message("a", "a@acme.example"))
+        self.assertEqual([r["status"] for r in results], ["sent", "duplicate"])
+        self.assertEqual(len(server.received), 1)
+
     def test_exactly_one_data_per_key_whatever_the_retries(self) -> None:
         server = self.start()
         home = self.home(server)

@@ -137,9 +137,10 @@ class OneClickTest(unittest.TestCase):
         payload, signature = path.removeprefix("/u/").split(".")
         forged = f"/u/{payload[:-2]}AA.{signature}"
         for method in ("get", "post"):
-            answer = getattr(self.http, method)(forged)
-            self.assertEqual(answer.status_code, 400)
-            self.assertIn("not", answer.text)
+            for bad in (forged, "/u/caf%C3%A9.%C3%A9t%C3%A9"):  # altered, and not even ASCII
+                answer = getattr(self.http, method)(bad)
+                self.assertEqual(answer.status_code, 400, bad)
+                self.assertIn("not", answer.text)
         self.assertEqual(SuppressionList(self.home.database()).suppressed(["max@acme.example"]), {})
 
 

@@ -95,6 +95,15 @@ class OutboxLedger:
                                        r["message_id"] == proposed[r["idempotency_key"]])
                 for r in found}
 
+    def take(self, key: str, message_id: str) -> bool:
+        """Take a ``failed`` row back to ``sending`` for one more attempt; False if another attempt has it
+        (or it is no longer ``failed``): only the taker may send."""
+        table = OutboxMessage.__table__
+        with self.db.connect() as conn:
+            return conn.execute(update(table).where(
+                table.c.idempotency_key == key, table.c.message_id == message_id, table.c.state == "failed",
+            ).values(state="sending")).rowcount == 1
+
     def mark_many(self, marks: list[tuple[str, str, str | None]]) -> None:
         """``mark`` for many ``(key, state, location)`` in one transaction."""
         if not marks:

@@ -27,7 +27,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
-from agent.errors import InvalidInput
+from agent.errors import ConfigurationError, InvalidInput
 from agent.settings import Settings
 
 __all__ = ["UnsubscribeToken", "TokenError", "Unsubscribe", "apply_unsubscribe", "secret_for", "tokens_for",
@@ -69,8 +69,10 @@ class UnsubscribeToken:
         return f"{payload}.{self._sign(payload)}"
 
     def read(self, token: str, *, today: date | None = None) -> Unsubscribe:
+        if not token.isascii() or len(token) > 1024:
+            raise TokenError("is not an unsubscribe token")
         payload, dot, signature = token.partition(".")
-        if not dot or not payload or not signature or len(token) > 1024:
+        if not dot or not payload or not signature:
             raise TokenError("is not an unsubscribe token")
         if not hmac.compare_digest(signature, self._sign(payload)):
             raise TokenError("is not valid (it was changed, or not made here)")
@@ -105,19 +107,44 @@ def secret_for(settings: Settings) -> bytes:
 
 
 def _data_dir_key(path: Path) -> bytes:
+    """The key in ``path``, made once: written whole under a temporary name, made durable, then linked
+    into place (a link never replaces a file), so no process ever reads half a key."""
+    for _ in range(50):
+        key = _read_key(path)
+        if key is not None:
+            return key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_hex(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                pass  # another process made it first: read theirs
+        finally:
+            os.unlink(temp)
+    raise ConfigurationError(f"setting unsubscribe_secret: the key file {path} is not a 64-digit hex key; "
+                             "remove it, or set AGENT_UNSUBSCRIBE_SECRET")
+
+
+def _read_key(path: Path) -> bytes | None:
     try:
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+        text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32)
+        return None
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    if len(text) != 64:
+        raise ConfigurationError(f"setting unsubscribe_secret: the key file {path} is not a 64-digit hex key; "
+                                 "remove it, or set AGENT_UNSUBSCRIBE_SECRET")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(key)
-    return bytes.fromhex(key)
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ConfigurationError(f"setting unsubscribe_secret: the key file {path} is not hex") from None
 
 
 def tokens_for(settings: Settings) -> UnsubscribeToken:
@@ -170,7 +197,8 @@ def apply_unsubscribe(db: Any, request: Unsubscribe, *, source: str) -> tuple[st
         address, reason="unsubscribed", source=source,
         evidence=f"campaign {request.campaign_id} step {request.step}")
     drafts = DraftStore(db, tenant=request.tenant)
-    waiting = [d.id for d in drafts.list(status="awaiting_approval", limit=10_000) if d.to == address]
+    waiting = [d.id for d in drafts.list(status="awaiting_approval", limit=10_000)
+               if d.to.strip().lower() == address.strip().lower() or d.lead_id == request.lead_id]
     if waiting:
         drafts.reject(waiting, by="unsubscribe", reason="the recipient unsubscribed")
     return address, newly

@@ -4,8 +4,8 @@ Every source stores the raw bytes first (``InboundStore``) and only then
 lets go of the message (an IMAP message is flagged ``\\Seen`` after it is
 stored), so a crash in between fetches it again, stored once.  Processing
 runs the ``ReplyOrchestrator`` on each pending message; a message it cannot
-process is recorded with its error and the loop goes on: nothing stops the
-inbound loop, and nothing already stored is lost.
+process keeps its error and stays pending for the next run, and the loop goes
+on: nothing stops the inbound loop, and nothing already stored is lost.
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ def process_pending(orchestrator: Any, store: InboundStore, *, limit: int = 100)
             envelope = orchestrator.run({"inbound_id": message.id})
             kind = envelope["records"][0]["kind"]
         except AgentError as exc:
-            store.done(message.id, kind=None, result={"error": exc.code}, error=f"{exc.code}: {exc}"[:500])
+            # Kept pending with its error: the next run tries it again (a locked database, a model
+            # down), so an opt-out is never lost to a passing failure.
+            store.failed(message.id, f"{exc.code}: {exc}"[:500])
             log.warning("inbound message %s not processed: %s", message.id, exc.code)
             kind = "error"
         counts[kind] = counts.get(kind, 0) + 1

@@ -89,6 +89,13 @@ class InboundStore:
             ).values(kind=kind, result_json=json.dumps(result, default=str, sort_keys=True), lead_id=lead_id,
                      campaign_id=campaign_id, processed_at=utcnow(), error=error))
 
+    def failed(self, message_id: int, error: str) -> None:
+        """Record why processing failed; the message stays pending for the next run."""
+        with self.db.connect(write=True) as conn:
+            conn.execute(update(InboundMessageRow).where(
+                InboundMessageRow.id == message_id, InboundMessageRow.tenant_id == self.tenant,
+            ).values(error=error))
+
     def result(self, message_id: int) -> dict[str, Any] | None:
         with self.db.connect() as conn:
             text = conn.execute(select(InboundMessageRow.result_json).where(

@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from agent.delivery.unsubscribe import TokenError, apply_unsubscribe, tokens_for
@@ -71,8 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                      '<button type="submit">Unsubscribe</button></form>')
 
     @app.post("/u/{token}")
-    async def unsubscribe(token: str, request: Request) -> PlainTextResponse:
-        await request.body()  # read and ignored: the signed token decides
+    def unsubscribe(token: str) -> PlainTextResponse:
+        # The body (List-Unsubscribe=One-Click) is never read: the signed token decides, and nothing
+        # an unauthenticated caller sends is buffered.  A plain ``def``: it runs off the event loop.
         try:
             claims = tokens.read(token)
         except TokenError as exc:
@@ -95,13 +97,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BYTES:
             return JSONResponse({"error": f"message: over the {MAX_BYTES:,} bytes kept"}, 413)
-        raw = await request.body()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():  # a chunked upload is cut off at the limit, not buffered whole
+            size += len(chunk)
+            if size > MAX_BYTES:
+                return JSONResponse({"error": f"message: over the {MAX_BYTES:,} bytes kept"}, 413)
+            chunks.append(chunk)
         store = InboundStore(db, tenant=settings.tenant)
         try:
-            stored, new = store.store(raw, source="webhook")
+            stored, new = await run_in_threadpool(store.store, b"".join(chunks), source="webhook")
         except InvalidInput as exc:
             return JSONResponse({"error": f"{exc.field}: {exc.reason}"}, 413 if "bytes" in exc.reason else 400)
-        counts = process_pending(reply_orchestrator(), store, limit=10) if new else {}
+        # Processed off the event loop: a model call must not stall the other requests.
+        counts = await run_in_threadpool(process_pending, reply_orchestrator(), store, limit=10) if new else {}
         return JSONResponse({"inbound_id": stored.id, "stored": new, "processed": counts}, 202)
 
     @app.get("/healthz")

@@ -43,7 +43,10 @@ from agent.errors import ConfigurationError, DeliveryError
 from agent.settings import Settings
 from agent.storage.db import Database
 
-__all__ = ["SmtpChannel", "SmtpSession"]
+__all__ = ["SmtpChannel", "SmtpSession", "ADDRESS_GONE"]
+
+# RFC 3463 statuses that say the recipient address is bad or gone (5.1.7 and 5.1.8 are the sender's).
+ADDRESS_GONE = frozenset({"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
 
 
 class _Unknown(Exception):
@@ -114,14 +117,17 @@ class SmtpSession:
                 continue
             try:
                 code, reply = smtp.data(data)
-            except smtplib.SMTPResponseException:
-                raise
-            except (smtplib.SMTPServerDisconnected, OSError, socket.timeout):
-                self.close()
+            except smtplib.SMTPDataError:
+                raise  # refused at the DATA command itself, before any of the body was sent
+            except (smtplib.SMTPException, OSError, socket.timeout):
+                self.close()  # lost, or an unreadable reply, after the body went out: it may be delivered
                 raise _Unknown() from None
-            if code != 250:
-                raise smtplib.SMTPDataError(code, reply)
-            return
+            if code == 250:
+                return
+            if 400 <= code < 600:
+                raise smtplib.SMTPDataError(code, reply)  # a proper refusal of the body
+            self.close()
+            raise _Unknown()  # a reply we cannot read (smtplib's -1): the server may have the message
 
     def close(self) -> None:
         if self._smtp is not None:
@@ -157,14 +163,20 @@ class SmtpChannel(BaseAgent):
         sending = [(r, m) for r, m in zip(results, messages) if m["to"] not in suppressed]
         claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
         session = SmtpSession(settings)
+        # Configuration that could fail a send is resolved before anything is claimed.
+        self._signer = signer_for(settings)
+        unsubscribe_url(settings, context.tenant, "check", "check", 1)
         done: dict[str, dict[str, Any]] = {}
         tried = 0
         try:
             for result, msg in sending:
                 key = result["idempotency_key"]
                 tried += 1
-                if key in done:  # the same (campaign, lead, step) twice in one request
-                    result.update({k: done[key][k] for k in ("status", "reason", "message_id")})
+                if key in done:  # the same (campaign, lead, step) twice in one request: sent once at most
+                    same = done[key]["to"] == result["to"]
+                    result.update(status="duplicate" if same else "conflict",
+                                  reason="same_key_in_request" if same else "content_changed",
+                                  message_id=done[key]["message_id"] if same else None)
                     continue
                 entry, created = claims[key]
                 result.update(self._one(entry, created, msg, session, ledger, suppression, context))
@@ -204,13 +216,19 @@ class SmtpChannel(BaseAgent):
             # An earlier attempt claimed it and may have reached DATA: never sent blindly again.
             ledger.mark_many([(key, "unknown", None)])
             return {"status": "unknown", "reason": "earlier_attempt_unfinished", "message_id": entry.message_id}
-        data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
-                             message_id=entry.message_id, postal_address=settings.postal_address, send_id=key,
-                             unsubscribe_url=unsubscribe_url(settings, context.tenant, msg["campaign_id"],
-                                                             msg["lead_id"], msg["step"]))
-        signer = signer_for(settings)
-        if signer is not None:
-            data = signer.sign(data)
+        if not created and not ledger.take(key, entry.message_id):
+            # A failed row is retried by one attempt only: another one took it first.
+            return {"status": "unknown", "reason": "another_attempt_in_progress", "message_id": entry.message_id}
+        try:
+            data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
+                                 message_id=entry.message_id, postal_address=settings.postal_address, send_id=key,
+                                 unsubscribe_url=unsubscribe_url(settings, context.tenant, msg["campaign_id"],
+                                                                 msg["lead_id"], msg["step"]))
+            if self._signer is not None:
+                data = self._signer.sign(data)
+        except Exception as exc:  # nothing was sent: the row must not stay "sending"
+            ledger.mark_many([(key, "failed", None)])
+            raise DeliveryError(f"message for key {key[:12]}… could not be built: {type(exc).__name__}") from None
         envelope_from = _address(settings.sender)
         try:
             session.send(envelope_from, msg["to"], data)
@@ -240,8 +258,13 @@ class SmtpChannel(BaseAgent):
         if 500 <= code < 600:
             if status.startswith("5.7."):  # policy: our sending is refused, not the address
                 return {"status": "failed", "reason": f"policy_refused:{detail}", "message_id": entry.message_id}
-            suppression.add(msg["to"], reason="hard_bounce", source="smtp", evidence=detail)
-            return {"status": "bounced", "reason": f"hard_bounce:{detail}", "message_id": entry.message_id}
+            if stage == "rcpt" and status in ADDRESS_GONE:
+                # The address itself does not exist (any more): never write to it again.
+                suppression.add(msg["to"], reason="hard_bounce", source="smtp", evidence=detail)
+                return {"status": "bounced", "reason": f"hard_bounce:{detail}", "message_id": entry.message_id}
+            # Refused for the message or for reasons the code does not pin on the address (size, content,
+            # a blocklist, no enhanced code): a bounce, recorded, but the address is not suppressed.
+            return {"status": "bounced", "reason": f"refused:{detail}", "message_id": entry.message_id}
         return {"status": "failed", "reason": f"deferred:{detail}", "message_id": entry.message_id}
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 from dataclasses import asdict
 from typing import Any, ClassVar
 
@@ -97,13 +98,16 @@ class ReplyOrchestrator(BaseOrchestrator):
                                   "bounces": [asdict(b) for b in found.bounces],
                                   "return_date": found.return_date.isoformat() if found.return_date else None,
                                   "original_message_ids": list(found.original_message_ids), "send_id": found.send_id,
-                                  "sentiment": None}
+                                  "recipient": getattr(found, "recipient", None), "sentiment": None}
         if found.kind == "reply":
             from agent.llm import LLMClient
 
-            classifier = SentimentClassifier(embedder_for(self.settings), LLMClient(self.settings))
-            sentiment = classifier.classify(_body(message))
-            record["sentiment"] = {"label": sentiment.label, "method": sentiment.method, **sentiment.detail}
+            try:
+                classifier = SentimentClassifier(embedder_for(self.settings), LLMClient(self.settings))
+                sentiment = classifier.classify(_body(message))
+                record["sentiment"] = {"label": sentiment.label, "method": sentiment.method, **sentiment.detail}
+            except Exception as exc:  # noqa: BLE001 - no embedder or model: the label is unknown, the reply kept
+                record["sentiment"] = {"label": "unknown", "method": "none", "error": type(exc).__name__}
         return [record]
 
     def _match(self, state: FlowState) -> list[dict[str, Any]]:
@@ -122,8 +126,10 @@ class ReplyOrchestrator(BaseOrchestrator):
         lead_id = match.get("lead_id") if match["matched"] else None
         if kind == "bounce":
             for bounce in found["bounces"]:
-                address = bounce["recipient"] or (read["sender"] if not match["matched"] else None)
+                # The address the report names, else the one we sent to: never the report's own sender.
+                address = bounce["recipient"] or (match.get("to_address") if match["matched"] else None)
                 if not address:
+                    actions.append({"action": "bounce_unattributed", "status": bounce["status"]})
                     continue
                 if bounce["severity"] == "hard":
                     suppression.add(address, reason="hard_bounce", source="dsn", evidence=bounce["status"])
@@ -132,21 +138,31 @@ class ReplyOrchestrator(BaseOrchestrator):
                 elif bounce["severity"] == "policy":
                     actions.append({"action": "mailbox_attention", "status": bounce["status"],
                                     "reason": "our sending was refused (5.7.x): the recipient is not suppressed"})
-                elif self._soft_bounces(db, state.tenant, address) >= SOFT_BOUNCE_LIMIT:
+                elif self._soft_bounces(db, state.tenant, address, state.input.inbound_id) >= SOFT_BOUNCE_LIMIT:
                     suppression.add(address, reason="soft_bounces", source="dsn", evidence=bounce["status"])
                     actions.append({"action": "suppressed", "address": address, "reason": "soft_bounces"})
                 else:
                     actions.append({"action": "soft_bounce_counted", "address": address})
-        elif kind in ("complaint", "unsubscribe") and (match.get("to_address") or read["sender"]):
-            address = match.get("to_address") if kind == "complaint" and match["matched"] else read["sender"]
-            reason = "complaint" if kind == "complaint" else "unsubscribe_reply"
-            suppression.add(address, reason=reason, source="inbound", evidence=read["identity"][:200])
-            actions.append({"action": "suppressed", "address": address, "reason": reason})
-            actions.extend(self._withdraw(db, state.tenant, address, f"the recipient sent a {kind}"))
-            self._status(db, state.tenant, lead_id, "unsubscribed" if kind == "unsubscribe" else "complained", actions)
+        elif kind == "complaint":
+            # The person who complained: the address we sent to, else the one the report names; never the
+            # feedback loop's own sender.
+            address = match.get("to_address") if match["matched"] else found.get("recipient")
+            if address:
+                suppression.add(address, reason="complaint", source="arf", evidence=read["identity"][:200])
+                actions.append({"action": "suppressed", "address": address, "reason": "complaint"})
+                actions.extend(self._withdraw(db, state.tenant, address, lead_id, "the recipient complained"))
+                self._status(db, state.tenant, lead_id, "complained", actions)
+        elif kind == "unsubscribe" and read["sender"]:
+            # Whoever asks is suppressed; the lead's own status and drafts change only if it was the lead.
+            suppression.add(read["sender"], reason="unsubscribe_reply", source="inbound",
+                            evidence=read["identity"][:200])
+            actions.append({"action": "suppressed", "address": read["sender"], "reason": "unsubscribe_reply"})
+            if match["matched"] and match["from_recipient"]:
+                actions.extend(self._withdraw(db, state.tenant, read["sender"], lead_id, "the recipient unsubscribed"))
+                self._status(db, state.tenant, lead_id, "unsubscribed", actions)
         elif kind == "reply" and match["matched"] and match["from_recipient"]:
             self._status(db, state.tenant, lead_id, "replied", actions)
-            actions.extend(self._withdraw(db, state.tenant, match["to_address"], "the lead replied"))
+            actions.extend(self._withdraw(db, state.tenant, match["to_address"], lead_id, "the lead replied"))
         elif kind == "out_of_office" and match["matched"]:
             self._status(db, state.tenant, lead_id, "out_of_office", actions)
             actions.append({"action": "sequence_waits", "until": found["return_date"]})
@@ -168,22 +184,26 @@ class ReplyOrchestrator(BaseOrchestrator):
             actions.append({"action": "lead_status", "lead_id": str(lead_id), "status": status})
 
     @staticmethod
-    def _withdraw(db: Database, tenant: str, address: str | None, why: str) -> list[dict[str, Any]]:
+    def _withdraw(db: Database, tenant: str, address: str | None, lead_id: str | None,
+                  why: str) -> list[dict[str, Any]]:
         drafts = DraftStore(db, tenant=tenant)
-        waiting = [d.id for d in drafts.list(status="awaiting_approval", limit=10_000) if d.to == address]
+        wanted = (address or "").strip().lower()
+        waiting = [d.id for d in drafts.list(status="awaiting_approval", limit=10_000)
+                   if d.to.strip().lower() == wanted or (lead_id is not None and d.lead_id == str(lead_id))]
         if not waiting:
             return []
         drafts.reject(waiting, by="inbound", reason=why)
         return [{"action": "drafts_withdrawn", "count": len(waiting)}]
 
     @staticmethod
-    def _soft_bounces(db: Database, tenant: str, address: str) -> int:
-        """Soft bounces for ``address`` seen before, this one included."""
-        pattern = f'%"action": "soft_bounce_counted", "address": "{address}"%'
+    def _soft_bounces(db: Database, tenant: str, address: str, this: int) -> int:
+        """Soft bounces for ``address``: the other messages that counted one, and this one."""
+        fragment = json.dumps({"action": "soft_bounce_counted", "address": address}, sort_keys=True)[1:-1]
         with db.connect() as conn:
             seen = conn.execute(select(func.count()).select_from(InboundMessageRow).where(
                 InboundMessageRow.tenant_id == tenant, InboundMessageRow.kind == "bounce",
-                InboundMessageRow.result_json.like(pattern))).scalar_one()
+                InboundMessageRow.id != this,
+                InboundMessageRow.result_json.contains(fragment, autoescape=True))).scalar_one()
         return int(seen) + 1
 
 
