@@ -226,3 +226,5 @@ class SmtpChannelTest(unittest.TestCase):
         with self.assertRaises(ConfigurationError) as caught:
             self.deliver(home, message("a", "a@acme.example"))
         self.assertIn("smtp_host", str(caught.exception))
+        # and nothing was claimed: the key is free for when a server is set
+        self.assertIsNone(OutboxLedger(home.database()).get(idempotency_key("default", "c1", "a", 1)))

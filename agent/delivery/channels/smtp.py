@@ -161,11 +161,11 @@ class SmtpChannel(BaseAgent):
                             "step": msg["step"], "subject": msg["subject"], "channel": self.channel,
                             "idempotency_key": key, "message_id": None, "location": None})
         sending = [(r, m) for r, m in zip(results, messages) if m["to"] not in suppressed]
-        claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
-        session = SmtpSession(settings)
         # Configuration that could fail a send is resolved before anything is claimed.
-        self._signer = signer_for(settings)
+        session = SmtpSession(settings)
+        signer = signer_for(settings)
         unsubscribe_url(settings, context.tenant, "check", "check", 1)
+        claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
         done: dict[str, dict[str, Any]] = {}
         tried = 0
         try:
@@ -179,7 +179,7 @@ class SmtpChannel(BaseAgent):
                                   message_id=done[key]["message_id"] if same else None)
                     continue
                 entry, created = claims[key]
-                result.update(self._one(entry, created, msg, session, ledger, suppression, context))
+                result.update(self._one(entry, created, msg, session, ledger, suppression, context, signer))
                 done[key] = result
         finally:
             session.close()
@@ -205,7 +205,8 @@ class SmtpChannel(BaseAgent):
                 "provenance": msg.get("provenance")}
 
     def _one(self, entry: LedgerEntry, created: bool, msg: Mapping[str, Any], session: SmtpSession,
-             ledger: OutboxLedger, suppression: SuppressionList, context: RunContext) -> dict[str, Any]:
+             ledger: OutboxLedger, suppression: SuppressionList, context: RunContext,
+             signer: Any) -> dict[str, Any]:
         settings = context.settings
         key = entry.idempotency_key
         if entry.state == "sent":
@@ -224,8 +225,8 @@ class SmtpChannel(BaseAgent):
                                  message_id=entry.message_id, postal_address=settings.postal_address, send_id=key,
                                  unsubscribe_url=unsubscribe_url(settings, context.tenant, msg["campaign_id"],
                                                                  msg["lead_id"], msg["step"]))
-            if self._signer is not None:
-                data = self._signer.sign(data)
+            if signer is not None:
+                data = signer.sign(data)
         except Exception as exc:  # nothing was sent: the row must not stay "sending"
             ledger.mark_many([(key, "failed", None)])
             raise DeliveryError(f"message for key {key[:12]}… could not be built: {type(exc).__name__}") from None
