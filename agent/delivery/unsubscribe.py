@@ -196,9 +196,6 @@ def apply_unsubscribe(db: Any, request: Unsubscribe, *, source: str) -> tuple[st
     newly = SuppressionList(db, tenant=request.tenant).add(
         address, reason="unsubscribed", source=source,
         evidence=f"campaign {request.campaign_id} step {request.step}")
-    drafts = DraftStore(db, tenant=request.tenant)
-    waiting = [d.id for d in drafts.list(status="awaiting_approval", limit=10_000)
-               if d.to.strip().lower() == address.strip().lower() or d.lead_id == request.lead_id]
-    if waiting:
-        drafts.reject(waiting, by="unsubscribe", reason="the recipient unsubscribed")
+    DraftStore(db, tenant=request.tenant).withdraw(address=address, lead_id=request.lead_id, by="unsubscribe",
+                                                   reason="the recipient unsubscribed")
     return address, newly

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
 from agent.envelope import PROVENANCE, canonical_json, make_provenance
 from agent.errors import InvalidInput, PayloadError
@@ -141,6 +141,21 @@ class DraftStore:
 
     def reject(self, draft_ids: Iterable[int], *, by: str, reason: str | None = None) -> list[Draft]:
         return [self._decide(i, REJECTED, by=by, reason=reason) for i in draft_ids]
+
+    def withdraw(self, *, address: str | None = None, lead_id: str | None = None, by: str, reason: str) -> int:
+        """Reject every draft awaiting approval to ``address`` (any case) or for ``lead_id``: the recipient
+        replied, unsubscribed or complained.  Returns how many; one conditional UPDATE."""
+        matches = []
+        if address:
+            matches.append(func.lower(DraftRow.to_address) == address.strip().lower())
+        if lead_id is not None:
+            matches.append(DraftRow.lead_id == str(lead_id))
+        if not matches:
+            return 0
+        with self.db.connect(write=True) as conn:
+            return int(conn.execute(update(DraftRow).where(
+                DraftRow.tenant_id == self.tenant, DraftRow.status == AWAITING, or_(*matches),
+            ).values(status=REJECTED, decided_by=_who(by), reason=reason, decided_at=utcnow())).rowcount)
 
     def edit(self, draft_id: int, *, by: str, subject: str | None = None, body: str | None = None,
              check: Callable[[dict[str, Any]], None] | None = None) -> Draft:

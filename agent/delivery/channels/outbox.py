@@ -24,12 +24,12 @@ from typing import Any, ClassVar
 
 from agent.agents.base import BaseAgent
 from agent.context import RunContext
-from agent.delivery.keys import idempotency_key
+from agent.delivery.channels.common import claim_fields, finish_records, result_records
 from agent.delivery.ledger import LedgerEntry, OutboxLedger
-from agent.delivery.message import build_message, new_message_id
+from agent.delivery.message import build_message
 from agent.delivery.suppression import SuppressionList
 from agent.delivery.unsubscribe import unsubscribe_url
-from agent.envelope import make_envelope, make_provenance
+from agent.envelope import make_envelope
 from agent.errors import DeliveryError
 from agent.storage.db import Database
 
@@ -158,17 +158,13 @@ class OutboxChannel(BaseAgent):
         messages = list(request["messages"])
         # Checked again right before the hand-over: a suppression may have landed since the gate.
         suppressed = SuppressionList(db, tenant=context.tenant).suppressed(m["to"] for m in messages)
-        results = []
-        for msg in messages:
-            key = idempotency_key(context.tenant, msg["campaign_id"], msg["lead_id"], msg["step"])
-            results.append({"to": msg["to"], "lead_id": msg["lead_id"], "campaign_id": msg["campaign_id"],
-                            "step": msg["step"], "subject": msg["subject"], "channel": self.channel,
-                            "idempotency_key": key, "message_id": None, "location": None})
+        results = result_records(messages, context, self.channel)
         sending = [(r, m) for r, m in zip(results, messages) if m["to"] not in suppressed]
         # Every key of the batch is claimed in one transaction before any file is written, and every
         # outcome marked in one after: a crash in between leaves claims in "sending", which a retry
         # finishes with the same Message-ID and content, never a second message.
-        claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
+        claims = ledger.claim_many([claim_fields(r["idempotency_key"], m, context, self.channel)
+                                    for r, m in sending])
         marks: list[tuple[str, str, str | None]] = []
         staged: list[_Staged] = []
         attempted = 0
@@ -204,24 +200,10 @@ class OutboxChannel(BaseAgent):
             # A batch stopped by a failure leaves no claim on the messages it never tried.
             ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[attempted:]
                                  if claims[r["idempotency_key"]][1]])
-        records = []
-        for result, msg in zip(results, messages):
-            if msg["to"] in suppressed:
-                result.update(status="skipped", reason="suppressed")
-            result["provenance"] = make_provenance(
-                result, source=f"channel:{self.channel}", source_id=result["idempotency_key"], agent=self.channel,
-                run_id=context.run_id, node=context.node, parents=[msg["parent_hash"]])
-            records.append(result)
+        records = finish_records(results, messages, suppressed, context, self.channel)
         return make_envelope(records, source=f"channel:{self.channel}", run_id=context.run_id,
                              flow=context.flow, node=context.node, agent=self.channel,
                              duration_ms=context.elapsed_ms())
-
-    def _claim(self, key: str, msg: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
-        return {"idempotency_key": key, "tenant_id": context.tenant, "campaign_id": msg["campaign_id"],
-                "lead_id": msg["lead_id"], "step": msg["step"], "channel": self.channel,
-                "message_id": new_message_id(context.settings.sender), "to_address": msg["to"],
-                "subject": msg["subject"], "record_hash": msg["parent_hash"], "run_id": context.run_id,
-                "provenance": msg.get("provenance")}
 
     def _deliver(self, entry: LedgerEntry, created: bool, directory: Path, msg: Mapping[str, Any],
                  context: RunContext, marks: list[tuple[str, str, str | None]], staged: list[_Staged],

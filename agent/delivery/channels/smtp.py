@@ -33,12 +33,12 @@ from typing import Any, ClassVar
 from agent.agents.base import BaseAgent
 from agent.context import RunContext
 from agent.delivery.dkim_signing import signer_for
-from agent.delivery.keys import idempotency_key
+from agent.delivery.channels.common import claim_fields, finish_records, result_records
 from agent.delivery.ledger import LedgerEntry, OutboxLedger
-from agent.delivery.message import build_message, new_message_id
+from agent.delivery.message import build_message
 from agent.delivery.suppression import SuppressionList
 from agent.delivery.unsubscribe import unsubscribe_url
-from agent.envelope import make_envelope, make_provenance
+from agent.envelope import make_envelope
 from agent.errors import ConfigurationError, DeliveryError
 from agent.settings import Settings
 from agent.storage.db import Database
@@ -154,18 +154,14 @@ class SmtpChannel(BaseAgent):
         suppression = SuppressionList(db, tenant=context.tenant)
         messages = list(request["messages"])
         suppressed = suppression.suppressed(m["to"] for m in messages)
-        results = []
-        for msg in messages:
-            key = idempotency_key(context.tenant, msg["campaign_id"], msg["lead_id"], msg["step"])
-            results.append({"to": msg["to"], "lead_id": msg["lead_id"], "campaign_id": msg["campaign_id"],
-                            "step": msg["step"], "subject": msg["subject"], "channel": self.channel,
-                            "idempotency_key": key, "message_id": None, "location": None})
+        results = result_records(messages, context, self.channel)
         sending = [(r, m) for r, m in zip(results, messages) if m["to"] not in suppressed]
         # Configuration that could fail a send is resolved before anything is claimed.
         session = SmtpSession(settings)
         signer = signer_for(settings)
         unsubscribe_url(settings, context.tenant, "check", "check", 1)
-        claims = ledger.claim_many([self._claim(r["idempotency_key"], m, context) for r, m in sending])
+        claims = ledger.claim_many([claim_fields(r["idempotency_key"], m, context, self.channel)
+                                    for r, m in sending])
         done: dict[str, dict[str, Any]] = {}
         tried = 0
         try:
@@ -187,22 +183,10 @@ class SmtpChannel(BaseAgent):
             # left "sending", a retry would have to call them unknown.
             ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[tried:]
                                  if claims[r["idempotency_key"]][1]])
-        for result, msg in zip(results, messages):
-            if msg["to"] in suppressed:
-                result.update(status="skipped", reason="suppressed")
-            result["provenance"] = make_provenance(
-                result, source=f"channel:{self.channel}", source_id=result["idempotency_key"], agent=self.channel,
-                run_id=context.run_id, node=context.node, parents=[msg["parent_hash"]])
+        finish_records(results, messages, suppressed, context, self.channel)
         return make_envelope(results, source=f"channel:{self.channel}", run_id=context.run_id, flow=context.flow,
                              node=context.node, agent=self.channel, duration_ms=context.elapsed_ms(),
                              connections=session.connections)
-
-    def _claim(self, key: str, msg: Mapping[str, Any], context: RunContext) -> dict[str, Any]:
-        return {"idempotency_key": key, "tenant_id": context.tenant, "campaign_id": msg["campaign_id"],
-                "lead_id": msg["lead_id"], "step": msg["step"], "channel": self.channel,
-                "message_id": new_message_id(context.settings.sender), "to_address": msg["to"],
-                "subject": msg["subject"], "record_hash": msg["parent_hash"], "run_id": context.run_id,
-                "provenance": msg.get("provenance")}
 
     def _one(self, entry: LedgerEntry, created: bool, msg: Mapping[str, Any], session: SmtpSession,
              ledger: OutboxLedger, suppression: SuppressionList, context: RunContext,

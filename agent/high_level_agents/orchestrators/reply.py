@@ -186,14 +186,8 @@ class ReplyOrchestrator(BaseOrchestrator):
     @staticmethod
     def _withdraw(db: Database, tenant: str, address: str | None, lead_id: str | None,
                   why: str) -> list[dict[str, Any]]:
-        drafts = DraftStore(db, tenant=tenant)
-        wanted = (address or "").strip().lower()
-        waiting = [d.id for d in drafts.list(status="awaiting_approval", limit=10_000)
-                   if d.to.strip().lower() == wanted or (lead_id is not None and d.lead_id == str(lead_id))]
-        if not waiting:
-            return []
-        drafts.reject(waiting, by="inbound", reason=why)
-        return [{"action": "drafts_withdrawn", "count": len(waiting)}]
+        count = DraftStore(db, tenant=tenant).withdraw(address=address, lead_id=lead_id, by="inbound", reason=why)
+        return [{"action": "drafts_withdrawn", "count": count}] if count else []
 
     @staticmethod
     def _soft_bounces(db: Database, tenant: str, address: str, this: int) -> int:
