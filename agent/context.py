@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agent.clock import SYSTEM_CLOCK, Clock
 from agent.envelope import new_run_id
 from agent.settings import Settings, get_settings
 
@@ -22,6 +23,8 @@ class RunContext:
     tenant: str = "default"
     settings: Settings = field(default_factory=get_settings, repr=False)
     started: float = field(default_factory=time.perf_counter, repr=False)
+    # What "now" is for this run's decisions (send windows, caps, delays); a test's frozen clock.
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False)
 
     def child(self, **changes: Any) -> RunContext:
         return replace(self, **changes)

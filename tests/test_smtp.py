@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.delivery.keys import idempotency_key
 from agent.delivery.ledger import OutboxLedger
+from agent.delivery.pacing import Pacer
 from agent.delivery.suppression import SuppressionList
 from agent.errors import ConfigurationError, DeliveryError
 from agent.high_level_agents.orchestrators import DeliveryOrchestrator
@@ -81,15 +82,22 @@ class SmtpChannelTest(unittest.TestCase):
         server.handler.refuse["p@acme.example"] = "550 5.7.1 sending domain blocked"
         server.handler.refuse["t@acme.example"] = "451 4.3.0 try again later"
         home = self.home(server)
-        results = self.deliver(home, message("p", "p@acme.example"), message("t", "t@acme.example"))
+        results = self.deliver(home, message("t", "t@acme.example"), message("p", "p@acme.example"),
+                               message("q", "q@acme.example"))
         self.assertEqual([(r["status"], r["reason"]) for r in results],
-                         [("failed", "policy_refused:rcpt:550 5.7.1"), ("failed", "deferred:rcpt:451 4.3.0")])
+                         [("failed", "deferred:rcpt:451 4.3.0"), ("failed", "policy_refused:rcpt:550 5.7.1"),
+                          # a 5.7.x says our sending is refused: the mailbox stops, the rest waits for a person
+                          ("deferred", "paused:policy_refused")])
         self.assertEqual(SuppressionList(home.database()).suppressed(["p@acme.example", "t@acme.example"]), {})
-        # a failed key was never accepted, so a retry sends it, once
+        pacer = Pacer(home.database())
+        self.assertEqual(pacer.paused("mailbox:outreach@sender.example")["reason"], "policy_refused")
+        self.assertEqual(server.received, [])
+        # a failed key was never accepted, so a retry sends it, once (after someone resumes the mailbox)
+        self.assertTrue(pacer.resume("mailbox:outreach@sender.example"))
         server.handler.refuse.clear()
         retry = self.deliver(home, message("t", "t@acme.example"))
         self.assertEqual(retry[0]["status"], "sent")
-        self.assertEqual(retry[0]["message_id"], results[1]["message_id"])
+        self.assertEqual(retry[0]["message_id"], results[0]["message_id"])
 
     def test_a_refusal_that_does_not_say_the_address_is_gone_is_a_bounce_but_suppresses_nobody(self) -> None:
         server = self.start()

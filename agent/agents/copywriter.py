@@ -37,7 +37,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from jinja2 import StrictUndefined, Template
 from jinja2.exceptions import (
@@ -74,12 +74,21 @@ MAX_BODY = 200_000
 _CACHE_SIZE = 512
 
 
+class _Thread(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject: str = Field(default="", max_length=900)
+    message_ids: list[Annotated[str, Field(pattern=r"^<[^<>\s]{3,250}>$")]] = Field(default_factory=list,
+                                                                                    max_length=100)
+
+
 class DraftRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     lead: dict[str, Any]
     template: CampaignTemplate
     campaign_id: str = Field(pattern=r"^[\w.:@/-]{1,128}$")
     step: int = Field(default=1, ge=1, le=100)
+    # A follow-up's thread: the first step's subject as sent, and the Message-IDs sent so far.
+    thread: _Thread | None = None
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -166,7 +175,9 @@ class CopywriterAgent(BaseAgent):
         to = _recipient(lead.get("email"))
         lead_id = str(lead["lead_id"])
         copy = self._copy_for(req, lead_id, context)
-        variables = {"lead": lead, "campaign": {"id": req.campaign_id}}
+        variables: dict[str, Any] = {"lead": lead, "campaign": {"id": req.campaign_id}}
+        if req.thread is not None:
+            variables["thread"] = {"subject": req.thread.subject}
         subject = self.render_text(copy.template.id, copy.subject, copy.subject_field, variables, MAX_SUBJECT)
         if not is_one_line(subject):
             raise PayloadError(copy.subject_field, "must render to a single line (it contains a line break)")
@@ -196,6 +207,10 @@ class CopywriterAgent(BaseAgent):
         draft = {"to": to, "subject": subject, "body": body, "lead_id": lead_id, "campaign_id": req.campaign_id,
                  "step": req.step, "template_id": copy.template.id, "variant_id": copy.variant_id,
                  "facts": made.facts if made is not None else []}
+        if req.thread is not None and req.thread.message_ids:
+            # A follow-up answers the last message of its thread and names them all (RFC 5322 3.6.4).
+            draft["in_reply_to"] = req.thread.message_ids[-1]
+            draft["references"] = list(req.thread.message_ids)
         draft[PROVENANCE] = make_provenance(
             draft, source=self.source, agent="copywriter", run_id=context.run_id, node=context.node,
             parents=[parent], template_id=copy.template.id, template_sha256=copy.sha256(),

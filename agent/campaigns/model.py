@@ -14,8 +14,13 @@
         - {id: b, subject: "A question about {{ lead.company }}", weight: 1}
       personalise: {enabled: true, instructions: "Mention one fact about them.", max_words: 120}
       steps:                       # later steps (optional), same fields plus their number
-        - {step: 2, subject: "Re: {{ lead.company }}", body: "Hi again {{ lead.first_name }}, ..."}
+        - {step: 2, wait_days: 3, body: "Hi again {{ lead.first_name }}, ..."}   # "Re: <step 1's subject>"
     channel: outbox
+    pacing:                        # checked right before each send (optional)
+      daily_cap: 200
+      per_domain_per_hour: 5
+      window: {days: [1, 2, 3, 4, 5], start: "09:00", end: "17:00"}
+      jitter_seconds: [20, 90]
     schedule: "0 9 * * 1-5"       # cron, in the campaign's time zone
     timezone: Europe/Berlin
     limits: {per_run: 200, batch_size: 50}
@@ -38,6 +43,7 @@ import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.delivery.pacing import Pacing
 from agent.errors import PayloadError
 from agent.scoring.icp import ICP
 from agent.validation import first_error
@@ -111,9 +117,13 @@ class StepTemplate(BaseModel):
 
 
 class FollowUpTemplate(StepTemplate):
-    """A later step's template (``step`` 2 or more); its id defaults to ``step<N>``."""
+    """A later step's template (``step`` 2 or more), sent ``wait_days`` after the step before it, in
+    the same thread (``In-Reply-To`` / ``References``).  Its id defaults to ``step<N>``; its subject
+    to ``Re:`` and the first step's subject as sent (``thread.subject``)."""
 
     step: int = Field(ge=2, le=100)
+    subject: str = Field(default="Re: {{ thread.subject }}", min_length=1, max_length=900)
+    wait_days: float = Field(default=3, gt=0, le=365)
 
     @model_validator(mode="before")
     @classmethod
@@ -140,6 +150,10 @@ class CampaignTemplate(StepTemplate):
                 raise ValueError(f"step {follow_up.step} has two templates")
             seen.add(follow_up.step)
         return value
+
+    def waits(self) -> dict[int, float]:
+        """Each step of the sequence and the days to wait before it (step 1: none)."""
+        return {1: 0.0, **{f.step: f.wait_days for f in self.steps}}
 
     def for_step(self, step: int) -> StepTemplate:
         """The template of sequence step ``step``; a step without one is a ``PayloadError`` naming ``step``."""
@@ -180,6 +194,9 @@ class Campaign(BaseModel):
     # The enrich node: "auto" runs it when something reads its facts (an ICP, an LLM personalisation,
     # a template mentioning ``enrichment``); "always" or "never" decide outright.
     enrich: Literal["auto", "always", "never"] = "auto"
+    # Sending hygiene (agent.delivery.pacing): the mailbox's daily cap and warm-up, a rate per recipient
+    # domain, send windows in ``timezone``, jitter, and the bounce/complaint guard; checked per message.
+    pacing: Pacing | None = None
 
     @field_validator("icp")
     @classmethod

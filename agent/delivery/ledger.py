@@ -1,7 +1,18 @@
 """Outbox ledger: the unique row per idempotency key that makes delivery exactly-once.
 
-A send first *claims* its key (state ``sending``, Message-ID fixed), then the
-channel hands the message over, then the row becomes ``sent``.  A retry after
+One row per (tenant, campaign, lead, step), through one state machine::
+
+    drafted ──approve──> approved ──claim──> sending ──> sent | failed | unknown
+       └────reject / suppress / reply──> cancelled <──────┘ (from approved)
+
+A draft that waits for an operator is staged ``drafted`` (its Message-ID
+already fixed); an operator's approval makes it ``approved``; a rejection, a
+suppression or a reply makes it ``cancelled``.  A send *claims* its key:
+a new row is inserted as ``sending``, an ``approved`` one is taken to
+``sending`` by a conditional UPDATE, and a ``drafted`` or ``cancelled`` one
+cannot be claimed at all, which is the approval gate checked again at the
+moment of sending.  Then the channel hands the message over and the row
+becomes ``sent``.  A retry after
 a crash finds the claimed row and reuses its Message-ID, but only for the same
 content (``record_hash`` and ``to_address`` are kept for that check); a row
 already ``sent`` is never sent again.
@@ -9,7 +20,7 @@ already ``sent`` is never sent again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +31,7 @@ from agent.errors import StorageError
 from agent.storage.db import Database, upsert_insert
 from agent.storage.models import OutboxMessage, utcnow
 
-__all__ = ["LedgerEntry", "OutboxLedger"]
+__all__ = ["LedgerEntry", "OutboxLedger", "STAGED"]
 
 
 @dataclass(frozen=True)
@@ -33,11 +44,17 @@ class LedgerEntry:
     # What was claimed: a resume must be for this record to this address.
     record_hash: str
     to_address: str
+    # How this attempt came to own the row: "new" (inserted), "approved" (taken from an approved
+    # draft), or None (it existed already: a retry, a duplicate, a draft not approved).
+    claimed_from: str | None = None
 
 
-def _entry(row: OutboxMessage) -> LedgerEntry:
+STAGED = ("drafted", "approved")  # waiting to be sent: what cancelling stops
+
+
+def _entry(row: OutboxMessage, claimed_from: str | None = None) -> LedgerEntry:
     return LedgerEntry(row.idempotency_key, row.state, row.message_id, row.location, row.sent_at,
-                       row.record_hash, row.to_address)
+                       row.record_hash, row.to_address, claimed_from)
 
 
 class OutboxLedger:
@@ -56,7 +73,7 @@ class OutboxLedger:
                 row = OutboxMessage(idempotency_key=key, state="sending", **fields)
                 session.add(row)
                 session.flush()
-                entry = _entry(row)
+                entry = _entry(row, "new")
             return entry, True
         except StorageError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
@@ -64,6 +81,9 @@ class OutboxLedger:
         existing = self.get(key)
         if existing is None:  # pragma: no cover - the conflicting row vanished
             raise StorageError(f"outbox key {key[:12]}… conflicted but cannot be read")
+        if existing.state == "approved" and self._take_approved(key, fields):
+            return replace(existing, state="sending", claimed_from="approved",
+                           record_hash=fields["record_hash"], to_address=fields["to_address"]), True
         return existing, False
 
     def claim_many(self, claims: list[dict[str, Any]]) -> dict[str, tuple[LedgerEntry, bool]]:
@@ -87,13 +107,54 @@ class OutboxLedger:
         with self.db.connect() as conn:
             conn.execute(insert(table).on_conflict_do_nothing(index_elements=["idempotency_key"]), rows)
             found = conn.execute(select(table).where(table.c.idempotency_key.in_(keys))).mappings().all()
-        proposed: dict[str, str] = {}
+        proposed: dict[str, dict[str, Any]] = {}
         for c in claims:  # a key twice in one call: its first claim is the one inserted
-            proposed.setdefault(c["idempotency_key"], c["message_id"])
-        return {r["idempotency_key"]: (LedgerEntry(r["idempotency_key"], r["state"], r["message_id"], r["location"],
-                                                   r["sent_at"], r["record_hash"], r["to_address"]),
-                                       r["message_id"] == proposed[r["idempotency_key"]])
-                for r in found}
+            proposed.setdefault(c["idempotency_key"], c)
+        out: dict[str, tuple[LedgerEntry, bool]] = {}
+        for r in found:
+            key = r["idempotency_key"]
+            entry = LedgerEntry(key, r["state"], r["message_id"], r["location"], r["sent_at"], r["record_hash"],
+                                r["to_address"])
+            if r["message_id"] == proposed[key]["message_id"]:
+                out[key] = (replace(entry, claimed_from="new"), True)
+            elif r["state"] == "approved" and self._take_approved(key, proposed[key]):
+                # An operator's approved draft: this attempt takes it, keeping its Message-ID.
+                out[key] = (replace(entry, state="sending", claimed_from="approved",
+                                    record_hash=proposed[key]["record_hash"],
+                                    to_address=proposed[key]["to_address"]), True)
+            else:
+                out[key] = (entry, False)
+        return out
+
+    def _take_approved(self, key: str, fields: dict[str, Any]) -> bool:
+        """``approved`` -> ``sending`` for one claim, with the content it sends; False if another took it."""
+        table = OutboxMessage.__table__
+        values = {k: fields[k] for k in ("to_address", "subject", "record_hash", "run_id", "provenance", "channel")
+                  if k in fields}
+        with self.db.connect() as conn:
+            return conn.execute(update(table).where(table.c.idempotency_key == key, table.c.state == "approved")
+                                .values(state="sending", **values)).rowcount == 1
+
+    def stage_many(self, rows: list[dict[str, Any]], *, state: str = "drafted") -> None:
+        """Stage drafts (``drafted``, or ``approved`` when no approval is needed) with their
+        Message-IDs fixed; a key already in the ledger keeps its row."""
+        if state not in STAGED:
+            raise ValueError(f"a staged row is drafted or approved, not {state!r}")
+        if not rows:
+            return
+        insert = upsert_insert(self.db.dialect)
+        now = utcnow()
+        values = [{**r, "state": state, "created_at": now, "location": None, "sent_at": None} for r in rows]
+        with self.db.connect() as conn:
+            if insert is None:
+                for value in values:
+                    try:
+                        conn.execute(OutboxMessage.__table__.insert(), value)
+                    except IntegrityError:
+                        pass
+            else:
+                conn.execute(insert(OutboxMessage.__table__).on_conflict_do_nothing(
+                    index_elements=["idempotency_key"]), values)
 
     def take(self, key: str, message_id: str) -> bool:
         """Take a ``failed`` row back to ``sending`` for one more attempt; False if another attempt has it
@@ -125,9 +186,12 @@ class OutboxLedger:
         table = OutboxMessage.__table__
         with self.db.connect() as conn:
             for entry in entries:
-                conn.execute(table.delete().where(table.c.idempotency_key == entry.idempotency_key,
-                                                  table.c.message_id == entry.message_id,
-                                                  table.c.state == "sending"))
+                mine = (table.c.idempotency_key == entry.idempotency_key, table.c.message_id == entry.message_id,
+                        table.c.state == "sending")
+                if entry.claimed_from == "approved":  # the operator's approval stands for the next attempt
+                    conn.execute(update(table).where(*mine).values(state="approved"))
+                else:
+                    conn.execute(table.delete().where(*mine))
 
     def mark(self, key: str, state: str, *, location: str | None = None) -> None:
         values: dict[str, Any] = {"state": state}

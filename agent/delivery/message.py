@@ -74,21 +74,25 @@ def build_message(
     send_id: str,
     date: datetime | None = None,
     unsubscribe_url: str | None = None,
+    in_reply_to: str | None = None,
+    references: list[str] | None = None,
 ) -> bytes:
     """The message as bytes: headers, body, and a footer with address and opt-out.
 
     ``send_id`` goes into ``X-Send-Id`` so a bounce can be matched to the send.
     With ``unsubscribe_url`` (https, one-click), ``List-Unsubscribe`` names it
     first and the mailto second, ``List-Unsubscribe-Post`` asks for RFC 8058
-    one-click, and the footer shows the link.
+    one-click, and the footer shows the link.  A follow-up names the message
+    it answers (``In-Reply-To``) and its whole thread (``References``).
     """
     stamp = format_datetime(date or datetime.now(timezone.utc))
     text = sent_text(body, sender=sender, postal_address=postal_address, unsubscribe_url=unsubscribe_url)
-    if unsubscribe_url is None:
+    thread = (in_reply_to, " ".join(references or [in_reply_to])) if in_reply_to else None
+    if unsubscribe_url is None and thread is None:
         fast = _plain_message(sender, to, subject, text, message_id, send_id, stamp)
         if fast is not None:
             return fast
-    return _library_message(sender, to, subject, text, message_id, send_id, stamp, unsubscribe_url)
+    return _library_message(sender, to, subject, text, message_id, send_id, stamp, unsubscribe_url, thread)
 
 
 def sent_text(body: str, *, sender: str, postal_address: str, unsubscribe_url: str | None = None) -> str:
@@ -105,7 +109,8 @@ def _footer(sender: str, postal_address: str, unsubscribe_url: str | None = None
 
 
 def _library_message(sender: str, to: str, subject: str, text: str, message_id: str, send_id: str,
-                     stamp: str, unsubscribe_url: str | None = None) -> bytes:
+                     stamp: str, unsubscribe_url: str | None = None,
+                     thread: tuple[str, str] | None = None) -> bytes:
     """The message as the email library writes it (the reference for ``_plain_message``)."""
     msg = EmailMessage(policy=SMTP_POLICY)
     msg["From"] = _sender_header("From", sender)
@@ -113,6 +118,8 @@ def _library_message(sender: str, to: str, subject: str, text: str, message_id: 
     msg["Subject"] = subject
     msg["Date"] = stamp
     msg["Message-ID"] = message_id
+    if thread is not None:
+        msg["In-Reply-To"], msg["References"] = thread
     if unsubscribe_url is None:
         msg["List-Unsubscribe"] = _sender_header("List-Unsubscribe", sender)
     else:

@@ -26,9 +26,10 @@ from sqlalchemy import func, or_, select, update
 from agent.envelope import PROVENANCE, canonical_json, make_provenance
 from agent.errors import InvalidInput, PayloadError
 from agent.storage.db import Database, upsert_insert
-from agent.storage.models import DraftRow, utcnow
+from agent.delivery.keys import idempotency_key
+from agent.storage.models import DraftRow, OutboxMessage, utcnow
 
-__all__ = ["DraftStore", "Draft", "AWAITING", "APPROVED", "REJECTED", "DECIDED"]
+__all__ = ["DraftStore", "Draft", "cancel_outbox", "AWAITING", "APPROVED", "REJECTED", "DECIDED"]
 
 AWAITING, APPROVED, REJECTED = "awaiting_approval", "approved", "rejected"
 DECIDED = (APPROVED, REJECTED)
@@ -153,9 +154,12 @@ class DraftStore:
         if not matches:
             return 0
         with self.db.connect(write=True) as conn:
-            return int(conn.execute(update(DraftRow).where(
+            count = int(conn.execute(update(DraftRow).where(
                 DraftRow.tenant_id == self.tenant, DraftRow.status == AWAITING, or_(*matches),
             ).values(status=REJECTED, decided_by=_who(by), reason=reason, decided_at=utcnow())).rowcount)
+            # The outbox rows still waiting (drafted, or approved and not yet claimed) never go out.
+            cancel_outbox(conn, self.tenant, address=address, lead_id=lead_id)
+        return count
 
     def edit(self, draft_id: int, *, by: str, subject: str | None = None, body: str | None = None,
              check: Callable[[dict[str, Any]], None] | None = None) -> Draft:
@@ -202,6 +206,13 @@ class DraftStore:
         with self.db.connect(write=True) as conn:
             changed = conn.execute(update(DraftRow).where(*conditions).values(
                 status=status, decided_by=_who(by), reason=reason, decided_at=utcnow())).rowcount
+            if changed == 1:  # the outbox row moves with the decision, in the same transaction
+                row = conn.execute(select(DraftRow.campaign_id, DraftRow.lead_id, DraftRow.step)
+                                   .where(DraftRow.id == draft_id)).one()
+                key = idempotency_key(self.tenant, row.campaign_id, row.lead_id, row.step)
+                conn.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key == key,
+                                                         OutboxMessage.state == "drafted")
+                             .values(state="approved" if status == APPROVED else "cancelled"))
         draft = self.get(draft_id)
         if changed != 1:
             if draft.status == AWAITING:
@@ -217,6 +228,23 @@ class DraftStore:
             stmt = stmt.limit(limit)
         with self.db.connect() as conn:
             return [_draft(row) for row in conn.execute(stmt.with_only_columns(*DraftRow.__table__.c)).mappings()]
+
+
+def cancel_outbox(conn: Any, tenant: str, *, address: str | None = None, lead_id: str | None = None,
+                  campaign_id: str | None = None) -> int:
+    """Cancel the outbox rows of ``address`` (any case) or ``lead_id`` that wait to be sent
+    (``drafted``, ``approved``): one UPDATE on ``conn``; how many."""
+    matches = []
+    if address:
+        matches.append(func.lower(OutboxMessage.to_address) == address.strip().lower())
+    if lead_id is not None:
+        matches.append(OutboxMessage.lead_id == str(lead_id))
+    if not matches:
+        return 0
+    conditions = [OutboxMessage.tenant_id == tenant, OutboxMessage.state.in_(("drafted", "approved")), or_(*matches)]
+    if campaign_id is not None:
+        conditions.append(OutboxMessage.campaign_id == campaign_id)
+    return int(conn.execute(update(OutboxMessage).where(*conditions).values(state="cancelled")).rowcount)
 
 
 def _who(by: str) -> str:

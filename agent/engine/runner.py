@@ -25,6 +25,7 @@ from typing import Any
 
 
 
+from agent.clock import clock_from
 from agent.context import RunContext
 from agent.dispatch.local import Dispatcher, default_dispatcher
 from agent.engine.calls import NodeCaller
@@ -121,7 +122,8 @@ class Engine(NodeCaller):
         graph = self._check(flow.build(), remember=False) if isinstance(flow, Flow) else self._check(flow)
         if context is None:
             context = RunContext(run_id=run_id or new_run_id(), flow=graph.name,
-                                 tenant=tenant or self.settings.tenant, settings=self.settings)
+                                 tenant=tenant or self.settings.tenant, settings=self.settings,
+                                 clock=clock_from(self.registry))
         elif context.flow != graph.name:
             context = context.child(flow=graph.name)
         if not (isinstance(context.run_id, str) and _RUN_ID.fullmatch(context.run_id)):

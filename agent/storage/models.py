@@ -29,7 +29,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVersion", "EngineRun",
            "EngineStep", "AuditRunRow", "AuditEnvelopeRow", "AuditRecordRow", "AuditFailureRow",
            "AuditDeliveryRow", "QueueJobRow", "LLMCacheRow", "LeadVectorRow",
-           "VariantAssignmentRow", "DraftRow", "InboundMessageRow", "utcnow"]
+           "VariantAssignmentRow", "DraftRow", "InboundMessageRow", "EnrolmentRow", "SendEventRow",
+           "PacingSlotRow", "SendingPauseRow", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -400,3 +401,69 @@ class InboundMessageRow(Base):
     campaign_id: Mapped[str | None] = mapped_column(String(128))
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class EnrolmentRow(Base):
+    """A lead's place in a campaign's sequence: the next step, when it is due, and the thread so far."""
+
+    __tablename__ = "sequence_enrolments"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "campaign_id", "lead_id", name="uq_sequence_enrolments_key"),
+        Index("ix_sequence_enrolments_due", "tenant_id", "status", "due_at"),
+        Index("ix_sequence_enrolments_address", "tenant_id", "to_address"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    campaign_id: Mapped[str] = mapped_column(String(128))
+    lead_id: Mapped[str] = mapped_column(String(128))
+    to_address: Mapped[str] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(16))  # active|paused|stopped|completed
+    next_step: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    thread_json: Mapped[str] = mapped_column(Text, default="[]")  # Message-IDs sent, oldest first
+    first_subject: Mapped[str | None] = mapped_column(Text)
+    stop_reason: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SendEventRow(Base):
+    """One send, bounce or complaint of a mailbox: what pacing's rates and auto-pause are counted from."""
+
+    __tablename__ = "send_events"
+    __table_args__ = (Index("ix_send_events_mailbox", "tenant_id", "mailbox", "kind", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    mailbox: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(16))  # sent|bounce|complaint
+    campaign_id: Mapped[str | None] = mapped_column(String(128))
+    lead_id: Mapped[str | None] = mapped_column(String(128))
+    domain: Mapped[str | None] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PacingSlotRow(Base):
+    """A counter in one pacing bucket (a mailbox's day, a domain's hour), taken by conditional UPDATE;
+    ``next_at`` is the earliest instant the scope may send again (jitter)."""
+
+    __tablename__ = "pacing_slots"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(400), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SendingPauseRow(Base):
+    """A mailbox or campaign that must not send: paused by hand or by the bounce/complaint guard."""
+
+    __tablename__ = "sending_pauses"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(400), primary_key=True)  # "mailbox:<address>" | "campaign:<id>"
+    reason: Mapped[str] = mapped_column(String(64))
+    evidence: Mapped[str | None] = mapped_column(Text)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

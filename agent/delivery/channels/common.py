@@ -16,7 +16,19 @@ from agent.delivery.keys import idempotency_key
 from agent.delivery.message import new_message_id
 from agent.envelope import make_provenance
 
-__all__ = ["result_records", "claim_fields", "finish_records"]
+__all__ = ["result_records", "claim_fields", "finish_records", "unclaimable"]
+
+# A row in these states is not this attempt's to send (see agent.delivery.ledger).
+_NOT_SENDABLE = {"drafted": "awaiting_approval", "cancelled": "cancelled", "approved": "approved_not_taken"}
+
+
+def unclaimable(entry: Any, created: bool) -> dict[str, Any] | None:
+    """The outcome of a message whose outbox row waits for an operator or was cancelled: the approval
+    gate, checked again at the moment of sending.  None when the row may go on."""
+    if created or entry.state not in _NOT_SENDABLE:
+        return None
+    status = "cancelled" if entry.state == "cancelled" else "skipped"
+    return {"status": status, "reason": _NOT_SENDABLE[entry.state], "message_id": None}
 
 
 def result_records(messages: list[Mapping[str, Any]], context: RunContext, channel: str) -> list[dict[str, Any]]:

@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 
 from agent.agents.base import BaseAgent
 from agent.context import RunContext
-from agent.delivery.channels.common import claim_fields, finish_records, result_records
+from agent.delivery.channels.common import claim_fields, finish_records, result_records, unclaimable
+from agent.delivery.gates import SendGates
 from agent.delivery.ledger import LedgerEntry, OutboxLedger
 from agent.delivery.message import build_message
 from agent.delivery.suppression import SuppressionList
@@ -165,21 +166,35 @@ class OutboxChannel(BaseAgent):
         # finishes with the same Message-ID and content, never a second message.
         claims = ledger.claim_many([claim_fields(r["idempotency_key"], m, context, self.channel)
                                     for r, m in sending])
+        gates = SendGates(db, context, request)
+        screened = gates.screen([m for _, m in sending])  # read again after the claims: see gates
         marks: list[tuple[str, str, str | None]] = []
         staged: list[_Staged] = []
+        held: list[LedgerEntry] = []  # claims a gate stopped: given back
         attempted = 0
         first: dict[str, dict[str, Any]] = {}  # each key's first message; a repeat copies its outcome
         try:
             durability = _Durability(directory)  # opened before anything is written (see its doc)
             try:
-                for result, msg in sending:
+                for index, (result, msg) in enumerate(sending):
                     key = result["idempotency_key"]
                     attempted += 1
                     if key in first:  # the same (campaign, lead, step) twice in one request
                         first[key].setdefault("_copies", []).append(result)
                         continue
                     entry, created = claims[key]
-                    self._deliver(entry, created, directory, msg, context, marks, staged, result)
+                    stopped = screened.get(index) if entry.state != "sent" else None
+                    if stopped is None and created:
+                        stopped = gates.pace(msg)
+                    if stopped is not None and created:
+                        held.append(entry)
+                        result.update(stopped)
+                    elif (stopped is not None and entry.state in ("sending", "failed")
+                          and not (directory / f"{key}.eml").exists()):
+                        marks.append((key, "failed", None))  # an unfinished earlier attempt, stopped now
+                        result.update(stopped)
+                    else:
+                        self._deliver(entry, created, directory, msg, context, marks, staged, result)
                     first[key] = result
             finally:
                 # What was staged is finished whatever stopped the batch: durable, then named.
@@ -198,8 +213,11 @@ class OutboxChannel(BaseAgent):
                     if result["status"] == "sent":
                         copy.update(status="duplicate", reason="already_sent")
             # A batch stopped by a failure leaves no claim on the messages it never tried.
-            ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[attempted:]
-                                 if claims[r["idempotency_key"]][1]])
+            ledger.release_many(held + [claims[r["idempotency_key"]][0] for r, _ in sending[attempted:]
+                                        if claims[r["idempotency_key"]][1]])
+        for result, msg in sending:
+            if result.get("status") == "sent":
+                gates.sent(msg)
         records = finish_records(results, messages, suppressed, context, self.channel)
         return make_envelope(records, source=f"channel:{self.channel}", run_id=context.run_id,
                              flow=context.flow, node=context.node, agent=self.channel,
@@ -220,6 +238,9 @@ class OutboxChannel(BaseAgent):
         if entry.state == "sent":
             return {"status": "duplicate", "reason": "already_sent", "message_id": entry.message_id,
                     "location": entry.location}
+        blocked = unclaimable(entry, created)
+        if blocked is not None:
+            return {**blocked, "location": None}
         if not created and (entry.record_hash != msg["parent_hash"] or entry.to_address != msg["to"]):
             # The key was claimed for other content: finishing it would send this message under
             # a Message-ID (and maybe to an address) that was fixed for another.
@@ -233,7 +254,8 @@ class OutboxChannel(BaseAgent):
                                  body=msg["body"], message_id=entry.message_id,
                                  postal_address=settings.postal_address, send_id=key,
                                  unsubscribe_url=unsubscribe_url(settings, context.tenant, msg["campaign_id"],
-                                                                 msg["lead_id"], msg["step"]))
+                                                                 msg["lead_id"], msg["step"]),
+                                 in_reply_to=msg.get("in_reply_to"), references=msg.get("references"))
             temp = _write_temp(directory, data)
         except Exception as exc:
             marks.append((key, "failed", None))

@@ -33,7 +33,8 @@ from typing import Any, ClassVar
 from agent.agents.base import BaseAgent
 from agent.context import RunContext
 from agent.delivery.dkim_signing import signer_for
-from agent.delivery.channels.common import claim_fields, finish_records, result_records
+from agent.delivery.gates import SendGates
+from agent.delivery.channels.common import claim_fields, finish_records, result_records, unclaimable
 from agent.delivery.ledger import LedgerEntry, OutboxLedger
 from agent.delivery.message import build_message
 from agent.delivery.suppression import SuppressionList
@@ -160,6 +161,7 @@ class SmtpChannel(BaseAgent):
         session = SmtpSession(settings)
         signer = signer_for(settings)
         unsubscribe_url(settings, context.tenant, "check", "check", 1)
+        gates = SendGates(db, context, request)
         claims = ledger.claim_many([claim_fields(r["idempotency_key"], m, context, self.channel)
                                     for r, m in sending])
         done: dict[str, dict[str, Any]] = {}
@@ -175,7 +177,7 @@ class SmtpChannel(BaseAgent):
                                   message_id=done[key]["message_id"] if same else None)
                     continue
                 entry, created = claims[key]
-                result.update(self._one(entry, created, msg, session, ledger, suppression, context, signer))
+                result.update(self._one(entry, created, msg, session, ledger, gates, context, signer))
                 done[key] = result
         finally:
             session.close()
@@ -189,12 +191,14 @@ class SmtpChannel(BaseAgent):
                              connections=session.connections)
 
     def _one(self, entry: LedgerEntry, created: bool, msg: Mapping[str, Any], session: SmtpSession,
-             ledger: OutboxLedger, suppression: SuppressionList, context: RunContext,
-             signer: Any) -> dict[str, Any]:
+             ledger: OutboxLedger, gates: SendGates, context: RunContext, signer: Any) -> dict[str, Any]:
         settings = context.settings
         key = entry.idempotency_key
         if entry.state == "sent":
             return {"status": "duplicate", "reason": "already_sent", "message_id": entry.message_id}
+        blocked = unclaimable(entry, created)
+        if blocked is not None:
+            return blocked
         if not created and (entry.record_hash != msg["parent_hash"] or entry.to_address != msg["to"]):
             return {"status": "conflict", "reason": "content_changed", "message_id": None}
         if not created and entry.state in ("sending", "unknown"):
@@ -204,11 +208,19 @@ class SmtpChannel(BaseAgent):
         if not created and not ledger.take(key, entry.message_id):
             # A failed row is retried by one attempt only: another one took it first.
             return {"status": "unknown", "reason": "another_attempt_in_progress", "message_id": entry.message_id}
+        stopped = gates.check(msg)  # pauses, suppression, the sequence, pacing: read again now
+        if stopped is not None:
+            if created:
+                ledger.release_many([entry])  # not attempted: a later run sends it, same Message-ID or new
+            else:
+                ledger.mark_many([(key, "failed", None)])  # a retried failed row stays failed
+            return stopped
         try:
             data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
                                  message_id=entry.message_id, postal_address=settings.postal_address, send_id=key,
                                  unsubscribe_url=unsubscribe_url(settings, context.tenant, msg["campaign_id"],
-                                                                 msg["lead_id"], msg["step"]))
+                                                                 msg["lead_id"], msg["step"]),
+                                 in_reply_to=msg.get("in_reply_to"), references=msg.get("references"))
             if signer is not None:
                 data = signer.sign(data)
         except Exception as exc:  # nothing was sent: the row must not stay "sending"
@@ -222,9 +234,9 @@ class SmtpChannel(BaseAgent):
             return {"status": "unknown", "reason": "connection_lost_during_data", "message_id": entry.message_id}
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
-            return self._refused(key, code, reply, "rcpt", msg, entry, ledger, suppression)
+            return self._refused(key, code, reply, "rcpt", msg, entry, ledger, gates)
         except smtplib.SMTPDataError as exc:
-            return self._refused(key, exc.smtp_code, exc.smtp_error, "data", msg, entry, ledger, suppression)
+            return self._refused(key, exc.smtp_code, exc.smtp_error, "data", msg, entry, ledger, gates)
         except smtplib.SMTPResponseException as exc:  # MAIL FROM refused: the mailbox's problem
             ledger.mark_many([(key, "failed", None)])
             return {"status": "failed", "reason": f"sender_refused:{exc.smtp_code}", "message_id": entry.message_id}
@@ -232,20 +244,25 @@ class SmtpChannel(BaseAgent):
             ledger.mark_many([(key, "failed", None)])
             raise
         ledger.mark_many([(key, "sent", f"smtp://{settings.smtp_host}")])
+        gates.sent(msg)
         return {"status": "sent", "reason": None, "message_id": entry.message_id}
 
     @staticmethod
     def _refused(key: str, code: int, reply: bytes | str, stage: str, msg: Mapping[str, Any], entry: LedgerEntry,
-                 ledger: OutboxLedger, suppression: SuppressionList) -> dict[str, Any]:
+                 ledger: OutboxLedger, gates: SendGates) -> dict[str, Any]:
         ledger.mark_many([(key, "failed", None)])
         status = _enhanced(reply)
         detail = f"{stage}:{code}" + (f" {status}" if status else "")
         if 500 <= code < 600:
-            if status.startswith("5.7."):  # policy: our sending is refused, not the address
+            if status.startswith("5.7."):
+                # Policy: our sending is refused, not the address.  The mailbox stops until someone looks.
+                gates.refused_for_policy(detail)
                 return {"status": "failed", "reason": f"policy_refused:{detail}", "message_id": entry.message_id}
+            gates.bounced(msg)
             if stage == "rcpt" and status in ADDRESS_GONE:
                 # The address itself does not exist (any more): never write to it again.
-                suppression.add(msg["to"], reason="hard_bounce", source="smtp", evidence=detail)
+                gates.suppression.add(msg["to"], reason="hard_bounce", source="smtp", evidence=detail)
+                gates.enrolments.stop(reason="hard_bounce", address=msg["to"])
                 return {"status": "bounced", "reason": f"hard_bounce:{detail}", "message_id": entry.message_id}
             # Refused for the message or for reasons the code does not pin on the address (size, content,
             # a blocklist, no enhanced code): a bounce, recorded, but the address is not suppressed.

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
+from agent.clock import clock_from
 from agent.context import RunContext
 from agent.dispatch.local import Dispatcher
 from agent.engine.checkpoints.base import CheckpointStore
@@ -62,6 +63,7 @@ class BaseOrchestrator:
 
             registry = default_registry()
         self.registry = registry
+        self.clock = clock_from(registry)
         self.settings = settings or get_settings()
         self.tenant = tenant or self.settings.tenant
         if engine is not None and (dispatcher is not None or checkpoints is not None):
@@ -177,7 +179,7 @@ class BaseOrchestrator:
             # still runs through the records' parents).
             run_id = payload["metadata"].get("run_id")
         context = RunContext(run_id=run_id or new_run_id(), flow=self.name, tenant=self.tenant,
-                             settings=self.settings)
+                             settings=self.settings, clock=self.clock)
         self._hook("before_run", context=context, payload=payload)
         return context
 

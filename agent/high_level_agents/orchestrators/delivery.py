@@ -16,7 +16,7 @@ list, then the channel, which checks suppression again and writes each
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from agent.delivery.message import is_one_line, wire_address
+from agent.delivery.pacing import Pacing
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.outputs import Output
 from agent.engine.state import FlowState
@@ -41,6 +42,7 @@ __all__ = ["DeliveryOrchestrator", "DeliveryPayload", "OutgoingMessage"]
 
 _KEY = r"^[\w.:@/-]{1,128}$"
 _HASH = r"^[0-9a-f]{64}$"
+_MSGID = r"^<[!-;=?-~]{3,250}>$"  # one bracketed id, printable ASCII: no space, no line break
 
 
 class _ProvenanceRefs(BaseModel):
@@ -70,6 +72,9 @@ class OutgoingMessage(BaseModel):
     campaign_id: str | None = Field(default=None, pattern=_KEY)
     step: int = Field(default=1, ge=1, le=100)
     provenance: dict[str, Any] | None = None
+    # A follow-up's thread: the Message-ID it answers, and every Message-ID of the thread, oldest first.
+    in_reply_to: str | None = Field(default=None, pattern=_MSGID)
+    references: list[Annotated[str, Field(pattern=_MSGID)]] | None = Field(default=None, max_length=100)
     # Hash of the record as received, before normalisation and defaults: the provenance parent.
     _input_hash: str | None = PrivateAttr(default=None)
 
@@ -100,6 +105,9 @@ class DeliveryPayload(BaseModel):
     campaign_id: str | None = Field(default=None, pattern=_KEY, validate_default=True)
     allow_delivery: bool = False
     channel: Literal["outbox", "smtp"] = "outbox"
+    # The campaign's pacing (caps, windows, jitter, warm-up, auto-pause), applied right before each send.
+    pacing: Pacing | None = None
+    timezone: str = Field(default="UTC", max_length=64)
 
     @field_validator("campaign_id")
     @classmethod
@@ -162,6 +170,8 @@ def _prepare(state: FlowState) -> list[dict[str, Any]]:
         parent = prov.get("hash") or msg._input_hash or record_hash(data)
         messages.append({
             **{k: data[k] for k in ("to", "subject", "body", "lead_id", "step")},
+            **({"in_reply_to": msg.in_reply_to, "references": msg.references or [msg.in_reply_to]}
+               if msg.in_reply_to else {}),
             "campaign_id": msg.campaign_id or payload.campaign_id,
             "parent_hash": parent,
             # The caller's own provenance, kept for the ledger (``provenance`` is this record's).
@@ -196,7 +206,9 @@ def _channel_request(state: FlowState) -> dict[str, Any]:
             message = {k: v for k, v in m.items() if k not in ("origin", "provenance")}
             message["provenance"] = m["origin"]
             messages.append(message)
-    return {"messages": messages}
+    payload: DeliveryPayload = state.input
+    pacing = payload.pacing.model_dump(mode="json") if payload.pacing is not None else None
+    return {"messages": messages, "pacing": pacing, "timezone": payload.timezone}
 
 
 def _disabled(state: FlowState) -> Output:

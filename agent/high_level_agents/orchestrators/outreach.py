@@ -47,7 +47,6 @@ from agent.high_level_agents.orchestrators.delivery import DeliveryOrchestrator
 __all__ = ["OutreachOrchestrator", "OutreachPayload", "MAX_BATCH"]
 
 MAX_BATCH = 1000
-STEP = 1
 _SOURCE = "outreach"
 
 
@@ -59,6 +58,8 @@ class OutreachPayload(BaseModel):
     lead_ids: list[Annotated[int, Field(ge=1, strict=True)]] = Field(min_length=1, max_length=MAX_BATCH)
     # Deliver the batch's approved drafts from the approval queue (nothing is drafted again).
     release: bool = False
+    # The sequence step to send: 1 starts the sequence; a later one is a follow-up, in the thread.
+    step: int = Field(default=1, ge=1, le=100)
 
     @field_validator("campaign", mode="before")
     @classmethod
@@ -94,6 +95,7 @@ class OutreachOrchestrator(BaseOrchestrator):
         model: OutreachPayload = super().validate_payload(payload)
         # Leads are loaded for this orchestrator's tenant: another tenant's campaign must not use them.
         check_tenant(model.campaign, self.tenant)
+        model.campaign.template.for_step(model.step)  # a step the campaign does not have names ``step``
         return model
 
     def flow_variant(self, payload: Any) -> Any:
@@ -102,7 +104,9 @@ class OutreachOrchestrator(BaseOrchestrator):
             return None
         if payload.release:
             return "release"
-        return (payload.campaign.needs_enrichment(), payload.campaign.icp is not None)
+        if payload.step > 1:  # a follow-up: the lead qualified at step 1; its sequence decides now
+            return (payload.campaign.needs_enrichment(), False, True)
+        return (payload.campaign.needs_enrichment(), payload.campaign.icp is not None, False)
 
     def build_flow(self, variant: Any = None) -> FlowGraph:
         if variant == "release":
@@ -115,7 +119,7 @@ class OutreachOrchestrator(BaseOrchestrator):
                     .build())
         # Without a variant (``agent flow show``) the whole flow; a campaign that reads no facts and
         # has no ICP runs without the enrich and score nodes.
-        enrich, score = variant if isinstance(variant, tuple) else (True, True)
+        enrich, score, follow_up = variant if isinstance(variant, tuple) else (True, True, False)
         flow = (Flow(self.name, input_model=OutreachPayload)
                 .node("load", agent=self.loader_agent, request=_load_request,
                       description="the batch's lead records, in the order given"))
@@ -128,6 +132,10 @@ class OutreachOrchestrator(BaseOrchestrator):
             flow.node("score", agent=self.scorer_agent, request=_score_request,
                       description="each lead's ICP score and reasons; below the threshold, no draft")
             chain.append("score")
+        if follow_up:
+            flow.node("sequence", self._sequence, lineage=None,
+                      description="each lead's sequence: due at this step or not, and the thread it answers")
+            chain.append("sequence")
         return (flow.node("draft", agent=self.copywriter_agent, each=_passed, key="lead_id", request=_draft_request,
                           allow_partial=True, concurrency=self.draft_concurrency,
                           description="one draft per lead; a failed lead leaves the others")
@@ -139,16 +147,23 @@ class OutreachOrchestrator(BaseOrchestrator):
                 .route("draft", _approval, {"required": "hold", "none": "deliver"})
                 .build())
 
-    def _drafts(self, tenant: str) -> Any:
-        from agent.drafts import DraftStore
+    def _db(self) -> Any:
         from agent.storage.db import Database
 
-        return DraftStore(Database.for_settings(self.settings), tenant=tenant)
+        return Database.for_settings(self.settings)
+
+    def _drafts(self, tenant: str) -> Any:
+        from agent.drafts import DraftStore
+
+        return DraftStore(self._db(), tenant=tenant)
 
     def _hold(self, state: FlowState) -> Output:
         scores = {str(r["lead_id"]): r.get("icp_score") for r in _leads(state)}
         parked = {d.lead_id: d for d in self._drafts(state.tenant).park(state.records("draft"), run_id=state.run_id,
                                                                         scores=scores)}
+        # Each waiting draft is an outbox row too, "drafted" with its Message-ID fixed: only an
+        # operator's approval makes it sendable (agent.delivery.ledger).
+        self._stage(state, [parked[str(d["lead_id"])] for d in state.records("draft")])
         held = []
         for draft in state.records("draft"):
             # A batch run again finds its leads' drafts queued already: the queued draft stands.
@@ -162,9 +177,48 @@ class OutreachOrchestrator(BaseOrchestrator):
             held.append(_derived(record, kept))
         return _outcome(state, held, allow_delivery=state.input.campaign.allow_delivery)
 
+    def _sequence(self, state: FlowState) -> Output:
+        """Which leads go on at this step: an active enrolment whose next step is this one.  Each
+        record carries the thread the follow-up answers."""
+        from agent.sequences import ACTIVE, EnrolmentStore
+
+        step = state.input.step
+        found = EnrolmentStore(self._db(), tenant=state.tenant, clock=self.clock).for_leads(
+            state.input.campaign.id, state.input.lead_ids)
+        records = []
+        for lead in state.records("load"):
+            enrolment = found.get(str(lead["lead_id"]))
+            if enrolment is None:
+                why = "not_enrolled"
+            elif enrolment.status != ACTIVE:
+                why = f"sequence_{enrolment.status}" + (f":{enrolment.stop_reason}" if enrolment.stop_reason else "")
+            elif enrolment.next_step != step:
+                why = f"sequence_at_step_{enrolment.next_step}"
+            else:
+                why = None
+            records.append(_derived({"lead_id": str(lead["lead_id"]), "go": why is None, "reason": why,
+                                     "thread": {"subject": (enrolment.first_subject or "") if enrolment else "",
+                                                "message_ids": enrolment.thread[-100:] if enrolment else []}},
+                                    lead))
+        return Output(records, source=_SOURCE, step=step)
+
+    def _stage(self, state: FlowState, drafts: list[Any]) -> None:
+        from agent.delivery.keys import idempotency_key
+        from agent.delivery.ledger import OutboxLedger
+        from agent.delivery.message import new_message_id
+
+        campaign: Campaign = state.input.campaign
+        rows = [{"idempotency_key": idempotency_key(state.tenant, d.campaign_id, d.lead_id, d.step),
+                 "tenant_id": state.tenant, "campaign_id": d.campaign_id, "lead_id": d.lead_id, "step": d.step,
+                 "channel": campaign.channel, "message_id": new_message_id(self.settings.sender),
+                 "to_address": d.to, "subject": d.subject, "record_hash": d.record[PROVENANCE]["hash"],
+                 "run_id": state.run_id, "provenance": d.record.get(PROVENANCE)}
+                for d in drafts if d.status == "awaiting_approval"]
+        OutboxLedger(self._db()).stage_many(rows, state="drafted")
+
     def _approved(self, state: FlowState) -> Output:
         campaign: Campaign = state.input.campaign
-        drafts = self._drafts(state.tenant).for_leads(campaign.id, state.input.lead_ids, step=STEP)
+        drafts = self._drafts(state.tenant).for_leads(campaign.id, state.input.lead_ids, step=state.input.step)
         # The records as queued or edited (their provenance intact); each one's decision beside them.
         decisions = {d.lead_id: {"status": d.status, "draft_id": d.id} for d in drafts}
         return Output([d.record for d in drafts], source=_SOURCE, decisions=decisions)
@@ -178,10 +232,11 @@ class OutreachOrchestrator(BaseOrchestrator):
         else:
             # A lead whose draft an operator rejected (under an earlier approval policy) is never sent.
             rejected = {d.lead_id for d in self._drafts(state.tenant).for_leads(
-                campaign.id, [r["lead_id"] for r in state.records("draft")], step=STEP) if d.status == "rejected"}
+                campaign.id, [r["lead_id"] for r in state.records("draft")], step=state.input.step)
+                if d.status == "rejected"}
             drafts = [r for r in state.records("draft") if str(r["lead_id"]) not in rejected]
             refused = [_derived({"lead_id": str(r["lead_id"]), "to": r["to"], "campaign_id": campaign.id,
-                                 "step": STEP, "status": "rejected", "reason": "rejected_by_operator",
+                                 "step": state.input.step, "status": "rejected", "reason": "rejected_by_operator",
                                  "message_id": None}, r)
                        for r in state.records("draft") if str(r["lead_id"]) in rejected]
         delivered: list[dict[str, Any]] = []
@@ -192,8 +247,16 @@ class OutreachOrchestrator(BaseOrchestrator):
             # them a run_id names one flow's steps, so it gets its own (lineage holds through parents).
             run_id = state.run_id if self.engine.checkpoints is None else None
             envelope = delivery.run({"records": drafts, "campaign_id": campaign.id, "channel": campaign.channel,
-                                     "allow_delivery": campaign.allow_delivery}, run_id=run_id)
+                                     "allow_delivery": campaign.allow_delivery, "timezone": campaign.timezone,
+                                     "pacing": campaign.pacing.model_dump(mode="json") if campaign.pacing else None},
+                                    run_id=run_id)
             delivered = envelope["records"]
+            if campaign.allow_delivery:
+                # Sent steps move each lead's sequence on; deferred ones stay next, due when pacing allows.
+                from agent.sequences import EnrolmentStore
+
+                EnrolmentStore(self._db(), tenant=state.tenant, clock=self.clock).record_outcomes(
+                    campaign.template.waits(), delivered)
         if release:
             return _released(state, delivered)
         return _outcome(state, delivered + refused, allow_delivery=campaign.allow_delivery)
@@ -222,12 +285,20 @@ def _score_request(state: FlowState) -> dict[str, Any]:
 
 
 def _passed(state: FlowState) -> list[dict[str, Any]]:
+    if "sequence" in state.results:  # a follow-up: only leads whose sequence is due at this step
+        going = {r["lead_id"] for r in state.records("sequence") if r["go"]}
+        return [lead for lead in _leads(state) if str(lead["lead_id"]) in going]
     return [lead for lead in _leads(state) if lead.get("icp_pass", True)]
 
 
 def _draft_request(lead: dict[str, Any], state: FlowState) -> dict[str, Any]:
     campaign: Campaign = state.input.campaign
-    return {"lead": lead, "template": campaign.template.model_dump(), "campaign_id": campaign.id, "step": STEP}
+    request = {"lead": lead, "template": campaign.template.model_dump(), "campaign_id": campaign.id,
+               "step": state.input.step}
+    if "sequence" in state.results:
+        request["thread"] = next(r["thread"] for r in state.records("sequence")
+                                 if r["lead_id"] == str(lead["lead_id"]))
+    return request
 
 
 def _approval(state: FlowState) -> str:
@@ -242,18 +313,23 @@ def _outcome(state: FlowState, done: list[dict[str, Any]], *, allow_delivery: bo
     errors = state["draft"]["metadata"]["errors"]
     why = {str(e.get("item")): e for e in errors}
     scored = {str(r["lead_id"]): r for r in state.records("score")} if "score" in state.results else {}
+    held = {r["lead_id"]: r for r in state.records("sequence") if not r["go"]} if "sequence" in state.results else {}
+    step = state.input.step
     records = []
     for lead in state.records("load"):
         key = str(lead["lead_id"])
         record = by_lead.pop(key, None)
         score = scored.get(key)
-        if record is None and score is not None and not score["icp_pass"]:
-            record = _derived({"lead_id": key, "to": lead.get("email"), "campaign_id": campaign.id, "step": STEP,
+        if record is None and key in held:
+            record = _derived({"lead_id": key, "to": lead.get("email"), "campaign_id": campaign.id, "step": step,
+                               "status": "skipped", "reason": held[key]["reason"], "message_id": None}, held[key])
+        elif record is None and score is not None and not score["icp_pass"]:
+            record = _derived({"lead_id": key, "to": lead.get("email"), "campaign_id": campaign.id, "step": step,
                                "status": "skipped", "reason": "below_icp_threshold", "message_id": None,
                                "icp_score": score["icp_score"], "icp_reasons": score["icp_reasons"]}, score)
         elif record is None:
             error = why.get(key, {})
-            record = _derived({"lead_id": key, "to": lead.get("email"), "campaign_id": campaign.id, "step": STEP,
+            record = _derived({"lead_id": key, "to": lead.get("email"), "campaign_id": campaign.id, "step": step,
                                "status": "failed", "reason": error.get("code", "draft_failed"),
                                "error": error.get("message"), "message_id": None}, lead)
         records.append(record)
@@ -280,7 +356,8 @@ def _released(state: FlowState, delivered: list[dict[str, Any]]) -> Output:
         record = by_lead.pop(str(draft["lead_id"]), None)
         if record is None:
             record = _derived({"lead_id": str(draft["lead_id"]), "to": draft["to"], "campaign_id": campaign.id,
-                               "step": STEP, "status": decision["status"], "draft_id": decision["draft_id"],
+                               "step": state.input.step, "status": decision["status"],
+                               "draft_id": decision["draft_id"],
                                "reason": "rejected_by_operator" if decision["status"] == "rejected"
                                else "not_decided", "message_id": None}, draft)
         records.append(record)

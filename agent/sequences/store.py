@@ -1,0 +1,243 @@
+"""``EnrolmentStore``: one row per (tenant, campaign, lead) saying which step comes next, and when.
+
+A lead is enrolled when its first step is sent (or deferred by pacing).
+Every sent step moves it on: the next step of the campaign becomes due its
+``wait_days`` later, and the Message-ID joins the thread that follow-ups
+answer (``In-Reply-To`` the last, ``References`` all).  After the last step
+the enrolment is ``completed``.
+
+What stops or holds a sequence:
+
+- a reply, an unsubscribe, a complaint or a hard bounce: ``stopped`` for good;
+- an out-of-office with a return date: ``paused`` until then, then active again;
+- pacing (a cap, the send window): the step stays next, due when pacing allows.
+
+Every change is one conditional statement, so the same outcome recorded twice
+(a batch retried) moves nothing twice, and a reply that lands while a step is
+being scheduled still stops it: the send-time gate (``blocked``) reads the
+row again right before the hand-over.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+
+from agent.clock import SYSTEM_CLOCK, Clock
+from agent.storage.db import Database, upsert_insert
+from agent.storage.models import EnrolmentRow
+from agent.storage.times import aware
+
+__all__ = ["EnrolmentStore", "Enrolment", "ACTIVE", "PAUSED", "STOPPED", "COMPLETED"]
+
+ACTIVE, PAUSED, STOPPED, COMPLETED = "active", "paused", "stopped", "completed"
+_DONE_SENDING = ("sent", "duplicate")
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    campaign_id: str
+    lead_id: str
+    to: str
+    status: str
+    next_step: int
+    due_at: datetime | None
+    thread: list[str]
+    first_subject: str | None
+    stop_reason: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"campaign_id": self.campaign_id, "lead_id": self.lead_id, "to": self.to, "status": self.status,
+                "next_step": self.next_step, "due_at": self.due_at.isoformat() if self.due_at else None,
+                "thread": self.thread, "first_subject": self.first_subject, "stop_reason": self.stop_reason}
+
+
+class EnrolmentStore:
+    """One tenant's sequence enrolments; ``clock`` says what "now" is."""
+
+    def __init__(self, db: Database, *, tenant: str = "default", clock: Clock = SYSTEM_CLOCK) -> None:
+        self.db = db
+        self.tenant = tenant
+        self.clock = clock
+
+    # -- outcomes of sends --------------------------------------------------------------------
+    def record_outcomes(self, steps: Mapping[int, float], records: Iterable[Mapping[str, Any]]) -> None:
+        """Move enrolments on from delivery outcomes.  ``steps`` maps each step of the campaign to the
+        days to wait before it (step 1: 0).  A sent step makes the next one due; a step deferred by
+        pacing stays next, due at its ``not_before``."""
+        now = self.clock.now()
+        for record in records:
+            status, step = record.get("status"), int(record.get("step") or 1)
+            if status in _DONE_SENDING and record.get("message_id"):
+                self._sent(steps, record, step, now)
+            elif status == "deferred":
+                until = record.get("not_before")
+                due = datetime.fromisoformat(until) if isinstance(until, str) else (until or now + timedelta(hours=1))
+                self._defer(record, step, due, now)
+
+    def _sent(self, steps: Mapping[int, float], record: Mapping[str, Any], step: int, now: datetime) -> None:
+        later = sorted(s for s in steps if s > step)
+        following = later[0] if later else None
+        due = now + timedelta(days=steps[following]) if following is not None else None
+        state = ACTIVE if following is not None else COMPLETED
+        self._ensure(record, step, now, subject=record.get("subject") if step == 1 else None)
+        with self.db.connect(write=True) as conn:
+            row = conn.execute(select(EnrolmentRow.next_step, EnrolmentRow.thread_json, EnrolmentRow.status)
+                               .where(*self._key(record["campaign_id"], record["lead_id"]))).one()
+            if row.next_step > step or row.status == STOPPED:
+                return  # already moved on (the same outcome twice), or stopped meanwhile
+            thread = json.loads(row.thread_json)
+            if record["message_id"] not in thread:
+                thread.append(record["message_id"])
+            conn.execute(update(EnrolmentRow).where(
+                *self._key(record["campaign_id"], record["lead_id"]), EnrolmentRow.next_step == row.next_step,
+                EnrolmentRow.status != STOPPED,
+            ).values(next_step=following or step + 1, due_at=due, status=state, thread_json=json.dumps(thread),
+                     updated_at=now))
+
+    def _defer(self, record: Mapping[str, Any], step: int, due: datetime, now: datetime) -> None:
+        self._ensure(record, step, now, due=due)
+        with self.db.connect(write=True) as conn:
+            conn.execute(update(EnrolmentRow).where(
+                *self._key(record["campaign_id"], record["lead_id"]), EnrolmentRow.next_step == step,
+                EnrolmentRow.status == ACTIVE).values(due_at=due, updated_at=now))
+
+    def _ensure(self, record: Mapping[str, Any], step: int, now: datetime, *, subject: str | None = None,
+                due: datetime | None = None) -> None:
+        """The enrolment's row, created at ``step`` if the lead has none yet (a first writer wins)."""
+        row = {"tenant_id": self.tenant, "campaign_id": str(record["campaign_id"]), "lead_id": str(record["lead_id"]),
+               "to_address": record["to"], "status": ACTIVE, "next_step": step, "due_at": due or now,
+               "thread_json": "[]", "first_subject": subject, "stop_reason": None, "created_at": now,
+               "updated_at": now}
+        with self.db.connect(write=True) as conn:
+            conn.execute(upsert_insert(self.db.dialect)(EnrolmentRow).on_conflict_do_nothing(
+                index_elements=["tenant_id", "campaign_id", "lead_id"]), [row])
+            if subject is not None:
+                conn.execute(update(EnrolmentRow).where(*self._key(row["campaign_id"], row["lead_id"]),
+                                                        EnrolmentRow.first_subject.is_(None))
+                             .values(first_subject=subject))
+
+    # -- scheduling ---------------------------------------------------------------------------
+    def due(self, campaign_id: str, *, limit: int = 10_000) -> list[Enrolment]:
+        """Enrolments of ``campaign_id`` whose next step is due now (an out-of-office pause that has
+        ended counts), oldest due first."""
+        now = self.clock.now()
+        return self._select(EnrolmentRow.campaign_id == campaign_id, EnrolmentRow.status.in_((ACTIVE, PAUSED)),
+                            EnrolmentRow.due_at <= now, order=EnrolmentRow.due_at, limit=limit)
+
+    def lease(self, campaign_id: str, lead_ids: Iterable[str], step: int, *, seconds: float) -> None:
+        """Leads whose step ``step`` was just queued: not due again for ``seconds`` (if the job is lost,
+        they come due again and the outbox key keeps the step from going out twice)."""
+        now = self.clock.now()
+        with self.db.connect(write=True) as conn:
+            conn.execute(update(EnrolmentRow).where(
+                EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == campaign_id,
+                EnrolmentRow.lead_id.in_([str(i) for i in lead_ids]), EnrolmentRow.next_step == step,
+                EnrolmentRow.status.in_((ACTIVE, PAUSED)),
+            ).values(status=ACTIVE, due_at=now + timedelta(seconds=seconds), updated_at=now))
+
+    # -- what stops or holds a sequence -------------------------------------------------------
+    def stop(self, *, reason: str, address: str | None = None, lead_id: str | None = None,
+             campaign_id: str | None = None) -> int:
+        """Stop the active or paused enrolments of ``address`` (any case) or ``lead_id``; how many."""
+        matches = self._who(address, lead_id)
+        if not matches:
+            return 0
+        conditions = [EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.status.in_((ACTIVE, PAUSED)),
+                      or_(*matches)]
+        if campaign_id is not None:
+            conditions.append(EnrolmentRow.campaign_id == campaign_id)
+        with self.db.connect(write=True) as conn:
+            return int(conn.execute(update(EnrolmentRow).where(*conditions).values(
+                status=STOPPED, stop_reason=reason[:64], due_at=None, updated_at=self.clock.now())).rowcount)
+
+    def pause_until(self, until: datetime, *, address: str | None = None, lead_id: str | None = None) -> int:
+        """Hold the active enrolments of ``address`` or ``lead_id`` until ``until`` (an out-of-office's
+        return date): the next step waits, the sequence does not stop."""
+        matches = self._who(address, lead_id)
+        if not matches:
+            return 0
+        with self.db.connect(write=True) as conn:
+            return int(conn.execute(update(EnrolmentRow).where(
+                EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.status.in_((ACTIVE, PAUSED)), or_(*matches),
+                or_(EnrolmentRow.due_at.is_(None), EnrolmentRow.due_at < until),
+            ).values(status=PAUSED, due_at=until, updated_at=self.clock.now())).rowcount)
+
+    def blocked(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The send-time gate: of these (campaign, lead) pairs, those whose sequence is stopped
+        (``stopped:<reason>``) or paused past now (``paused_until:<iso>``)."""
+        wanted = list(dict.fromkeys((str(c), str(lead)) for c, lead in pairs))
+        if not wanted:
+            return {}
+        now = self.clock.now()
+        out: dict[tuple[str, str], str] = {}
+        with self.db.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                rows = conn.execute(select(EnrolmentRow.campaign_id, EnrolmentRow.lead_id, EnrolmentRow.status,
+                                           EnrolmentRow.stop_reason, EnrolmentRow.due_at).where(
+                    EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.status.in_((STOPPED, PAUSED)),
+                    or_(*(and_(EnrolmentRow.campaign_id == c, EnrolmentRow.lead_id == lead) for c, lead in chunk))))
+                for row in rows:
+                    due = aware(row.due_at)
+                    if row.status == STOPPED:
+                        out[(row.campaign_id, row.lead_id)] = f"stopped:{row.stop_reason or 'unknown'}"
+                    elif due is not None and due > now:
+                        out[(row.campaign_id, row.lead_id)] = f"paused_until:{due.isoformat()}"
+        return out
+
+    # -- reading ------------------------------------------------------------------------------
+    def get(self, campaign_id: str, lead_id: str) -> Enrolment | None:
+        found = self._select(*self._key(campaign_id, lead_id))
+        return found[0] if found else None
+
+    def for_leads(self, campaign_id: str, lead_ids: Iterable[Any]) -> dict[str, Enrolment]:
+        leads = [str(i) for i in lead_ids]
+        return {e.lead_id: e for e in self._select(EnrolmentRow.campaign_id == campaign_id,
+                                                   EnrolmentRow.lead_id.in_(leads))}
+
+    def list(self, *, campaign_id: str | None = None, status: str | None = None, limit: int = 100) -> list[Enrolment]:
+        conditions = []
+        if campaign_id is not None:
+            conditions.append(EnrolmentRow.campaign_id == campaign_id)
+        if status is not None:
+            conditions.append(EnrolmentRow.status == status)
+        return self._select(*conditions, order=EnrolmentRow.id, limit=limit)
+
+    def counts(self, campaign_id: str) -> dict[str, int]:
+        with self.db.connect() as conn:
+            rows = conn.execute(select(EnrolmentRow.status, func.count()).where(
+                EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == campaign_id)
+                .group_by(EnrolmentRow.status))
+            return {status: int(n) for status, n in rows}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _key(self, campaign_id: str, lead_id: Any) -> tuple[Any, ...]:
+        return (EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == str(campaign_id),
+                EnrolmentRow.lead_id == str(lead_id))
+
+    @staticmethod
+    def _who(address: str | None, lead_id: str | None) -> list[Any]:
+        matches = []
+        if address:
+            matches.append(func.lower(EnrolmentRow.to_address) == address.strip().lower())
+        if lead_id is not None:
+            matches.append(EnrolmentRow.lead_id == str(lead_id))
+        return matches
+
+    def _select(self, *conditions: Any, order: Any = None, limit: int | None = None) -> list[Enrolment]:
+        stmt = select(EnrolmentRow).where(EnrolmentRow.tenant_id == self.tenant, *conditions)
+        if order is not None:
+            stmt = stmt.order_by(order)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.db.connect() as conn:
+            rows = conn.execute(stmt.with_only_columns(*EnrolmentRow.__table__.c)).mappings().all()
+        return [Enrolment(r["campaign_id"], r["lead_id"], r["to_address"], r["status"], r["next_step"],
+                          aware(r["due_at"]), json.loads(r["thread_json"]), r["first_subject"], r["stop_reason"])
+                for r in rows]
