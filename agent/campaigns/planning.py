@@ -58,25 +58,30 @@ def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
     return list(dict.fromkeys(ids))[: campaign.limits.per_run]
 
 
-def plan_batches(campaign: Campaign, run_key: str, lead_ids: list[int], *, topic: str) -> list[BatchPlan]:
-    """``lead_ids`` cut into ``limits.batch_size`` batches, one outreach job each, for ``topic``."""
+def plan_batches(campaign: Campaign, run_key: str, lead_ids: list[int], *, topic: str,
+                 step: int = 1) -> list[BatchPlan]:
+    """``lead_ids`` cut into ``limits.batch_size`` batches, one outreach job each (of sequence step
+    ``step``), for ``topic``."""
     size = campaign.limits.batch_size
-    return [batch_plan(campaign, run_key, index, list(lead_ids[start:start + size]), topic=topic)
+    return [batch_plan(campaign, run_key, index, list(lead_ids[start:start + size]), topic=topic, step=step)
             for index, start in enumerate(range(0, len(lead_ids), size))]
 
 
 def batch_plan(campaign: Campaign, run_key: str, index: int, lead_ids: list[int], *, topic: str,
-               resumed: bool = False) -> BatchPlan:
+               resumed: bool = False, step: int = 1) -> BatchPlan:
     """Batch ``index`` of a campaign run: always the same run id and idempotency key.  The topic is
     kept with it: a resume queues the batch where its idempotency key lives."""
     dump = campaign.model_dump(mode="json")
+    payload: dict[str, Any] = {"campaign": dump, "lead_ids": lead_ids}
+    if step > 1:
+        payload["step"] = step
     job = Job(orchestrator=ORCHESTRATOR, run_id=batch_run_id(campaign.id, run_key, index),
-              payload={"campaign": dump, "lead_ids": lead_ids},
+              payload=payload,
               idempotency_key=f"campaign:{campaign.id}:{run_key}:batch:{index}",
               max_attempts=campaign.limits.max_attempts,
               meta={"campaign_id": campaign.id, "campaign_run": run_key, "batch": index, "resumed": resumed})
     return BatchPlan(job, {"campaign_run": run_key, "batch": index, "lead_ids": lead_ids, "campaign": dump,
-                           "topic": topic})
+                           "topic": topic, "step": step})
 
 
 def release_plan(held_run_id: str, meta: dict[str, Any], *, topic: str) -> BatchPlan:
@@ -84,13 +89,17 @@ def release_plan(held_run_id: str, meta: dict[str, Any], *, topic: str) -> Batch
     and idempotency key derive from the held run: releasing the same batch twice queues one job."""
     campaign = meta["campaign"]
     key = f"{meta['campaign_run']}:release"
+    payload: dict[str, Any] = {"campaign": campaign, "lead_ids": meta["lead_ids"], "release": True}
+    if meta.get("step", 1) > 1:
+        payload["step"] = meta["step"]
     job = Job(orchestrator=ORCHESTRATOR, run_id=hashlib.sha256(f"release:{held_run_id}".encode()).hexdigest()[:32],
-              payload={"campaign": campaign, "lead_ids": meta["lead_ids"], "release": True},
+              payload=payload,
               idempotency_key=f"release:{held_run_id}", max_attempts=int(campaign["limits"]["max_attempts"]),
               meta={"campaign_id": campaign["id"], "campaign_run": key, "batch": meta["batch"],
                     "released_from": held_run_id})
     return BatchPlan(job, {"campaign_run": key, "batch": meta["batch"], "lead_ids": meta["lead_ids"],
-                           "campaign": campaign, "topic": topic, "released_from": held_run_id, "release": True})
+                           "campaign": campaign, "topic": topic, "released_from": held_run_id, "release": True,
+                           "step": meta.get("step", 1)})
 
 
 def record_plans(audit: Any, plans: list[BatchPlan], *, tenant: str) -> None:

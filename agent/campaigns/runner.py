@@ -22,6 +22,7 @@ from typing import Any
 
 from agent.audit import AuditStore, SqlAuditStore
 from agent.campaigns.model import Campaign, check_tenant
+from agent.clock import clock_from
 from agent.campaigns.planning import (
     ORCHESTRATOR,
     batch_plan,
@@ -66,6 +67,7 @@ class CampaignRunner:
 
         self.settings = settings or get_settings()
         self.registry = bound_registry(self.settings, registry)
+        self.clock = clock_from(self.registry)
         self.audit = audit or SqlAuditStore(Database.for_settings(self.settings))
         self.queue = queue or InMemoryQueue(visibility_timeout=600)
         self.topic = check_topic(topic)
@@ -103,7 +105,7 @@ class CampaignRunner:
                                                             .removesuffix(":release")}, topic=topic)
             else:
                 plan = batch_plan(Campaign.parse(meta["campaign"]), meta["campaign_run"], meta["batch"],
-                                  meta["lead_ids"], topic=topic, resumed=True)
+                                  meta["lead_ids"], topic=topic, resumed=True, step=meta.get("step", 1))
             self.queue.enqueue(topic, plan.job)
             topics.add(topic)
             self._topics.add(topic)
@@ -113,6 +115,32 @@ class CampaignRunner:
             for topic in sorted(topics):
                 recover(topic, after=0)
         return [self.report(campaign_id, key) for key in keys]
+
+    def follow_ups(self, campaign: Campaign, *, lease_seconds: float = 3600) -> list[CampaignReport]:
+        """Queue every sequence step of ``campaign`` that is due now: one outreach job per step and
+        batch of leads, recorded first like any batch.  Each lead queued is leased for
+        ``lease_seconds`` (not due again meanwhile); a lost job's leads come due again after it, and
+        the outbox key keeps a step from going out twice.  One report per step queued."""
+        from agent.sequences import EnrolmentStore
+        from agent.storage.db import Database
+
+        check_tenant(campaign, self.settings.tenant, who="this store (AGENT_TENANT)")
+        store = EnrolmentStore(Database.for_settings(self.settings), tenant=campaign.tenant, clock=self.clock)
+        by_step: dict[int, list[int]] = {}
+        steps = campaign.template.waits()
+        for enrolment in store.due(campaign.id):
+            if enrolment.lead_id.isdigit() and enrolment.next_step in steps:
+                by_step.setdefault(enrolment.next_step, []).append(int(enrolment.lead_id))
+        stamp = self.clock.now().strftime("%Y%m%dT%H%M%S%fZ")
+        reports = []
+        for step, lead_ids in sorted(by_step.items()):
+            run_key = f"{stamp}:step{step}"
+            plans = plan_batches(campaign, run_key, lead_ids, topic=self.topic, step=step)
+            record_plans(self.audit, plans, tenant=campaign.tenant)
+            store.lease(campaign.id, [str(i) for i in lead_ids], step, seconds=lease_seconds)
+            self.queue.enqueue_many(self.topic, [plan.job for plan in plans])
+            reports.append(self.report(campaign.id, run_key))
+        return reports
 
     def release(self, run_ids: list[str]) -> list[CampaignReport]:
         """Queue the delivery of each held batch (a run whose drafts waited for approval) that has no

@@ -100,6 +100,23 @@ def campaign_resume(campaign_id: str = typer.Argument(..., help="The campaign's 
     _work(runner, reports, threads, as_json)
 
 
+@campaign_app.command("tick")
+def campaign_tick(file: Path = typer.Argument(..., help="Campaign file (.yaml, .yml or .json)."),
+                  threads: int = THREADS, backend: str = BACKEND, as_json: bool = JSON_OPT) -> None:
+    """Send the campaign's sequence steps that are due now (follow-ups, and first steps pacing deferred).
+
+    Run it from cron or a scheduler as often as you like: a step queued is leased, a step sent is never
+    sent again, and a lead who replied, unsubscribed or bounced is not written to."""
+    from agent.campaigns.model import load_campaign
+
+    campaign = load_campaign(file)
+    runner = _runner(backend)
+    reports = runner.follow_ups(campaign)
+    if not reports and not as_json:
+        console.print(f"no sequence step of campaign {campaign.id!r} is due")
+    _work(runner, reports, threads, as_json)
+
+
 @runs_app.command("list")
 def runs_list(campaign: str = typer.Option(None, help="Only this campaign's runs."),
               state: str = typer.Option(None, help="queued, running, succeeded, failed or dead."),

@@ -183,6 +183,7 @@ def apply_unsubscribe(db: Any, request: Unsubscribe, *, source: str) -> tuple[st
     from agent.delivery.keys import idempotency_key
     from agent.delivery.suppression import SuppressionList
     from agent.drafts import DraftStore
+    from agent.sequences import EnrolmentStore
     from agent.storage.models import Contact, OutboxMessage
 
     key = idempotency_key(request.tenant, request.campaign_id, request.lead_id, request.step)
@@ -198,4 +199,6 @@ def apply_unsubscribe(db: Any, request: Unsubscribe, *, source: str) -> tuple[st
         evidence=f"campaign {request.campaign_id} step {request.step}")
     DraftStore(db, tenant=request.tenant).withdraw(address=address, lead_id=request.lead_id, by="unsubscribe",
                                                    reason="the recipient unsubscribed")
+    # Every queued step of theirs stops: no follow-up goes to someone who objected.
+    EnrolmentStore(db, tenant=request.tenant).stop(reason="unsubscribed", address=address, lead_id=request.lead_id)
     return address, newly

@@ -30,11 +30,14 @@ import email
 import email.policy
 import json
 from dataclasses import asdict
+from datetime import date, datetime, timedelta, timezone
+from email.utils import parseaddr
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
+from agent.delivery.pacing import Pacer
 from agent.delivery.suppression import SuppressionList
 from agent.drafts import DraftStore
 from agent.embeddings import embedder_for
@@ -46,12 +49,14 @@ from agent.inbound.classify import Classification, classify
 from agent.inbound.sentiment import SentimentClassifier
 from agent.inbound.store import InboundStore
 from agent.inbound.threads import match_thread, sender_address
+from agent.sequences import EnrolmentStore
 from agent.storage.db import Database
 from agent.storage.models import Contact, InboundMessageRow
 
 __all__ = ["ReplyOrchestrator", "ReplyPayload"]
 
 SOFT_BOUNCE_LIMIT = 3
+OOO_DEFAULT_DAYS = 7
 _SOURCE = "inbound"
 
 
@@ -134,9 +139,14 @@ class ReplyOrchestrator(BaseOrchestrator):
                 if bounce["severity"] == "hard":
                     suppression.add(address, reason="hard_bounce", source="dsn", evidence=bounce["status"])
                     actions.append({"action": "suppressed", "address": address, "reason": "hard_bounce"})
+                    actions.extend(self._withdraw(db, state.tenant, address, None, "hard_bounce"))
                     self._status(db, state.tenant, lead_id, "bounced", actions)
+                    actions.extend(self._count(db, state.tenant, "bounce", address, match))
                 elif bounce["severity"] == "policy":
-                    actions.append({"action": "mailbox_attention", "status": bounce["status"],
+                    # Our sending is refused: the mailbox stops until someone looks; the recipient is not suppressed.
+                    paused = Pacer(db, tenant=state.tenant, clock=self.clock).pause(
+                        f"mailbox:{self._mailbox()}", reason="policy_refused", evidence=bounce["status"])
+                    actions.append({"action": "mailbox_paused", "status": bounce["status"], "newly": paused,
                                     "reason": "our sending was refused (5.7.x): the recipient is not suppressed"})
                 elif self._soft_bounces(db, state.tenant, address, state.input.inbound_id) >= SOFT_BOUNCE_LIMIT:
                     suppression.add(address, reason="soft_bounces", source="dsn", evidence=bounce["status"])
@@ -150,22 +160,27 @@ class ReplyOrchestrator(BaseOrchestrator):
             if address:
                 suppression.add(address, reason="complaint", source="arf", evidence=read["identity"][:200])
                 actions.append({"action": "suppressed", "address": address, "reason": "complaint"})
-                actions.extend(self._withdraw(db, state.tenant, address, lead_id, "the recipient complained"))
+                actions.extend(self._withdraw(db, state.tenant, address, lead_id, "complaint"))
                 self._status(db, state.tenant, lead_id, "complained", actions)
+                actions.extend(self._count(db, state.tenant, "complaint", address, match))
         elif kind == "unsubscribe" and read["sender"]:
             # Whoever asks is suppressed; the lead's own status and drafts change only if it was the lead.
             suppression.add(read["sender"], reason="unsubscribe_reply", source="inbound",
                             evidence=read["identity"][:200])
             actions.append({"action": "suppressed", "address": read["sender"], "reason": "unsubscribe_reply"})
             if match["matched"] and match["from_recipient"]:
-                actions.extend(self._withdraw(db, state.tenant, read["sender"], lead_id, "the recipient unsubscribed"))
+                actions.extend(self._withdraw(db, state.tenant, read["sender"], lead_id, "unsubscribed"))
                 self._status(db, state.tenant, lead_id, "unsubscribed", actions)
         elif kind == "reply" and match["matched"] and match["from_recipient"]:
             self._status(db, state.tenant, lead_id, "replied", actions)
-            actions.extend(self._withdraw(db, state.tenant, match["to_address"], lead_id, "the lead replied"))
+            actions.extend(self._withdraw(db, state.tenant, match["to_address"], lead_id, "replied"))
         elif kind == "out_of_office" and match["matched"]:
             self._status(db, state.tenant, lead_id, "out_of_office", actions)
-            actions.append({"action": "sequence_waits", "until": found["return_date"]})
+            # The sequence waits until they are back (a week when the message gives no date); it goes on then.
+            until = _return_instant(found["return_date"]) or self.clock.now() + timedelta(days=OOO_DEFAULT_DAYS)
+            held = EnrolmentStore(db, tenant=state.tenant, clock=self.clock).pause_until(
+                max(until, self.clock.now()), address=match["to_address"], lead_id=lead_id)
+            actions.append({"action": "sequence_waits", "until": until.isoformat(), "enrolments": held})
         outcome = {"kind": kind, "reason": found["reason"], "sentiment": found["sentiment"], "match": match,
                    "actions": actions, "return_date": found["return_date"]}
         InboundStore(db, tenant=state.tenant).done(state.input.inbound_id, kind=kind, result=outcome,
@@ -183,11 +198,26 @@ class ReplyOrchestrator(BaseOrchestrator):
         if changed:
             actions.append({"action": "lead_status", "lead_id": str(lead_id), "status": status})
 
-    @staticmethod
-    def _withdraw(db: Database, tenant: str, address: str | None, lead_id: str | None,
+    def _withdraw(self, db: Database, tenant: str, address: str | None, lead_id: str | None,
                   why: str) -> list[dict[str, Any]]:
+        """The recipient's waiting drafts withdrawn (their outbox rows cancelled) and every sequence of
+        theirs stopped: a reply, an unsubscribe, a complaint or a hard bounce ends it."""
         count = DraftStore(db, tenant=tenant).withdraw(address=address, lead_id=lead_id, by="inbound", reason=why)
-        return [{"action": "drafts_withdrawn", "count": count}] if count else []
+        stopped = EnrolmentStore(db, tenant=tenant, clock=self.clock).stop(reason=why, address=address,
+                                                                           lead_id=lead_id)
+        return ([{"action": "drafts_withdrawn", "count": count}] if count else []) + \
+            ([{"action": "sequence_stopped", "count": stopped, "reason": why}] if stopped else [])
+
+    def _mailbox(self) -> str:
+        return (parseaddr(self.settings.sender)[1] or self.settings.sender).lower()
+
+    def _count(self, db: Database, tenant: str, kind: str, address: str, match: dict[str, Any]) -> list[dict[str, Any]]:
+        """A bounce or complaint counted against our mailbox; past the guard's rate it pauses it."""
+        pacer = Pacer(db, tenant=tenant, clock=self.clock)
+        pacer.record(kind, mailbox=self._mailbox(), to=address, campaign_id=match.get("campaign_id"),
+                     lead_id=match.get("lead_id"))
+        pause = pacer.paused(f"mailbox:{self._mailbox()}")
+        return [{"action": "mailbox_paused", "reason": pause["reason"]}] if pause else []
 
     @staticmethod
     def _soft_bounces(db: Database, tenant: str, address: str, this: int) -> int:
@@ -199,6 +229,17 @@ class ReplyOrchestrator(BaseOrchestrator):
                 InboundMessageRow.id != this,
                 InboundMessageRow.result_json.contains(fragment, autoescape=True))).scalar_one()
         return int(seen) + 1
+
+
+def _return_instant(value: str | None) -> datetime | None:
+    """An out-of-office's return date as the start of that day, UTC."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
 
 def _header(message: Any, name: str) -> str | None:

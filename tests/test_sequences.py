@@ -1,0 +1,209 @@
+"""Sequences end to end: a real SMTP server, the one-click app under uvicorn, inbound replies, a frozen clock.
+
+A campaign of two steps runs on the embedded runner; days pass on a
+``FrozenClock`` registered in the Registry; ``CampaignRunner.follow_ups``
+queues what is due.  The assertions are on the bytes the SMTP server
+received: the threading chain, and which follow-ups never arrived.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import unittest
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx2 as httpx
+
+from agent.builtins import register_builtins
+from agent.campaigns.model import Campaign
+from agent.campaigns.runner import CampaignRunner
+from agent.clock import FrozenClock
+from agent.high_level_agents.orchestrators import ReplyOrchestrator
+from agent.inbound.intake import process_pending
+from agent.inbound.store import InboundStore
+from agent.leads.sample import load_sample_data
+from agent.leads.search import LeadSearch
+from agent.registry import Registry
+from agent.sequences import EnrolmentStore
+from agent.web import create_app
+from tests.smtp_server import SmtpServer
+from tests.support import TempHome
+from tests.test_unsubscribe import _Server
+
+MONDAY = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+
+
+def two_steps(**changes: Any) -> Campaign:
+    data: dict[str, Any] = {
+        "id": "seq", "lead_query": {"industry": "Software"}, "channel": "smtp", "allow_delivery": True,
+        "template": {"subject": "{{ lead.company }} and your pipeline",
+                     "body": "Hi {{ lead.first_name }},\n\nhow do you find new accounts today?",
+                     "steps": [{"step": 2, "wait_days": 3,
+                                "body": "Hi {{ lead.first_name }},\n\na short follow-up to my note."}]},
+        "limits": {"batch_size": 2, "per_run": 10}}
+    data.update(changes)
+    return Campaign.parse(data)
+
+
+def unfolded(raw: bytes) -> bytes:
+    return raw.replace(b"\r\n ", b" ").replace(b"\r\n\t", b" ")
+
+
+def header(raw: bytes, name: str) -> str:
+    found = re.search(rb"^" + name.encode() + rb": ([^\r\n]*)", unfolded(raw), re.MULTILINE | re.IGNORECASE)
+    assert found is not None, name
+    return found.group(1).decode()
+
+
+class SequenceTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.smtp = SmtpServer()
+        self.smtp.__enter__()
+        self.addCleanup(self.smtp.__exit__, None, None, None)
+        self.home = TempHome(smtp_host="127.0.0.1", smtp_port=self.smtp.port, smtp_security="none",
+                             unsubscribe_base_url="https://mail.sender.example")
+        self.addCleanup(self.home.cleanup)
+        self.db = self.home.database()
+        load_sample_data(self.db, size=60, tenant="default")
+        with self.db.connect() as conn:
+            self.leads = {str(row["lead_id"]): row["email"] for row in LeadSearch(self.db).load(conn, [1, 2, 3])}
+        self.clock = FrozenClock(MONDAY)
+        self.registry = register_builtins(Registry())
+        self.registry.register("clock", self.clock, kind="tool")
+        self.runner = CampaignRunner(self.home.settings, registry=self.registry)
+
+    def run_first_step(self, campaign: Campaign) -> None:
+        report = self.runner.start(campaign, lead_ids=[1, 2, 3])
+        [done] = self.runner.work([report], threads=2)
+        self.assertTrue(done.finished)
+
+    def tick(self, campaign: Campaign) -> list[Any]:
+        reports = self.runner.follow_ups(campaign)
+        return self.runner.work(reports, threads=2) if reports else []
+
+    def received_by(self, address: str) -> list[bytes]:
+        return [m.data for m in self.smtp.received if m.rcpt_tos == [address]]
+
+    def enrolment(self, lead: int) -> Any:
+        return EnrolmentStore(self.db).get("seq", str(lead))
+
+    def reply(self, raw: bytes) -> None:
+        store = InboundStore(self.db)
+        store.store(raw, source="test")
+        counts = process_pending(ReplyOrchestrator(self.registry, settings=self.home.settings), store)
+        self.assertNotIn("error", counts)
+
+    def test_a_follow_up_answers_its_thread_and_never_reaches_who_unsubscribed_or_replied(self) -> None:
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        self.assertEqual(len(self.smtp.received), 3)
+        first = {lead: self.received_by(address)[0] for lead, address in self.leads.items()}
+        # Lead 2 clicks one-click unsubscribe: the URL is the one in the message it received
+        url = header(first["2"], "List-Unsubscribe").split(",")[0].strip(" <>")
+        web = _Server(create_app(self.home.settings))
+        web.start()
+        self.addCleanup(web.stop)
+        with httpx.Client(base_url=f"http://127.0.0.1:{web.port}") as http:
+            answer = http.post(url.removeprefix("https://mail.sender.example"), content=b"List-Unsubscribe=One-Click",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(answer.status_code, 200)
+        # Lead 3 replies to its message
+        mid = header(first["3"], "Message-ID")
+        self.reply(f"From: <{self.leads['3']}>\r\nTo: <outreach@sender.example>\r\nSubject: Re: hello\r\n"
+                   f"Message-ID: <reply-3@lead.example>\r\nIn-Reply-To: {mid}\r\nReferences: {mid}\r\n"
+                   "Date: Tue, 24 Nov 2026 09:00:00 +0000\r\n\r\nSounds interesting, call me.\r\n".encode())
+        # Two days on nothing is due; three days on, the follow-ups go out
+        self.clock.advance(days=2)
+        self.assertEqual(self.tick(campaign), [])
+        self.clock.advance(days=1, seconds=1)
+        [report] = self.tick(campaign)
+        self.assertEqual(report.statuses["sent"], 1)
+        self.assertEqual(len(self.smtp.received), 4)
+        # Only lead 1 got step 2, and it answers step 1 in the same thread
+        self.assertEqual(len(self.received_by(self.leads["2"])), 1)
+        self.assertEqual(len(self.received_by(self.leads["3"])), 1)
+        [_, follow_up] = self.received_by(self.leads["1"])
+        parent = header(first["1"], "Message-ID")
+        self.assertEqual(header(follow_up, "In-Reply-To"), parent)
+        self.assertEqual(header(follow_up, "References"), parent)
+        self.assertEqual(header(follow_up, "Subject"), "Re: " + header(first["1"], "Subject"))
+        self.assertNotEqual(header(follow_up, "Message-ID"), parent)
+        self.assertIn(b"a short follow-up to my note", follow_up)
+        # And the sequences say why
+        one, two, three = self.enrolment(1), self.enrolment(2), self.enrolment(3)
+        self.assertEqual((one.status, one.thread), ("completed", [parent, header(follow_up, "Message-ID")]))
+        self.assertEqual((two.status, two.stop_reason), ("stopped", "unsubscribed"))
+        self.assertEqual((three.status, three.stop_reason), ("stopped", "replied"))
+        # A tick again sends nothing twice
+        self.clock.advance(days=10)
+        self.assertEqual(self.tick(campaign), [])
+        self.assertEqual(len(self.smtp.received), 4)
+
+    def test_an_out_of_office_holds_the_follow_up_until_the_return_date(self) -> None:
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        mid = header(self.received_by(self.leads["1"])[0], "Message-ID")
+        self.reply(f"From: <{self.leads['1']}>\r\nTo: <outreach@sender.example>\r\nSubject: Out of Office\r\n"
+                   f"Auto-Submitted: auto-replied\r\nMessage-ID: <ooo-1@lead.example>\r\nIn-Reply-To: {mid}\r\n"
+                   "Date: Mon, 23 Nov 2026 10:05:00 +0000\r\n\r\n"
+                   "I am out of the office and will be back on 7 December 2026.\r\n".encode())
+        self.assertEqual(self.enrolment(1).status, "paused")
+        self.clock.advance(days=4)  # the others' step 2 is due; lead 1 is away
+        self.tick(campaign)
+        self.assertEqual(len(self.received_by(self.leads["1"])), 1)
+        self.assertEqual(len(self.received_by(self.leads["2"])), 2)
+        self.clock.set(datetime(2026, 12, 7, 0, 0, 1, tzinfo=timezone.utc))
+        self.tick(campaign)
+        self.assertEqual(len(self.received_by(self.leads["1"])), 2)  # back: the sequence goes on
+        self.assertEqual(self.enrolment(1).status, "completed")
+
+    def test_pacing_defers_past_the_daily_cap_to_the_next_window_and_sends_then(self) -> None:
+        campaign = two_steps(pacing={"daily_cap": 2, "window": {"start": "09:00", "end": "17:00"},
+                                     "jitter_seconds": [30, 60]}, timezone="Europe/Berlin")
+        self.run_first_step(campaign)
+        self.assertEqual(len(self.smtp.received), 2)
+        self.assertGreaterEqual(self.clock.slept, 30)  # the second send waited its jitter on the clock
+        waiting = [e for e in EnrolmentStore(self.db).list(campaign_id="seq") if e.next_step == 1]
+        self.assertEqual(len(waiting), 1)
+        # Tuesday 09:00 in Berlin is 08:00 UTC
+        self.assertEqual(waiting[0].due_at, datetime(2026, 11, 24, 8, 0, tzinfo=timezone.utc))
+        self.assertEqual(self.tick(campaign), [])  # not yet
+        self.clock.set(datetime(2026, 11, 24, 8, 0, 1, tzinfo=timezone.utc))
+        [report] = self.tick(campaign)
+        self.assertEqual(report.statuses["sent"], 1)
+        self.assertEqual(len(self.smtp.received), 3)
+        self.assertEqual(self.enrolment(int(waiting[0].lead_id)).next_step, 2)
+
+    def test_a_paused_mailbox_sends_nothing_until_resumed(self) -> None:
+        from agent.delivery.pacing import Pacer
+
+        Pacer(self.db).pause("mailbox:outreach@sender.example", reason="manual")
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        self.assertEqual(self.smtp.received, [])
+        self.assertEqual({e.next_step for e in EnrolmentStore(self.db).list(campaign_id="seq")}, {1})
+        Pacer(self.db).resume("mailbox:outreach@sender.example")
+        self.clock.advance(hours=1, seconds=1)
+        self.tick(campaign)
+        self.assertEqual(len(self.smtp.received), 3)
+
+
+class ThreadHeadersTest(unittest.TestCase):
+    def test_a_long_references_chain_is_folded_between_ids_never_inside_one(self) -> None:
+        from agent.delivery.message import build_message
+
+        ids = [f"<{i:04d}.{'x' * 40}@sender.example>" for i in range(30)]
+        raw = build_message(sender="Sam <sam@sender.example>", to="jo@acme.example", subject="Re: hi", body="Hello",
+                            message_id="<new@sender.example>", postal_address="1 Road", send_id="k",
+                            in_reply_to=ids[-1], references=ids)
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        self.assertEqual(parsed["In-Reply-To"], ids[-1])
+        self.assertEqual(str(parsed["References"]).split(), ids)
+        self.assertTrue(all(len(line) <= 998 for line in raw.split(b"\r\n")))
+
+
+if __name__ == "__main__":
+    unittest.main()
