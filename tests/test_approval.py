@@ -149,6 +149,48 @@ class ApprovalFlowTest(unittest.TestCase):
         self.assertEqual(len(self.outbox()), report.statuses["sent"])
         self.assertEqual(self.drafts.counts("review"), {})
 
+    def test_the_outbox_row_of_a_draft_moves_drafted_approved_sending_sent_or_cancelled(self) -> None:
+        from agent.delivery.keys import idempotency_key
+        from agent.delivery.ledger import OutboxLedger
+        from agent.high_level_agents.orchestrators import DeliveryOrchestrator
+
+        runner, waiting = self.held_run()
+        ledger = OutboxLedger(self.db)
+
+        def row(draft):  # noqa: ANN001, ANN202
+            return ledger.get(idempotency_key("default", "review", draft.lead_id, 1))
+
+        by_run: dict[str, list] = {}
+        for draft in waiting:
+            by_run.setdefault(draft.run_id, []).append(draft)
+        run_id, batch = next((r, d) for r, d in by_run.items() if len(d) >= 3)
+        staged = {d.id: row(d) for d in batch}
+        # Each waiting draft is an outbox row in "drafted", its Message-ID fixed already
+        self.assertEqual({e.state for e in staged.values()}, {"drafted"})
+        # A delivery that goes around the approval queue is refused at the claim: nothing is written
+        direct = DeliveryOrchestrator(self.registry, settings=self.home.settings).run(
+            {"records": [batch[0].record], "campaign_id": "review", "allow_delivery": True})
+        self.assertEqual((direct["records"][0]["status"], direct["records"][0]["reason"]),
+                         ("skipped", "awaiting_approval"))
+        self.assertEqual(self.outbox(), [])
+        # When one is approved, one rejected, and one approved and then withdrawn (the lead replied)
+        approved, rejected, withdrawn, *rest = batch
+        self.drafts.approve([approved.id, withdrawn.id, *(d.id for d in rest)], by="ana")
+        self.drafts.reject([rejected.id], by="ben")
+        self.assertEqual((row(approved).state, row(rejected).state), ("approved", "cancelled"))
+        self.drafts.withdraw(address=withdrawn.to.upper(), by="inbound", reason="replied")
+        self.assertEqual(row(withdrawn).state, "cancelled")
+        [report] = runner.work(runner.release([run_id]), threads=2)
+        # Then the approved ones are sent under the Message-IDs fixed when they were drafted
+        self.assertEqual(row(approved).state, "sent")
+        self.assertEqual(row(approved).message_id, staged[approved.id].message_id)
+        self.assertIn(f"Message-ID: {staged[approved.id].message_id}",
+                      "".join(p.read_text(encoding="utf-8") for p in self.outbox()))
+        self.assertEqual(report.statuses["sent"], len(batch) - 2)
+        self.assertEqual(report.statuses["cancelled"], 1)
+        self.assertEqual(len(self.outbox()), len(batch) - 2)
+        self.assertEqual((row(rejected).state, row(withdrawn).state), ("cancelled", "cancelled"))
+
 
 class DraftsCliTest(unittest.TestCase):
     def setUp(self) -> None:
