@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ class _Handler:
     refuse: dict[str, str] = field(default_factory=dict)  # address -> reply at RCPT
     drop_data_for: set[str] = field(default_factory=set)  # addresses whose DATA loses the connection
     refuse_data: dict[str, str] = field(default_factory=dict)  # address -> reply to its message body
+    # address -> (arrived, release): its DATA is kept, ``arrived`` is set, and the 250 waits for ``release``
+    hold_data: dict[str, tuple[threading.Event, threading.Event]] = field(default_factory=dict)
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,6 +66,14 @@ class _Handler:
         for address in envelope.rcpt_tos:
             if address in self.refuse_data:
                 return self.refuse_data[address]
+            if address in self.hold_data:  # the server commits the message, then is slow to say so
+                with self.lock:
+                    self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                                  envelope.original_content))
+                arrived, release = self.hold_data[address]
+                arrived.set()
+                await asyncio.to_thread(release.wait, 60)
+                return "250 Message accepted"
         with self.lock:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 Message accepted"

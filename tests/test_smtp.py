@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
+import os
+import subprocess
+import sys
+import threading
 import unittest
 from typing import Any
 
@@ -171,6 +176,35 @@ class SmtpChannelTest(unittest.TestCase):
         # Then it is unknown, for an operator, and nothing reached the server
         self.assertEqual((results[0]["status"], results[0]["message_id"]), ("unknown", "<claimed@sender.example>"))
         self.assertEqual(server.received, [])
+
+    def test_a_worker_killed_during_data_then_retried_makes_exactly_one_data(self) -> None:
+        server = self.start()
+        arrived, release = threading.Event(), threading.Event()
+        server.handler.hold_data["slow@acme.example"] = (arrived, release)
+        self.addCleanup(release.set)
+        home = self.home(server)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(AGENT_HOME=str(home.path), AGENT_DATABASE_URL=home.settings.database_url,
+                   AGENT_SMTP_HOST="127.0.0.1", AGENT_SMTP_PORT=str(server.port), AGENT_SMTP_SECURITY="none",
+                   AGENT_SAMPLE_DATA="off")
+        record = message("s", "slow@acme.example")
+        script = ("import json, sys\n"
+                  "from agent.high_level_agents.orchestrators import DeliveryOrchestrator\n"
+                  "DeliveryOrchestrator().run({'records': [json.loads(sys.argv[1])], 'campaign_id': 'c1',"
+                  " 'allow_delivery': True, 'channel': 'smtp'})\n")
+        worker = subprocess.Popen([sys.executable, "-c", script, json.dumps(record)], env=env)
+        self.addCleanup(worker.kill)
+        # Given a worker whose message reached the server whole, killed before the server's answer
+        self.assertTrue(arrived.wait(60), "the worker's DATA never arrived")
+        worker.kill()
+        worker.wait(timeout=60)
+        release.set()  # the server accepts what it already has
+        # When the batch is retried, and retried again
+        retries = [self.deliver(home, record)[0] for _ in range(2)]
+        # Then nothing is sent again: the key is unknown, for an operator, and the server has one DATA
+        self.assertEqual({(r["status"], r["reason"]) for r in retries}, {("unknown", "earlier_attempt_unfinished")})
+        self.assertEqual(OutboxLedger(home.database()).get(idempotency_key("default", "c1", "s", 1)).state, "unknown")
+        self.assertEqual([r.rcpt_tos for r in server.received], [["slow@acme.example"]])
 
     def test_starttls_and_authentication(self) -> None:
         server = self.start(tls=True, users={"mailer": "s3cret"})
