@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.storage.db import Database, upsert_insert
@@ -67,60 +67,69 @@ class EnrolmentStore:
 
     # -- outcomes of sends --------------------------------------------------------------------
     def record_outcomes(self, steps: Mapping[int, float], records: Iterable[Mapping[str, Any]]) -> None:
-        """Move enrolments on from delivery outcomes.  ``steps`` maps each step of the campaign to the
-        days to wait before it (step 1: 0).  A sent step makes the next one due; a step deferred by
-        pacing stays next, due at its ``not_before``."""
+        """Move enrolments on from a batch's delivery outcomes, in one transaction.  ``steps`` maps each
+        step of the campaign to the days to wait before it (step 1: 0).  A sent step makes the next
+        one due; a step deferred by pacing stays next, due at its ``not_before``."""
         now = self.clock.now()
+        moves: list[tuple[Mapping[str, Any], int, datetime | None]] = []  # (record, step, deferred until)
         for record in records:
             status, step = record.get("status"), int(record.get("step") or 1)
             if status in _DONE_SENDING and record.get("message_id"):
-                self._sent(steps, record, step, now)
+                moves.append((record, step, None))
             elif status == "deferred":
                 until = record.get("not_before")
-                due = datetime.fromisoformat(until) if isinstance(until, str) else (until or now + timedelta(hours=1))
-                self._defer(record, step, due, now)
-
-    def _sent(self, steps: Mapping[int, float], record: Mapping[str, Any], step: int, now: datetime) -> None:
-        later = sorted(s for s in steps if s > step)
-        following = later[0] if later else None
-        due = now + timedelta(days=steps[following]) if following is not None else None
-        state = ACTIVE if following is not None else COMPLETED
-        self._ensure(record, step, now, subject=record.get("subject") if step == 1 else None)
+                moves.append((record, step, datetime.fromisoformat(until) if isinstance(until, str)
+                              else (until or now + timedelta(hours=1))))
+        if not moves:
+            return
+        fresh = [{"tenant_id": self.tenant, "campaign_id": str(r["campaign_id"]), "lead_id": str(r["lead_id"]),
+                  "to_address": r["to"], "status": ACTIVE, "next_step": step, "due_at": until or now,
+                  "thread_json": "[]", "first_subject": None, "stop_reason": None, "created_at": now,
+                  "updated_at": now} for r, step, until in moves]
         with self.db.connect(write=True) as conn:
-            row = conn.execute(select(EnrolmentRow.next_step, EnrolmentRow.thread_json, EnrolmentRow.status)
-                               .where(*self._key(record["campaign_id"], record["lead_id"]))).one()
-            if row.next_step > step or row.status == STOPPED:
-                return  # already moved on (the same outcome twice), or stopped meanwhile
-            thread = json.loads(row.thread_json)
-            if record["message_id"] not in thread:
-                thread.append(record["message_id"])
-            conn.execute(update(EnrolmentRow).where(
-                *self._key(record["campaign_id"], record["lead_id"]), EnrolmentRow.next_step == row.next_step,
-                EnrolmentRow.status != STOPPED,
-            ).values(next_step=following or step + 1, due_at=due, status=state, thread_json=json.dumps(thread),
-                     updated_at=now))
-
-    def _defer(self, record: Mapping[str, Any], step: int, due: datetime, now: datetime) -> None:
-        self._ensure(record, step, now, due=due)
-        with self.db.connect(write=True) as conn:
-            conn.execute(update(EnrolmentRow).where(
-                *self._key(record["campaign_id"], record["lead_id"]), EnrolmentRow.next_step == step,
-                EnrolmentRow.status == ACTIVE).values(due_at=due, updated_at=now))
-
-    def _ensure(self, record: Mapping[str, Any], step: int, now: datetime, *, subject: str | None = None,
-                due: datetime | None = None) -> None:
-        """The enrolment's row, created at ``step`` if the lead has none yet (a first writer wins)."""
-        row = {"tenant_id": self.tenant, "campaign_id": str(record["campaign_id"]), "lead_id": str(record["lead_id"]),
-               "to_address": record["to"], "status": ACTIVE, "next_step": step, "due_at": due or now,
-               "thread_json": "[]", "first_subject": subject, "stop_reason": None, "created_at": now,
-               "updated_at": now}
-        with self.db.connect(write=True) as conn:
+            # A lead without an enrolment gets one at this step (a first writer wins) ...
             conn.execute(upsert_insert(self.db.dialect)(EnrolmentRow).on_conflict_do_nothing(
-                index_elements=["tenant_id", "campaign_id", "lead_id"]), [row])
-            if subject is not None:
-                conn.execute(update(EnrolmentRow).where(*self._key(row["campaign_id"], row["lead_id"]),
-                                                        EnrolmentRow.first_subject.is_(None))
-                             .values(first_subject=subject))
+                index_elements=["tenant_id", "campaign_id", "lead_id"]), fresh)
+            current = {}
+            for campaign_id in {row["campaign_id"] for row in fresh}:
+                leads = [row["lead_id"] for row in fresh if row["campaign_id"] == campaign_id]
+                for start in range(0, len(leads), 500):
+                    for row in conn.execute(select(EnrolmentRow.campaign_id, EnrolmentRow.lead_id,
+                                                   EnrolmentRow.next_step, EnrolmentRow.status,
+                                                   EnrolmentRow.thread_json, EnrolmentRow.first_subject).where(
+                            EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == campaign_id,
+                            EnrolmentRow.lead_id.in_(leads[start:start + 500]))):
+                        current[(row.campaign_id, row.lead_id)] = row
+            # ... then each moves on, conditionally on the step it was read at (a retry moves nothing twice)
+            changes = []
+            for record, step, until in moves:
+                row = current[(str(record["campaign_id"]), str(record["lead_id"]))]
+                if row.status == STOPPED or row.next_step != step:
+                    continue  # stopped meanwhile, or already moved on (the same outcome twice)
+                if until is not None:
+                    changes.append({"c": row.campaign_id, "l": row.lead_id, "was": step, "next": step, "due": until,
+                                    "st": row.status, "thread": row.thread_json, "subject": row.first_subject})
+                    continue
+                later = sorted(s for s in steps if s > step)
+                following = later[0] if later else None
+                thread = json.loads(row.thread_json)
+                if record["message_id"] not in thread:
+                    thread.append(record["message_id"])
+                changes.append({"c": row.campaign_id, "l": row.lead_id, "was": step,
+                                "next": following if following is not None else step + 1,
+                                "due": now + timedelta(days=steps[following]) if following is not None else None,
+                                "st": ACTIVE if following is not None else COMPLETED,
+                                "thread": json.dumps(thread),
+                                "subject": row.first_subject or (record.get("subject") if step == 1 else None)})
+            if changes:
+                table = EnrolmentRow.__table__
+                conn.execute(update(table).where(
+                    table.c.tenant_id == self.tenant, table.c.campaign_id == bindparam("c"),
+                    table.c.lead_id == bindparam("l"), table.c.next_step == bindparam("was"),
+                    table.c.status != STOPPED,
+                ).values(next_step=bindparam("next"), due_at=bindparam("due"), status=bindparam("st"),
+                         thread_json=bindparam("thread"), first_subject=bindparam("subject"), updated_at=now),
+                    changes)
 
     # -- scheduling ---------------------------------------------------------------------------
     def due(self, campaign_id: str, *, limit: int = 10_000) -> list[Enrolment]:
