@@ -47,9 +47,11 @@ class SendGates:
         self.zone = request.get("timezone") or "UTC"
         self.mailbox = parseaddr(context.settings.sender)[1].lower()
 
-    def screen(self, messages: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    def screen(self, messages: Sequence[Mapping[str, Any]],
+               suppressed: Mapping[str, str] | None = None) -> dict[int, dict[str, Any]]:
         """The outcome of each message (by position) that a pause, the suppression list or its
-        sequence stops now; the others are absent.  One read per gate for the whole list."""
+        sequence stops now; the others are absent.  One read per gate for the whole list
+        (``suppressed``: the suppression list as the caller has just read it)."""
         out: dict[int, dict[str, Any]] = {}
         if not messages:
             return out
@@ -60,7 +62,8 @@ class SendGates:
             if pause is not None:
                 out[index] = {"status": "deferred", "reason": f"paused:{pause['reason']}", "not_before": None,
                               "message_id": None}
-        suppressed = self.suppression.suppressed(m["to"] for m in messages)
+        if suppressed is None:
+            suppressed = self.suppression.suppressed(m["to"] for m in messages)
         stopped = self.enrolments.blocked((m["campaign_id"], m["lead_id"]) for m in messages)
         for index, msg in enumerate(messages):
             if index in out:

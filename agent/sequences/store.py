@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.storage.db import Database, upsert_insert
@@ -180,24 +180,26 @@ class EnrolmentStore:
     def blocked(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The send-time gate: of these (campaign, lead) pairs, those whose sequence is stopped
         (``stopped:<reason>``) or paused past now (``paused_until:<iso>``)."""
-        wanted = list(dict.fromkeys((str(c), str(lead)) for c, lead in pairs))
-        if not wanted:
-            return {}
+        by_campaign: dict[str, list[str]] = {}
+        for campaign_id, lead_id in pairs:
+            by_campaign.setdefault(str(campaign_id), []).append(str(lead_id))
         now = self.clock.now()
         out: dict[tuple[str, str], str] = {}
         with self.db.connect() as conn:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start:start + 500]
-                rows = conn.execute(select(EnrolmentRow.campaign_id, EnrolmentRow.lead_id, EnrolmentRow.status,
-                                           EnrolmentRow.stop_reason, EnrolmentRow.due_at).where(
-                    EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.status.in_((STOPPED, PAUSED)),
-                    or_(*(and_(EnrolmentRow.campaign_id == c, EnrolmentRow.lead_id == lead) for c, lead in chunk))))
-                for row in rows:
-                    due = aware(row.due_at)
-                    if row.status == STOPPED:
-                        out[(row.campaign_id, row.lead_id)] = f"stopped:{row.stop_reason or 'unknown'}"
-                    elif due is not None and due > now:
-                        out[(row.campaign_id, row.lead_id)] = f"paused_until:{due.isoformat()}"
+            for campaign_id, leads in by_campaign.items():
+                leads = list(dict.fromkeys(leads))
+                for start in range(0, len(leads), 500):
+                    rows = conn.execute(select(EnrolmentRow.lead_id, EnrolmentRow.status, EnrolmentRow.stop_reason,
+                                               EnrolmentRow.due_at).where(
+                        EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == campaign_id,
+                        EnrolmentRow.lead_id.in_(leads[start:start + 500]),
+                        EnrolmentRow.status.in_((STOPPED, PAUSED))))
+                    for row in rows:
+                        due = aware(row.due_at)
+                        if row.status == STOPPED:
+                            out[(campaign_id, row.lead_id)] = f"stopped:{row.stop_reason or 'unknown'}"
+                        elif due is not None and due > now:
+                            out[(campaign_id, row.lead_id)] = f"paused_until:{due.isoformat()}"
         return out
 
     # -- reading ------------------------------------------------------------------------------

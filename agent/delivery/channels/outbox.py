@@ -167,7 +167,7 @@ class OutboxChannel(BaseAgent):
         claims = ledger.claim_many([claim_fields(r["idempotency_key"], m, context, self.channel)
                                     for r, m in sending])
         gates = SendGates(db, context, request)
-        screened = gates.screen([m for _, m in sending])  # read again after the claims: see gates
+        screened = gates.screen([m for _, m in sending], suppressed)  # the suppression read just above
         marks: list[tuple[str, str, str | None]] = []
         staged: list[_Staged] = []
         held: list[LedgerEntry] = []  # claims a gate stopped: given back

@@ -17,8 +17,11 @@ plain, with authentication when a user is set.  Per message:
    later attempt (a worker killed mid-send) is reported ``unknown`` and not
    re-sent.
 
-Gates are the DeliveryOrchestrator's, and suppression is checked again here,
-right before the hand-over.  Error texts are never echoed from the server or
+The DeliveryOrchestrator's gates run first; then, per message, after the
+claim and right before the hand-over, ``SendGates`` reads them again (pauses,
+suppression, the lead's sequence, pacing; see ``agent.delivery.gates``), and
+a claim of a ``drafted`` or ``cancelled`` row is refused (approval).  A 5.7.x
+refusal pauses the mailbox; every bounce counts towards its bounce rate.  Error texts are never echoed from the server or
 the email stack (they carry addresses); the SMTP code and enhanced status are.
 """
 

@@ -251,8 +251,10 @@ class OutreachOrchestrator(BaseOrchestrator):
                                      "pacing": campaign.pacing.model_dump(mode="json") if campaign.pacing else None},
                                     run_id=run_id)
             delivered = envelope["records"]
-            if campaign.allow_delivery:
+            if campaign.allow_delivery and (campaign.template.steps or any(r["status"] == "deferred"
+                                                                           for r in delivered)):
                 # Sent steps move each lead's sequence on; deferred ones stay next, due when pacing allows.
+                # (A campaign of one step has no sequence to move, unless pacing deferred its step.)
                 from agent.sequences import EnrolmentStore
 
                 EnrolmentStore(self._db(), tenant=state.tenant, clock=self.clock).record_outcomes(

@@ -10,13 +10,15 @@ auto-reply, out-of-office, unsubscribe request) and, for a human reply only,
 the sentiment (``unknown`` when it fails); ``match`` finds the message of ours
 it answers; ``act`` does what the kind asks:
 
-- hard bounce, complaint, unsubscribe request: the address is suppressed (a
-  5.7.x policy bounce is not: our sending is the problem, and the outcome says
-  so); a soft bounce is suppressed after three;
-- reply: the lead is ``replied`` and its drafts awaiting approval are
-  withdrawn (a reply stops the sequence);
-- out-of-office: the lead is ``out_of_office``, with the return date when the
-  message gives one (the sequence waits, it does not stop);
+- hard bounce, complaint, unsubscribe request: the address is suppressed,
+  its waiting drafts and outbox rows cancelled and its sequences stopped; a
+  hard bounce or complaint counts towards the mailbox's rates (which may
+  pause it); a 5.7.x policy bounce suppresses nobody but pauses the mailbox
+  (our sending is the problem); a soft bounce is suppressed after three;
+- reply: the lead is ``replied``, its drafts awaiting approval are
+  withdrawn and its sequences stopped;
+- out-of-office: the lead is ``out_of_office`` and its sequences wait until
+  the return date (a week when the message gives none): held, not stopped;
 - other machine mail: recorded, nothing else.
 
 Every step's envelope is audited like any run's; the inbound row records the
