@@ -70,11 +70,14 @@ class InboundTest(unittest.TestCase):
         self.assertEqual(SuppressionList(self.db).suppressed([sent["to"]]), {sent["to"]: "hard_bounce"})
         self.assertEqual(self.status(3), "bounced")
 
-    def test_a_policy_bounce_suppresses_nobody(self) -> None:
+    def test_a_policy_bounce_suppresses_nobody_and_pauses_the_mailbox(self) -> None:
+        from agent.delivery.pacing import Pacer
+
         sent = self.sent(4)
         outcome = self.receive(_dsn(sent["to"], "5.7.1", "failed", sent["message_id"], sent["send_id"]))
-        self.assertEqual([a["action"] for a in outcome["actions"]], ["mailbox_attention"])
+        self.assertEqual([a["action"] for a in outcome["actions"]], ["mailbox_paused"])
         self.assertEqual(SuppressionList(self.db).suppressed([sent["to"]]), {})
+        self.assertEqual(Pacer(self.db).paused("mailbox:outreach@sender.example")["reason"], "policy_refused")
 
     def test_a_reply_from_the_lead_marks_it_replied_and_withdraws_its_waiting_drafts(self) -> None:
         sent = self.sent(5)
@@ -185,12 +188,13 @@ class InboundWebhookTest(unittest.TestCase):
         refused = httpx.post(url, content=raw, headers={"X-Agent-Token": "wrong"})
         self.assertEqual(refused.status_code, 401)
         self.assertEqual(InboundStore(home.database()).pending(), [])
+        # (the first reply loads the sentiment model: a generous timeout, not a test of speed)
         accepted = httpx.post(url, content=raw, headers={"X-Agent-Token": "hook-secret-123",
-                                                         "Content-Type": "message/rfc822"})
+                                                         "Content-Type": "message/rfc822"}, timeout=120)
         self.assertEqual(accepted.status_code, 202)
         body = accepted.json()
         self.assertEqual((body["stored"], body["processed"]), (True, {"reply": 1}))
-        again = httpx.post(url, content=raw, headers={"X-Agent-Token": "hook-secret-123"})
+        again = httpx.post(url, content=raw, headers={"X-Agent-Token": "hook-secret-123"}, timeout=120)
         self.assertEqual((again.status_code, again.json()["stored"]), (202, False))
 
 

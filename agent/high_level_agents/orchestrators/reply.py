@@ -59,6 +59,9 @@ __all__ = ["ReplyOrchestrator", "ReplyPayload"]
 
 SOFT_BOUNCE_LIMIT = 3
 OOO_DEFAULT_DAYS = 7
+# Why a sequence stopped (its code) as an operator reads it on a withdrawn draft.
+_WHY = {"replied": "the lead replied", "unsubscribed": "the recipient unsubscribed",
+        "complaint": "the recipient complained", "hard_bounce": "the address bounced"}
 _SOURCE = "inbound"
 
 
@@ -204,7 +207,8 @@ class ReplyOrchestrator(BaseOrchestrator):
                   why: str) -> list[dict[str, Any]]:
         """The recipient's waiting drafts withdrawn (their outbox rows cancelled) and every sequence of
         theirs stopped: a reply, an unsubscribe, a complaint or a hard bounce ends it."""
-        count = DraftStore(db, tenant=tenant).withdraw(address=address, lead_id=lead_id, by="inbound", reason=why)
+        count = DraftStore(db, tenant=tenant).withdraw(address=address, lead_id=lead_id, by="inbound",
+                                                       reason=_WHY.get(why, why))
         stopped = EnrolmentStore(db, tenant=tenant, clock=self.clock).stop(reason=why, address=address,
                                                                            lead_id=lead_id)
         return ([{"action": "drafts_withdrawn", "count": count}] if count else []) + \
