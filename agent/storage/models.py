@@ -30,7 +30,7 @@ __all__ = ["Base", "Company", "Contact", "Suppression", "OutboxMessage", "DataVe
            "EngineStep", "AuditRunRow", "AuditEnvelopeRow", "AuditRecordRow", "AuditFailureRow",
            "AuditDeliveryRow", "QueueJobRow", "LLMCacheRow", "LeadVectorRow",
            "VariantAssignmentRow", "DraftRow", "InboundMessageRow", "EnrolmentRow", "SendEventRow",
-           "PacingSlotRow", "SendingPauseRow", "utcnow"]
+           "PacingSlotRow", "SendingPauseRow", "ImapCursorRow", "utcnow"]
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -467,3 +467,15 @@ class SendingPauseRow(Base):
     reason: Mapped[str] = mapped_column(String(64))
     evidence: Mapped[str | None] = mapped_column(Text)
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImapCursorRow(Base):
+    """How far an IMAP folder has been read: its UIDVALIDITY and the highest UID kept."""
+
+    __tablename__ = "imap_cursors"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(400), primary_key=True)  # "user@host:port/folder"
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

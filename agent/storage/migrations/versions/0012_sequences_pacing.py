@@ -1,4 +1,4 @@
-"""Sequences and pacing: enrolments, send events, pacing slots and sending pauses.
+"""Sequences and pacing: enrolments, send events, pacing slots, sending pauses; IMAP read cursors.
 
 Revision ID: 0012
 Revises: 0011
@@ -65,7 +65,18 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "imap_cursors",
+        sa.Column("tenant_id", sa.String(64), primary_key=True),
+        sa.Column("mailbox", sa.String(400), primary_key=True),
+        sa.Column("uidvalidity", sa.BigInteger, nullable=False),
+        sa.Column("last_uid", sa.BigInteger, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("imap_cursors")
     op.drop_table("sending_pauses")
     op.drop_table("pacing_slots")
     op.drop_index("ix_send_events_mailbox", table_name="send_events")
