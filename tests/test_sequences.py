@@ -191,6 +191,46 @@ class SequenceTest(unittest.TestCase):
         self.assertEqual(len(self.smtp.received), 3)
 
 
+class BadInputTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.home = TempHome()
+        self.addCleanup(self.home.cleanup)
+
+    def deliver(self, **changes: Any) -> Any:
+        from agent.high_level_agents.orchestrators import DeliveryOrchestrator
+
+        record = {"to": "jo@acme.example", "subject": "Re: hi", "body": "Hello", "lead_id": "1", "step": 2}
+        payload = {"records": [record], "campaign_id": "c1", "allow_delivery": True}
+        for key, value in changes.items():
+            (record if key in ("in_reply_to", "references") else payload)[key] = value
+        return DeliveryOrchestrator(settings=self.home.settings).run(payload)
+
+    def test_threading_headers_and_pacing_are_checked_before_anything_is_written(self) -> None:
+        from agent.delivery.ledger import OutboxLedger
+        from agent.errors import PayloadError
+
+        for field, value, named in (
+                ("in_reply_to", "<a@b>\r\nBcc: all@acme.example", "records[0].in_reply_to"),
+                ("references", ["<ok@b>", "<bad id@b>"], "records[0].references[1]"),
+                ("timezone", "Mars/Olympus", "timezone"),
+                ("pacing", {"window": {"start": "17:00", "end": "09:00"}}, "pacing.window"),
+                ("pacing", {"jitter_seconds": [90, 10]}, "pacing.jitter_seconds")):
+            with self.subTest(field=field), self.assertRaises(PayloadError) as caught:
+                self.deliver(**{field: value})
+            self.assertTrue(caught.exception.field.startswith(named), caught.exception.field)
+        self.assertFalse(self.home.settings.outbox_dir.exists() and any(self.home.settings.outbox_dir.iterdir()))
+        self.assertIsNone(OutboxLedger(self.home.database()).get("anything"))
+
+    def test_a_follow_up_step_the_campaign_does_not_have_is_refused_naming_step(self) -> None:
+        from agent.errors import PayloadError
+        from agent.high_level_agents.orchestrators import OutreachOrchestrator
+
+        with self.assertRaises(PayloadError) as caught:
+            OutreachOrchestrator(settings=self.home.settings).run(
+                {"campaign": two_steps().model_dump(mode="json"), "lead_ids": [1], "step": 3})
+        self.assertEqual(caught.exception.field, "step")
+
+
 class ThreadHeadersTest(unittest.TestCase):
     def test_a_long_references_chain_is_folded_between_ids_never_inside_one(self) -> None:
         from agent.delivery.message import build_message

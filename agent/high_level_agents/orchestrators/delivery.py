@@ -16,6 +16,7 @@ list, then the channel, which checks suppression again and writes each
 from __future__ import annotations
 
 import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -108,6 +109,15 @@ class DeliveryPayload(BaseModel):
     # The campaign's pacing (caps, windows, jitter, warm-up, auto-pause), applied right before each send.
     pacing: Pacing | None = None
     timezone: str = Field(default="UTC", max_length=64)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"not a known time zone: {value!r}") from None
+        return value
 
     @field_validator("campaign_id")
     @classmethod
