@@ -226,26 +226,178 @@ def _dsn(recipient: str, status: str, action: str, message_id: str, send_id: str
 
 
 class ImapPollTest(unittest.TestCase):
-    def test_unseen_messages_are_stored_then_flagged_and_a_crash_in_between_loses_none(self) -> None:
-        from agent.inbound.intake import poll_imap
+    """``poll_imap`` against a local IMAP server: a read cursor per folder, the user's flags left alone."""
+
+    def setUp(self) -> None:
         from tests.imap_server import ImapServer
 
-        with ImapServer("inbox", "s3cret") as server:
-            home = TempHome(imap_host="127.0.0.1", imap_port=server.port, imap_ssl=False, imap_username="inbox",
-                            imap_password="s3cret")
-            self.addCleanup(home.cleanup)
-            store = InboundStore(home.database())
-            server.add(_message("a@acme.example", "One", "First."))
-            server.add(_message("b@acme.example", "Two", "Second."))
-            # A poller that dies after fetching, before flagging: the message stays unseen on the server
-            server.box.fail_after_fetch = True
-            with self.assertRaises(Exception):
-                poll_imap(store, home.settings)
-            self.assertEqual(server.seen(), [False, False])
-            # The next poll stores both (the first one already kept: once) and flags them seen
-            server.box.fail_after_fetch = False
-            report = poll_imap(store, home.settings)
-            self.assertEqual((report.stored + report.duplicates, report.refused), (2, []))
-            self.assertEqual(server.seen(), [True, True])
-            self.assertEqual(len(store.pending()), 2)
-            self.assertEqual(poll_imap(store, home.settings).to_dict()["stored"], 0)
+        self.server = self.enterContext(ImapServer("inbox", "s3cret"))
+        self.use_database(None)
+
+    def use_database(self, url: str | None) -> None:
+        """A fresh home (SQLite, or the database at ``url``) pointed at the test server."""
+        extra = {"database_url": url} if url else {}
+        self.home = TempHome(imap_host="127.0.0.1", imap_port=self.server.port, imap_ssl=False,
+                             imap_username="inbox", imap_password="s3cret", **extra)
+        self.addCleanup(self.home.cleanup)
+        self.store = InboundStore(self.home.database())
+
+    def poll(self, store: InboundStore | None = None, **options: Any) -> dict[str, Any]:
+        from agent.inbound.intake import poll_imap
+
+        return poll_imap(store or self.store, self.home.settings, **options).to_dict()
+
+    def cursor(self) -> tuple[int, int] | None:
+        from agent.storage.models import ImapCursorRow
+
+        with self.store.db.connect() as conn:
+            row = conn.execute(select(ImapCursorRow.uidvalidity, ImapCursorRow.last_uid)).first()
+        return None if row is None else (row.uidvalidity, row.last_uid)
+
+    def kept(self) -> list[bytes]:
+        return [m.raw for m in self.store.pending(limit=1000)]
+
+    def test_a_crash_after_a_fetch_loses_nothing_and_stores_nothing_twice(self) -> None:
+        import imaplib
+
+        # Given two messages, and a connection that drops right after the first is fetched
+        one, two = _message("a@acme.example", "One", "First."), _message("b@acme.example", "Two", "Second.")
+        self.server.add(one)
+        self.server.add(two)
+        self.server.box.fail_after_fetch = True
+        with self.assertRaises((imaplib.IMAP4.error, OSError)):
+            self.poll()
+        self.assertEqual((self.kept(), self.cursor()), ([one], (1, 1)))
+        # When the next poll runs on a working connection
+        self.server.box.fail_after_fetch = False
+        report = self.poll()
+        # Then it reads on from the message that failed: both kept, once each
+        self.assertEqual(report, {"stored": 1, "duplicates": 0, "refused": []})
+        self.assertEqual(self.kept(), [one, two])
+
+    def test_a_message_already_seen_before_the_first_poll_is_stored(self) -> None:
+        # Given a message someone opened in their mail client before we polled
+        opened = _message("a@acme.example", "Unsubscribe", "Please remove me.")
+        self.server.add(opened, seen=True)
+        # When we poll
+        report = self.poll()
+        # Then it is stored all the same
+        self.assertEqual(report["stored"], 1)
+        self.assertEqual(self.kept(), [opened])
+
+    def test_a_second_poll_fetches_nothing(self) -> None:
+        # Given a folder already read
+        self.server.add(_message("a@acme.example", "One", "First."))
+        self.server.add(_message("b@acme.example", "Two", "Second."), seen=True)
+        self.assertEqual(self.poll()["stored"], 2)
+        # When we poll again
+        report = self.poll()
+        # Then nothing is fetched again (not even as a duplicate)
+        self.assertEqual(report, {"stored": 0, "duplicates": 0, "refused": []})
+        self.assertEqual(self.cursor(), (1, 2))
+
+    def test_a_message_added_after_a_poll_is_stored_by_the_next_even_if_already_seen(self) -> None:
+        # Given a folder already read
+        first = _message("a@acme.example", "One", "First.")
+        self.server.add(first)
+        self.poll()
+        # When a message arrives and is opened by someone before the next poll
+        later = _message("b@acme.example", "Two", "Second.")
+        self.server.add(later, seen=True)
+        report = self.poll()
+        # Then the next poll stores it, and only it
+        self.assertEqual(report, {"stored": 1, "duplicates": 0, "refused": []})
+        self.assertEqual(self.kept(), [first, later])
+        self.assertEqual(self.cursor(), (1, 2))
+
+    def test_a_changed_uidvalidity_reads_the_folder_again_without_storing_twice(self) -> None:
+        # Given a folder read up to UID 2 under UIDVALIDITY 1
+        self.server.add(_message("a@acme.example", "One", "First."))
+        self.server.add(_message("b@acme.example", "Two", "Second."))
+        self.poll()
+        self.assertEqual(self.cursor(), (1, 2))
+        # When the server renumbers the folder (UIDVALIDITY 7, UIDs from 1 again)
+        self.server.renumber(uidvalidity=7)
+        report = self.poll()
+        # Then every message is read again, none stored twice, and the cursor starts over under 7
+        self.assertEqual(report, {"stored": 0, "duplicates": 2, "refused": []})
+        self.assertEqual(len(self.kept()), 2)
+        self.assertEqual(self.cursor(), (7, 2))
+
+    def test_a_limit_reads_that_many_per_poll_and_the_next_poll_goes_on_from_there(self) -> None:
+        # Given three messages
+        mails = [_message(f"{n}@acme.example", f"N{n}", f"Body {n}.") for n in range(3)]
+        for raw in mails:
+            self.server.add(raw)
+        # When we poll one at a time
+        reports = [self.poll(limit=1)["stored"], self.poll(limit=1)["stored"]]
+        # Then each poll stores the next one, in UID order
+        self.assertEqual(reports, [1, 1])
+        self.assertEqual((self.kept(), self.cursor()), (mails[:2], (1, 2)))
+        self.assertEqual(self.poll(limit=1)["stored"], 1)
+        self.assertEqual(self.kept(), mails)
+
+    def test_a_poll_leaves_the_users_flags_alone(self) -> None:
+        # Given one unread message and one read
+        self.server.add(_message("a@acme.example", "One", "First."))
+        self.server.add(_message("b@acme.example", "Two", "Second."), seen=True)
+        # When we poll
+        self.assertEqual(self.poll()["stored"], 2)
+        # Then the unread one is still unread in the user's mailbox
+        self.assertEqual(self.server.seen(), [False, True])
+
+    def test_a_message_gone_before_its_fetch_is_refused_once_and_does_not_hold_the_cursor_back(self) -> None:
+        # Given a message expunged between the search and its fetch, and one after it
+        self.server.add(_message("a@acme.example", "One", "First."))
+        self.server.add(_message("b@acme.example", "Two", "Second."))
+        self.server.box.fetch_nothing = {1}
+        # When we poll twice
+        first, second = self.poll(), self.poll()
+        # Then the first poll names it and stores the next; the second does not try it again
+        self.assertEqual(first, {"stored": 1, "duplicates": 0,
+                                 "refused": [{"where": "imap uid 1", "why": "the server sent no body"}]})
+        self.assertEqual(second, {"stored": 0, "duplicates": 0, "refused": []})
+        self.assertEqual(self.cursor(), (1, 2))
+
+    def test_a_storage_failure_stops_the_poll_and_the_next_poll_retries_that_message(self) -> None:
+        from agent.errors import StorageError
+
+        class Failing(InboundStore):
+            def store(self, raw: bytes, *, source: str):  # type: ignore[no-untyped-def]
+                if b"Second." in raw:
+                    raise StorageError("database error: disk I/O error")
+                return super().store(raw, source=source)
+
+        # Given three messages, and a database that fails on the second
+        mails = [_message("a@acme.example", "One", "First."), _message("b@acme.example", "Two", "Second."),
+                 _message("c@acme.example", "Three", "Third.")]
+        for raw in mails:
+            self.server.add(raw)
+        # When a poll meets the failure
+        with self.assertRaises(StorageError):
+            self.poll(Failing(self.store.db))
+        # Then the cursor stays short of the message that failed, and the next poll reads on from it
+        self.assertEqual((self.kept(), self.cursor()), (mails[:1], (1, 1)))
+        self.assertEqual(self.poll(), {"stored": 2, "duplicates": 0, "refused": []})
+        self.assertEqual(self.kept(), mails)
+
+    def test_the_read_cursor_works_the_same_in_postgresql(self) -> None:
+        from tests.support import USE_REAL_TESTS, PostgresSchema
+
+        if not USE_REAL_TESTS:
+            self.skipTest("set USE_REAL_TESTS=1 to run tests against real services")
+        # Given a home on PostgreSQL, and a folder read once
+        schema = PostgresSchema()
+        self.addCleanup(schema.drop)
+        self.use_database(schema.url)
+        self.server.add(_message("a@acme.example", "One", "First."), seen=True)
+        self.assertEqual(self.poll()["stored"], 1)
+        # When a message arrives, then the folder is renumbered
+        self.server.add(_message("b@acme.example", "Two", "Second."))
+        after_new = self.poll()
+        self.server.renumber(uidvalidity=9)
+        after_renumber = self.poll()
+        # Then the cursor is created, moved and reset there as in SQLite
+        self.assertEqual(after_new, {"stored": 1, "duplicates": 0, "refused": []})
+        self.assertEqual(after_renumber, {"stored": 0, "duplicates": 2, "refused": []})
+        self.assertEqual(self.cursor(), (9, 2))

@@ -54,7 +54,7 @@ def inbound_import(paths: list[Path] = typer.Argument(..., help=".eml files or m
 
 @inbound_app.command("poll")
 def inbound_poll(process: bool = typer.Option(True, "--process/--no-process"), as_json: bool = JSON_OPT) -> None:
-    """Fetch the IMAP mailbox's unseen messages (AGENT_IMAP_*), store them, then process them."""
+    """Fetch the IMAP folder's messages not read yet (a cursor per folder; AGENT_IMAP_*), store them, then process them."""
     from agent.inbound.intake import poll_imap
 
     settings, store, orchestrator = _parts()
