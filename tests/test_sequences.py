@@ -11,6 +11,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+import threading
 import unittest
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -189,6 +190,79 @@ class SequenceTest(unittest.TestCase):
         self.clock.advance(hours=1, seconds=1)
         self.tick(campaign)
         self.assertEqual(len(self.smtp.received), 3)
+
+    def test_a_reply_while_its_batch_is_still_sending_still_stops_the_sequence(self) -> None:
+        campaign = two_steps()
+        arrived, release = threading.Event(), threading.Event()
+        self.smtp.handler.hold_data[self.leads["2"]] = (arrived, release)
+        self.addCleanup(release.set)
+
+        def lead_one_replies() -> None:  # lead 1's message is out, the batch is held on lead 2's
+            arrived.wait(60)
+            mid = header(self.received_by(self.leads["1"])[0], "Message-ID")
+            self.reply(f"From: <{self.leads['1']}>\r\nTo: <outreach@sender.example>\r\nSubject: Re: hi\r\n"
+                       f"Message-ID: <r1@lead.example>\r\nIn-Reply-To: {mid}\r\n"
+                       "Date: Mon, 23 Nov 2026 10:01:00 +0000\r\n\r\nYes, call me.\r\n".encode())
+            release.set()
+
+        replier = threading.Thread(target=lead_one_replies)
+        replier.start()
+        self.run_first_step(campaign)
+        replier.join()
+        self.assertEqual((self.enrolment(1).status, self.enrolment(1).stop_reason), ("stopped", "replied"))
+        self.clock.advance(days=3, seconds=1)
+        self.tick(campaign)
+        self.assertEqual(len(self.received_by(self.leads["1"])), 1)
+        self.assertEqual(len(self.received_by(self.leads["2"])), 2)
+
+    def test_a_refused_follow_up_stops_the_sequence_and_is_never_handed_over_again(self) -> None:
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        self.smtp.handler.refuse_data[self.leads["1"]] = "554 5.6.0 content rejected"
+        self.clock.advance(days=3, seconds=1)
+        self.tick(campaign)
+        one = self.enrolment(1)
+        self.assertEqual((one.status, one.stop_reason), ("stopped", "bounced"))
+        for _ in range(3):  # later ticks: nothing due, nothing sent
+            self.clock.advance(hours=2)
+            self.assertEqual(self.tick(campaign), [])
+        self.assertEqual(len(self.received_by(self.leads["1"])), 1)
+
+    def test_a_step_deferred_after_its_approval_goes_out_when_pacing_allows(self) -> None:
+        from agent.drafts import DraftStore
+
+        campaign = two_steps(approval="required", pacing={"daily_cap": 2, "window": {"start": "09:00", "end": "17:00"}},
+                             timezone="Europe/Berlin")
+        [held] = self.runner.work([self.runner.start(campaign, lead_ids=[1, 2, 3])], threads=2)
+        drafts = DraftStore(self.db)
+        waiting = drafts.list(campaign_id="seq", limit=100)
+        drafts.approve([d.id for d in waiting], by="ana")
+        self.runner.work(self.runner.release(sorted({d.run_id for d in waiting})), threads=2)
+        self.assertEqual(len(self.smtp.received), 2)  # the cap
+        self.clock.set(datetime(2026, 11, 24, 8, 0, 1, tzinfo=timezone.utc))  # Tuesday 09:00 in Berlin
+        [report] = self.tick(campaign)
+        self.assertEqual(report.statuses["sent"], 1)
+        self.assertEqual(len(self.smtp.received), 3)
+
+    def test_overlapping_ticks_queue_each_due_lead_once(self) -> None:
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        self.clock.advance(days=3, seconds=1)
+        first = self.runner.follow_ups(campaign)
+        second = self.runner.follow_ups(campaign)  # before the first tick's jobs ran
+        self.assertEqual((sum(r.leads for r in first), second), (3, []))
+        self.runner.work(first, threads=2)
+        self.assertEqual(len(self.smtp.received), 6)
+
+    def test_a_gate_that_stops_a_message_leaves_no_claim_behind(self) -> None:
+        from agent.delivery.keys import idempotency_key
+        from agent.delivery.ledger import OutboxLedger
+        from agent.delivery.pacing import Pacer
+
+        Pacer(self.db).pause("campaign:seq", reason="manual")
+        self.run_first_step(two_steps())
+        self.assertEqual(self.smtp.received, [])
+        self.assertIsNone(OutboxLedger(self.db).get(idempotency_key("default", "seq", "1", 1)))
 
 
 class BadInputTest(unittest.TestCase):

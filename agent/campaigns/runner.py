@@ -119,8 +119,9 @@ class CampaignRunner:
     def follow_ups(self, campaign: Campaign, *, lease_seconds: float = 3600) -> list[CampaignReport]:
         """Queue every sequence step of ``campaign`` that is due now: one outreach job per step and
         batch of leads, recorded first like any batch.  Each lead queued is leased for
-        ``lease_seconds`` (not due again meanwhile); a lost job's leads come due again after it, and
-        the outbox key keeps a step from going out twice.  One report per step queued."""
+        ``lease_seconds`` (longer for a paced campaign: twice a batch's jitter) and not due again
+        meanwhile; a lost job's leads come due again after it, and the outbox key keeps a step from
+        going out twice.  One report per step queued."""
         from agent.sequences import EnrolmentStore
         from agent.storage.db import Database
 
@@ -132,12 +133,19 @@ class CampaignRunner:
             if enrolment.lead_id.isdigit() and enrolment.next_step in steps:
                 by_step.setdefault(enrolment.next_step, []).append(int(enrolment.lead_id))
         stamp = self.clock.now().strftime("%Y%m%dT%H%M%S%fZ")
+        # A paced batch may wait out its jitter before every message: the lease outlasts that.
+        jitter = campaign.pacing.jitter_seconds[1] if campaign.pacing is not None else 0
+        lease = max(lease_seconds, 2 * jitter * campaign.limits.batch_size)
         reports = []
         for step, lead_ids in sorted(by_step.items()):
+            # Only the leads this tick takes are queued: an overlapping tick gets none of them.
+            taken = {int(i) for i in store.lease(campaign.id, [str(i) for i in lead_ids], step, seconds=lease)}
+            lead_ids = [i for i in lead_ids if i in taken]
+            if not lead_ids:
+                continue
             run_key = f"{stamp}:step{step}"
             plans = plan_batches(campaign, run_key, lead_ids, topic=self.topic, step=step)
             record_plans(self.audit, plans, tenant=campaign.tenant)
-            store.lease(campaign.id, [str(i) for i in lead_ids], step, seconds=lease_seconds)
             self.queue.enqueue_many(self.topic, [plan.job for plan in plans])
             reports.append(self.report(campaign.id, run_key))
         return reports

@@ -46,6 +46,7 @@ class SendGates:
         self.policy = Pacing.model_validate(pacing) if pacing else None
         self.zone = request.get("timezone") or "UTC"
         self.mailbox = parseaddr(context.settings.sender)[1].lower()
+        self.waited = False  # the last ``pace`` waited out a jitter gap
 
     def screen(self, messages: Sequence[Mapping[str, Any]],
                suppressed: Mapping[str, str] | None = None) -> dict[int, dict[str, Any]]:
@@ -81,10 +82,12 @@ class SendGates:
 
     def pace(self, msg: Mapping[str, Any]) -> dict[str, Any] | None:
         """The last gate: pacing's verdict for one message (None: send it now, jitter waited out)."""
+        self.waited = False
         if self.policy is None:
             return None
         decision = self.pacer.acquire(self.policy, mailbox=self.mailbox, to=msg["to"], zone=self.zone,
                                       campaign_id=str(msg["campaign_id"]))
+        self.waited = decision.allowed and decision.wait > 0
         if decision.allowed:
             if decision.wait > 0:
                 self.clock.sleep(decision.wait)
@@ -93,19 +96,28 @@ class SendGates:
                 "not_before": decision.not_before.isoformat() if decision.not_before else None}
 
     def check(self, msg: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Every gate for one message, read afresh: its outcome if it must not go now, else None."""
-        return self.screen([msg]).get(0) or self.pace(msg)
+        """Every gate for one message, read afresh: its outcome if it must not go now, else None.  When
+        pacing made it wait, the pauses, suppression and sequence are read once more after the wait."""
+        stopped = self.screen([msg]).get(0) or self.pace(msg)
+        if stopped is None and self.waited:
+            stopped = self.screen([msg]).get(0)
+        return stopped
 
-    def sent(self, msg: Mapping[str, Any]) -> None:
-        if self.policy is not None:
-            self.pacer.record("sent", mailbox=self.mailbox, to=msg["to"], campaign_id=str(msg["campaign_id"]),
-                              lead_id=str(msg["lead_id"]))
+    def sent(self, *msgs: Mapping[str, Any]) -> None:
+        """Sends counted for the mailbox's bounce and complaint rates (with or without pacing: bounces
+        are always counted, so sends must be too, or the rates would be skewed)."""
+        self.pacer.record_sent(self.mailbox, [(m["to"], str(m["campaign_id"]), str(m["lead_id"])) for m in msgs])
 
     def bounced(self, msg: Mapping[str, Any]) -> None:
         """A bounce at RCPT/DATA: counted, and the bounce-rate guard may pause the mailbox."""
         self.pacer.record("bounce", mailbox=self.mailbox, to=msg["to"], campaign_id=str(msg["campaign_id"]),
                           lead_id=str(msg["lead_id"]),
                           guard=self.policy.auto_pause if self.policy is not None else None)
+
+    @staticmethod
+    def final(outcome: Mapping[str, Any]) -> bool:
+        """Whether a gate's outcome means never (suppressed, the sequence stopped), not later."""
+        return outcome.get("status") != "deferred"
 
     def refused_for_policy(self, detail: str) -> None:
         """A 5.7.x refusal: our sending is the problem, so the mailbox stops until someone looks."""

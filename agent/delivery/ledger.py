@@ -127,13 +127,15 @@ class OutboxLedger:
         return out
 
     def _take_approved(self, key: str, fields: dict[str, Any]) -> bool:
-        """``approved`` -> ``sending`` for one claim, with the content it sends; False if another took it."""
+        """``approved`` -> ``sending`` for one claim of exactly the content the operator approved (its
+        record hash and address); False if another attempt took it, or the content differs."""
         table = OutboxMessage.__table__
-        values = {k: fields[k] for k in ("to_address", "subject", "record_hash", "run_id", "provenance", "channel")
-                  if k in fields}
+        values = {k: fields[k] for k in ("subject", "run_id", "provenance", "channel") if k in fields}
         with self.db.connect() as conn:
-            return conn.execute(update(table).where(table.c.idempotency_key == key, table.c.state == "approved")
-                                .values(state="sending", **values)).rowcount == 1
+            return conn.execute(update(table).where(
+                table.c.idempotency_key == key, table.c.state == "approved",
+                table.c.record_hash == fields.get("record_hash"), table.c.to_address == fields.get("to_address"),
+            ).values(state="sending", **values)).rowcount == 1
 
     def stage_many(self, rows: list[dict[str, Any]], *, state: str = "drafted") -> None:
         """Stage drafts (``drafted``, or ``approved`` when no approval is needed) with their
@@ -178,9 +180,11 @@ class OutboxLedger:
         with self.db.connect() as conn:
             conn.execute(change, rows)
 
-    def release_many(self, entries: list[LedgerEntry]) -> None:
-        """Forget claims made and never attempted (a batch stopped before them): a later run claims
-        them afresh, for whatever content it then has."""
+    def release_many(self, entries: list[LedgerEntry], *, cancel: bool = False) -> None:
+        """Give back claims made and never attempted (a batch stopped before them, pacing deferred
+        them): a new row is forgotten (a later run claims it afresh, for whatever content it then
+        has); a taken approved row is approved again, so the operator's approval stands; or, with
+        ``cancel`` (a gate said it must never go: the lead replied, unsubscribed), ``cancelled``."""
         if not entries:
             return
         table = OutboxMessage.__table__
@@ -188,8 +192,8 @@ class OutboxLedger:
             for entry in entries:
                 mine = (table.c.idempotency_key == entry.idempotency_key, table.c.message_id == entry.message_id,
                         table.c.state == "sending")
-                if entry.claimed_from == "approved":  # the operator's approval stands for the next attempt
-                    conn.execute(update(table).where(*mine).values(state="approved"))
+                if entry.claimed_from == "approved":
+                    conn.execute(update(table).where(*mine).values(state="cancelled" if cancel else "approved"))
                 else:
                     conn.execute(table.delete().where(*mine))
 

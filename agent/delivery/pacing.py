@@ -250,6 +250,16 @@ class Pacer:
         if kind != "sent" and guard is not None:
             self.check_health(mailbox, guard)
 
+    def record_sent(self, mailbox: str, sends: list[tuple[str, str | None, str | None]]) -> None:
+        """Keep many ``sent`` events of ``mailbox`` at once: ``(to, campaign_id, lead_id)`` each."""
+        if not sends:
+            return
+        mailbox, now = _mailbox(mailbox), self._clock()
+        with self.db.connect(write=True) as conn:
+            conn.execute(_EVENTS.insert(), [{"tenant_id": self.tenant, "mailbox": mailbox, "kind": "sent",
+                                             "campaign_id": campaign_id, "lead_id": lead_id, "domain": _domain(to),
+                                             "at": now} for to, campaign_id, lead_id in sends])
+
     def check_health(self, mailbox: str, guard: AutoPause) -> str | None:
         """Pause ``mailbox`` if a rate over the last ``window_days`` crosses its threshold; the reason, else None."""
         mailbox = _mailbox(mailbox)

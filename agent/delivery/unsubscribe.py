@@ -200,5 +200,7 @@ def apply_unsubscribe(db: Any, request: Unsubscribe, *, source: str) -> tuple[st
     DraftStore(db, tenant=request.tenant).withdraw(address=address, lead_id=request.lead_id, by="unsubscribe",
                                                    reason="the recipient unsubscribed")
     # Every queued step of theirs stops: no follow-up goes to someone who objected.
-    EnrolmentStore(db, tenant=request.tenant).stop(reason="unsubscribed", address=address, lead_id=request.lead_id)
+    EnrolmentStore(db, tenant=request.tenant).stop(
+        reason="unsubscribed", address=address, lead_id=request.lead_id,
+        ensure=(request.campaign_id, request.lead_id, address, request.step))
     return address, newly

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from agent.envelope import PROVENANCE, canonical_json, make_provenance
 from agent.errors import InvalidInput, PayloadError
@@ -97,6 +97,18 @@ class DraftStore:
             leads = [r["lead_id"] for r in rows if (r["campaign_id"], r["step"]) == (campaign, step)]
             found.update(((d.campaign_id, d.lead_id, d.step), d) for d in self.for_leads(campaign, leads, step=step))
         return [found[(r["campaign_id"], r["lead_id"], r["step"])] for r in rows]
+
+    def settle_outbox(self, drafts: Iterable[Draft]) -> None:
+        """The outbox rows of decided drafts still ``drafted`` follow the decision (approved, or
+        cancelled): for a row staged while its draft was being decided."""
+        changes = [{"k": idempotency_key(self.tenant, d.campaign_id, d.lead_id, d.step),
+                    "s": "approved" if d.status == APPROVED else "cancelled"} for d in drafts if d.status in DECIDED]
+        if not changes:
+            return
+        table = OutboxMessage.__table__
+        with self.db.connect(write=True) as conn:
+            conn.execute(update(table).where(table.c.idempotency_key == bindparam("k"), table.c.state == "drafted")
+                         .values(state=bindparam("s")), changes)
 
     def for_leads(self, campaign_id: str, lead_ids: Iterable[Any], *, step: int = 1) -> list[Draft]:
         leads = [str(lead) for lead in lead_ids]
@@ -192,6 +204,11 @@ class DraftStore:
                 DraftRow.record_hash == draft.record[PROVENANCE]["hash"],
             ).values(subject=record["subject"], body=record["body"], record_json=canonical_json(record),
                      record_hash=record[PROVENANCE]["hash"], edited=True)).rowcount
+            if changed == 1:  # the staged outbox row carries the content it may send
+                key = idempotency_key(self.tenant, draft.campaign_id, draft.lead_id, draft.step)
+                conn.execute(update(OutboxMessage).where(OutboxMessage.idempotency_key == key,
+                                                         OutboxMessage.state == "drafted")
+                             .values(subject=record["subject"], record_hash=record[PROVENANCE]["hash"]))
         if changed != 1:
             raise InvalidInput("draft_id", f"draft {draft_id} changed while it was being edited; try again")
         return self.get(draft_id)

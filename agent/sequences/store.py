@@ -33,10 +33,34 @@ from agent.storage.db import Database, upsert_insert
 from agent.storage.models import EnrolmentRow
 from agent.storage.times import aware
 
-__all__ = ["EnrolmentStore", "Enrolment", "ACTIVE", "PAUSED", "STOPPED", "COMPLETED"]
+__all__ = ["EnrolmentStore", "Enrolment", "Enrolled", "ACTIVE", "PAUSED", "STOPPED", "COMPLETED", "MAX_ATTEMPTS"]
 
 ACTIVE, PAUSED, STOPPED, COMPLETED = "active", "paused", "stopped", "completed"
-_DONE_SENDING = ("sent", "duplicate")
+MAX_ATTEMPTS = 5  # failed tries of one step before the sequence gives up on the lead
+# (campaign id, lead id, address, step): the enrolment a stop or a hold comes from.
+Enrolled = tuple[str, str, str, int]
+
+
+def _verdict(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a delivery outcome does to the sequence: ("sent",), ("deferred", until), ("retry", why),
+    ("stop", why) or ("keep",)."""
+    status, reason = record.get("status"), str(record.get("reason") or "")
+    if status in ("sent", "duplicate"):
+        return ("sent",) if record.get("message_id") else ("keep",)
+    if status == "deferred":
+        until = record.get("not_before")
+        return ("deferred", datetime.fromisoformat(until) if isinstance(until, str) else until)
+    if status == "failed":
+        return ("retry", reason.split(":", 1)[0] or "failed")
+    if status == "skipped":
+        return ("stop", reason) if reason in ("suppressed", "below_icp_threshold") else ("keep",)
+    stops = {"bounced": "bounced", "unknown": "delivery_unknown", "conflict": "conflict",
+             "rejected": "rejected_by_operator"}
+    if status in stops:
+        return ("stop", stops[status])
+    if status == "cancelled":
+        return ("stop", reason.removeprefix("sequence_stopped:") or "cancelled")
+    return ("keep",)
 
 
 @dataclass(frozen=True)
@@ -67,60 +91,63 @@ class EnrolmentStore:
 
     # -- outcomes of sends --------------------------------------------------------------------
     def record_outcomes(self, steps: Mapping[int, float], records: Iterable[Mapping[str, Any]]) -> None:
-        """Move enrolments on from a batch's delivery outcomes, in one transaction.  ``steps`` maps each
-        step of the campaign to the days to wait before it (step 1: 0).  A sent step makes the next
-        one due; a step deferred by pacing stays next, due at its ``not_before``."""
+        """Move enrolments on from a batch's outcomes, in one transaction.  ``steps`` maps each step of
+        the campaign to the days to wait before it (step 1: 0).
+
+        - sent (or found sent): the next step becomes due after its wait, or the sequence is complete;
+        - deferred by pacing: the step stays next, due at its ``not_before``;
+        - failed (a refusal that may pass, a draft that failed): tried again an hour later, then two...
+          and after ``MAX_ATTEMPTS`` the sequence stops (``gave_up:<reason>``);
+        - bounced, unknown (the server may have it: never re-sent blindly), a conflict, cancelled,
+          rejected, suppressed, below the ICP: the sequence stops, saying why;
+        - anything else (awaiting approval, not due): nothing changes.
+        """
         now = self.clock.now()
-        moves: list[tuple[Mapping[str, Any], int, datetime | None]] = []  # (record, step, deferred until)
-        for record in records:
-            status, step = record.get("status"), int(record.get("step") or 1)
-            if status in _DONE_SENDING and record.get("message_id"):
-                moves.append((record, step, None))
-            elif status == "deferred":
-                until = record.get("not_before")
-                moves.append((record, step, datetime.fromisoformat(until) if isinstance(until, str)
-                              else (until or now + timedelta(hours=1))))
+        moves = [(record, int(record.get("step") or 1), verdict) for record in records
+                 if (verdict := _verdict(record))[0] != "keep"]
         if not moves:
             return
         fresh = [{"tenant_id": self.tenant, "campaign_id": str(r["campaign_id"]), "lead_id": str(r["lead_id"]),
-                  "to_address": r["to"], "status": ACTIVE, "next_step": step, "due_at": until or now,
-                  "thread_json": "[]", "first_subject": None, "stop_reason": None, "created_at": now,
-                  "updated_at": now} for r, step, until in moves]
+                  "to_address": r.get("to") or "", "status": ACTIVE, "next_step": step, "due_at": now,
+                  "thread_json": "[]", "first_subject": None, "stop_reason": None, "attempts": 0,
+                  "created_at": now, "updated_at": now} for r, step, _ in moves]
         with self.db.connect(write=True) as conn:
-            # A lead without an enrolment gets one at this step (a first writer wins) ...
+            # A lead without an enrolment gets one at this step (a first writer wins: a reply that
+            # came first left it stopped) ...
             conn.execute(upsert_insert(self.db.dialect)(EnrolmentRow).on_conflict_do_nothing(
                 index_elements=["tenant_id", "campaign_id", "lead_id"]), fresh)
-            current = {}
-            for campaign_id in {row["campaign_id"] for row in fresh}:
-                leads = [row["lead_id"] for row in fresh if row["campaign_id"] == campaign_id]
-                for start in range(0, len(leads), 500):
-                    for row in conn.execute(select(EnrolmentRow.campaign_id, EnrolmentRow.lead_id,
-                                                   EnrolmentRow.next_step, EnrolmentRow.status,
-                                                   EnrolmentRow.thread_json, EnrolmentRow.first_subject).where(
-                            EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == campaign_id,
-                            EnrolmentRow.lead_id.in_(leads[start:start + 500]))):
-                        current[(row.campaign_id, row.lead_id)] = row
+            current = self._rows(conn, [(row["campaign_id"], row["lead_id"]) for row in fresh])
             # ... then each moves on, conditionally on the step it was read at (a retry moves nothing twice)
             changes = []
-            for record, step, until in moves:
+            for record, step, verdict in moves:
                 row = current[(str(record["campaign_id"]), str(record["lead_id"]))]
                 if row.status == STOPPED or row.next_step != step:
                     continue  # stopped meanwhile, or already moved on (the same outcome twice)
-                if until is not None:
-                    changes.append({"c": row.campaign_id, "l": row.lead_id, "was": step, "next": step, "due": until,
-                                    "st": row.status, "thread": row.thread_json, "subject": row.first_subject})
-                    continue
-                later = sorted(s for s in steps if s > step)
-                following = later[0] if later else None
-                thread = json.loads(row.thread_json)
-                if record["message_id"] not in thread:
-                    thread.append(record["message_id"])
-                changes.append({"c": row.campaign_id, "l": row.lead_id, "was": step,
-                                "next": following if following is not None else step + 1,
-                                "due": now + timedelta(days=steps[following]) if following is not None else None,
-                                "st": ACTIVE if following is not None else COMPLETED,
-                                "thread": json.dumps(thread),
-                                "subject": row.first_subject or (record.get("subject") if step == 1 else None)})
+                change = {"c": row.campaign_id, "l": row.lead_id, "was": step, "next": step, "due": row.due_at,
+                          "st": row.status, "thread": row.thread_json, "subject": row.first_subject,
+                          "why": None, "tries": row.attempts}
+                kind = verdict[0]
+                if kind == "sent":
+                    later = sorted(s for s in steps if s > step)
+                    thread = json.loads(row.thread_json)
+                    if record["message_id"] not in thread:
+                        thread.append(record["message_id"])
+                    change.update(thread=json.dumps(thread), tries=0,
+                                  subject=row.first_subject or (record.get("subject") if step == 1 else None))
+                    if later:
+                        due = now + timedelta(days=steps[later[0]])
+                        held = aware(row.due_at) if row.status == PAUSED else None  # an out-of-office holds
+                        change.update(next=later[0], due=max(due, held) if held else due)
+                    else:
+                        change.update(next=step + 1, due=None, st=COMPLETED)
+                elif kind == "deferred":
+                    change.update(due=verdict[1] or now + timedelta(hours=1))
+                elif kind == "retry" and row.attempts + 1 < MAX_ATTEMPTS:
+                    change.update(due=now + timedelta(hours=row.attempts + 1), tries=row.attempts + 1)
+                else:  # stop, or a retry past the limit
+                    why = verdict[1] if kind == "stop" else f"gave_up:{verdict[1]}"
+                    change.update(st=STOPPED, due=None, why=why[:64], tries=row.attempts + (kind == "retry"))
+                changes.append(change)
             if changes:
                 table = EnrolmentRow.__table__
                 conn.execute(update(table).where(
@@ -128,8 +155,22 @@ class EnrolmentStore:
                     table.c.lead_id == bindparam("l"), table.c.next_step == bindparam("was"),
                     table.c.status != STOPPED,
                 ).values(next_step=bindparam("next"), due_at=bindparam("due"), status=bindparam("st"),
-                         thread_json=bindparam("thread"), first_subject=bindparam("subject"), updated_at=now),
-                    changes)
+                         thread_json=bindparam("thread"), first_subject=bindparam("subject"),
+                         stop_reason=bindparam("why"), attempts=bindparam("tries"), updated_at=now), changes)
+
+    def _rows(self, conn: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        current = {}
+        for campaign_id in {c for c, _ in pairs}:
+            leads = list(dict.fromkeys(lead for c, lead in pairs if c == campaign_id))
+            for start in range(0, len(leads), 500):
+                for row in conn.execute(select(
+                        EnrolmentRow.campaign_id, EnrolmentRow.lead_id, EnrolmentRow.next_step, EnrolmentRow.status,
+                        EnrolmentRow.thread_json, EnrolmentRow.first_subject, EnrolmentRow.due_at,
+                        EnrolmentRow.attempts).where(
+                        EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == campaign_id,
+                        EnrolmentRow.lead_id.in_(leads[start:start + 500]))):
+                    current[(row.campaign_id, row.lead_id)] = row
+        return current
 
     # -- scheduling ---------------------------------------------------------------------------
     def due(self, campaign_id: str, *, limit: int = 10_000) -> list[Enrolment]:
@@ -139,21 +180,32 @@ class EnrolmentStore:
         return self._select(EnrolmentRow.campaign_id == campaign_id, EnrolmentRow.status.in_((ACTIVE, PAUSED)),
                             EnrolmentRow.due_at <= now, order=EnrolmentRow.due_at, limit=limit)
 
-    def lease(self, campaign_id: str, lead_ids: Iterable[str], step: int, *, seconds: float) -> None:
-        """Leads whose step ``step`` was just queued: not due again for ``seconds`` (if the job is lost,
-        they come due again and the outbox key keeps the step from going out twice)."""
+    def lease(self, campaign_id: str, lead_ids: Iterable[str], step: int, *, seconds: float) -> list[str]:
+        """Take the leads whose step ``step`` is due now for one queued job: not due again for
+        ``seconds`` (if the job is lost they come due again, and the outbox key keeps the step from
+        going out twice).  One conditional UPDATE: of two overlapping ticks only one gets each lead,
+        and a lead paused or stopped since it was read is not taken.  The leads taken."""
         now = self.clock.now()
+        leads = [str(i) for i in lead_ids]
+        taken: list[str] = []
         with self.db.connect(write=True) as conn:
-            conn.execute(update(EnrolmentRow).where(
-                EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == campaign_id,
-                EnrolmentRow.lead_id.in_([str(i) for i in lead_ids]), EnrolmentRow.next_step == step,
-                EnrolmentRow.status.in_((ACTIVE, PAUSED)),
-            ).values(status=ACTIVE, due_at=now + timedelta(seconds=seconds), updated_at=now))
+            for start in range(0, len(leads), 500):
+                taken.extend(conn.execute(update(EnrolmentRow).where(
+                    EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.campaign_id == campaign_id,
+                    EnrolmentRow.lead_id.in_(leads[start:start + 500]), EnrolmentRow.next_step == step,
+                    EnrolmentRow.status.in_((ACTIVE, PAUSED)), EnrolmentRow.due_at <= now,
+                ).values(status=ACTIVE, due_at=now + timedelta(seconds=seconds), updated_at=now)
+                    .returning(EnrolmentRow.lead_id)).scalars())
+        return taken
 
     # -- what stops or holds a sequence -------------------------------------------------------
     def stop(self, *, reason: str, address: str | None = None, lead_id: str | None = None,
-             campaign_id: str | None = None) -> int:
-        """Stop the active or paused enrolments of ``address`` (any case) or ``lead_id``; how many."""
+             campaign_id: str | None = None, ensure: Enrolled | None = None) -> int:
+        """Stop the active or paused enrolments of ``address`` (any case) or ``lead_id``; how many.
+
+        ``ensure`` names the (campaign, lead, address, step) the stop comes from (the message a reply
+        answers): if that lead has no enrolment yet (its batch is still sending), it gets one,
+        stopped, so the batch's outcome cannot start the sequence afterwards."""
         matches = self._who(address, lead_id)
         if not matches:
             return 0
@@ -161,21 +213,40 @@ class EnrolmentStore:
                       or_(*matches)]
         if campaign_id is not None:
             conditions.append(EnrolmentRow.campaign_id == campaign_id)
+        now = self.clock.now()
         with self.db.connect(write=True) as conn:
-            return int(conn.execute(update(EnrolmentRow).where(*conditions).values(
-                status=STOPPED, stop_reason=reason[:64], due_at=None, updated_at=self.clock.now())).rowcount)
+            made = self._ensure(conn, ensure, status=STOPPED, due=None, reason=reason[:64], now=now)
+            return made + int(conn.execute(update(EnrolmentRow).where(*conditions).values(
+                status=STOPPED, stop_reason=reason[:64], due_at=None, updated_at=now)).rowcount)
 
-    def pause_until(self, until: datetime, *, address: str | None = None, lead_id: str | None = None) -> int:
+    def pause_until(self, until: datetime, *, address: str | None = None, lead_id: str | None = None,
+                    ensure: Enrolled | None = None) -> int:
         """Hold the active enrolments of ``address`` or ``lead_id`` until ``until`` (an out-of-office's
-        return date): the next step waits, the sequence does not stop."""
+        return date): the next step waits, the sequence does not stop.  ``ensure``: as for ``stop``."""
         matches = self._who(address, lead_id)
         if not matches:
             return 0
+        now = self.clock.now()
         with self.db.connect(write=True) as conn:
-            return int(conn.execute(update(EnrolmentRow).where(
+            made = self._ensure(conn, ensure, status=PAUSED, due=until, reason=None, now=now)
+            return made + int(conn.execute(update(EnrolmentRow).where(
                 EnrolmentRow.tenant_id == self.tenant, EnrolmentRow.status.in_((ACTIVE, PAUSED)), or_(*matches),
                 or_(EnrolmentRow.due_at.is_(None), EnrolmentRow.due_at < until),
-            ).values(status=PAUSED, due_at=until, updated_at=self.clock.now())).rowcount)
+            ).values(status=PAUSED, due_at=until, updated_at=now)).rowcount)
+
+    def _ensure(self, conn: Any, ensure: Enrolled | None, *, status: str, due: datetime | None,
+                reason: str | None, now: datetime) -> int:
+        """The enrolment ``ensure`` names, created in ``status`` at its step if the lead has none; 1 if made."""
+        if ensure is None:
+            return 0
+        campaign_id, lead_id, address, step = ensure
+        result = conn.execute(upsert_insert(self.db.dialect)(EnrolmentRow).on_conflict_do_nothing(
+            index_elements=["tenant_id", "campaign_id", "lead_id"]).returning(EnrolmentRow.id), [{
+                "tenant_id": self.tenant, "campaign_id": str(campaign_id), "lead_id": str(lead_id),
+                "to_address": address, "status": status, "next_step": int(step), "due_at": due,
+                "thread_json": "[]", "first_subject": None, "stop_reason": reason, "attempts": 0,
+                "created_at": now, "updated_at": now}])
+        return len(result.all())
 
     def blocked(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """The send-time gate: of these (campaign, lead) pairs, those whose sequence is stopped

@@ -424,6 +424,7 @@ class EnrolmentRow(Base):
     thread_json: Mapped[str] = mapped_column(Text, default="[]")  # Message-IDs sent, oldest first
     first_subject: Mapped[str | None] = mapped_column(Text)
     stop_reason: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # failed tries of the next step
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -170,7 +170,8 @@ class OutboxChannel(BaseAgent):
         screened = gates.screen([m for _, m in sending], suppressed)  # the suppression read just above
         marks: list[tuple[str, str, str | None]] = []
         staged: list[_Staged] = []
-        held: list[LedgerEntry] = []  # claims a gate stopped: given back
+        held: list[LedgerEntry] = []  # claims a gate deferred: given back
+        cancelled: list[LedgerEntry] = []  # claims a gate stopped for good: given back, approvals cancelled
         attempted = 0
         first: dict[str, dict[str, Any]] = {}  # each key's first message; a repeat copies its outcome
         try:
@@ -186,8 +187,10 @@ class OutboxChannel(BaseAgent):
                     stopped = screened.get(index) if entry.state != "sent" else None
                     if stopped is None and created:
                         stopped = gates.pace(msg)
+                        if stopped is None and gates.waited:  # a jitter wait: read the gates again after it
+                            stopped = gates.screen([msg]).get(0)
                     if stopped is not None and created:
-                        held.append(entry)
+                        (cancelled if gates.final(stopped) else held).append(entry)
                         result.update(stopped)
                     elif (stopped is not None and entry.state in ("sending", "failed")
                           and not (directory / f"{key}.eml").exists()):
@@ -215,9 +218,8 @@ class OutboxChannel(BaseAgent):
             # A batch stopped by a failure leaves no claim on the messages it never tried.
             ledger.release_many(held + [claims[r["idempotency_key"]][0] for r, _ in sending[attempted:]
                                         if claims[r["idempotency_key"]][1]])
-        for result, msg in sending:
-            if result.get("status") == "sent":
-                gates.sent(msg)
+            ledger.release_many(cancelled, cancel=True)
+        gates.sent(*(msg for result, msg in sending if result.get("status") == "sent"))
         records = finish_records(results, messages, suppressed, context, self.channel)
         return make_envelope(records, source=f"channel:{self.channel}", run_id=context.run_id,
                              flow=context.flow, node=context.node, agent=self.channel,

@@ -165,29 +165,29 @@ class SmtpChannel(BaseAgent):
         signer = signer_for(settings)
         unsubscribe_url(settings, context.tenant, "check", "check", 1)
         gates = SendGates(db, context, request)
-        claims = ledger.claim_many([claim_fields(r["idempotency_key"], m, context, self.channel)
-                                    for r, m in sending])
         done: dict[str, dict[str, Any]] = {}
-        tried = 0
         try:
             for result, msg in sending:
                 key = result["idempotency_key"]
-                tried += 1
                 if key in done:  # the same (campaign, lead, step) twice in one request: sent once at most
                     same = done[key]["to"] == result["to"]
                     result.update(status="duplicate" if same else "conflict",
                                   reason="same_key_in_request" if same else "content_changed",
                                   message_id=done[key]["message_id"] if same else None)
                     continue
-                entry, created = claims[key]
-                result.update(self._one(entry, created, msg, session, ledger, gates, context, signer))
                 done[key] = result
+                # Every gate read again now (pauses, suppression, the sequence, then pacing, whose
+                # jitter is waited out; after a wait the first three are read once more).
+                stopped = gates.check(msg)
+                if stopped is not None:
+                    result.update(stopped)
+                    continue
+                # Claimed only now, right before the hand-over: a worker killed in a paced batch
+                # leaves one claim at most, not every message it had yet to send.
+                entry, created = ledger.claim_many([claim_fields(key, msg, context, self.channel)])[key]
+                result.update(self._one(entry, created, msg, session, ledger, gates, context, signer))
         finally:
             session.close()
-            # A batch stopped (the server unreachable) leaves no claim on the messages it never tried:
-            # left "sending", a retry would have to call them unknown.
-            ledger.release_many([claims[r["idempotency_key"]][0] for r, _ in sending[tried:]
-                                 if claims[r["idempotency_key"]][1]])
         finish_records(results, messages, suppressed, context, self.channel)
         return make_envelope(results, source=f"channel:{self.channel}", run_id=context.run_id, flow=context.flow,
                              node=context.node, agent=self.channel, duration_ms=context.elapsed_ms(),
@@ -211,13 +211,6 @@ class SmtpChannel(BaseAgent):
         if not created and not ledger.take(key, entry.message_id):
             # A failed row is retried by one attempt only: another one took it first.
             return {"status": "unknown", "reason": "another_attempt_in_progress", "message_id": entry.message_id}
-        stopped = gates.check(msg)  # pauses, suppression, the sequence, pacing: read again now
-        if stopped is not None:
-            if created:
-                ledger.release_many([entry])  # not attempted: a later run sends it, same Message-ID or new
-            else:
-                ledger.mark_many([(key, "failed", None)])  # a retried failed row stays failed
-            return stopped
         try:
             data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
                                  message_id=entry.message_id, postal_address=settings.postal_address, send_id=key,

@@ -158,16 +158,26 @@ class OutreachOrchestrator(BaseOrchestrator):
         return DraftStore(self._db(), tenant=tenant)
 
     def _hold(self, state: FlowState) -> Output:
+        drafts = state.records("draft")
         scores = {str(r["lead_id"]): r.get("icp_score") for r in _leads(state)}
-        parked = {d.lead_id: d for d in self._drafts(state.tenant).park(state.records("draft"), run_id=state.run_id,
-                                                                        scores=scores)}
         # Each waiting draft is an outbox row too, "drafted" with its Message-ID fixed: only an
-        # operator's approval makes it sendable (agent.delivery.ledger).
-        self._stage(state, [parked[str(d["lead_id"])] for d in state.records("draft")])
+        # operator's approval makes it sendable (agent.delivery.ledger).  Staged before the draft is
+        # queued, so an approval that comes at once finds the row it moves.
+        self._stage(state, drafts)
+        store = self._drafts(state.tenant)
+        parked = {d.lead_id: d for d in store.park(drafts, run_id=state.run_id, scores=scores)}
+        store.settle_outbox(parked.values())  # a batch run again: decided drafts' rows follow the decision
+        # A draft approved already (the batch ran again: pacing deferred it, a worker died) goes now.
+        approved = [parked[str(d["lead_id"])].record for d in drafts
+                    if parked[str(d["lead_id"])].status == "approved"]
+        sent = {str(r["lead_id"]): r for r in self._send(state, approved)}
         held = []
-        for draft in state.records("draft"):
+        for draft in drafts:
             # A batch run again finds its leads' drafts queued already: the queued draft stands.
             queued = parked[str(draft["lead_id"])]
+            if queued.lead_id in sent:
+                held.append(sent[queued.lead_id])
+                continue
             kept = queued.record
             record = {"lead_id": kept["lead_id"], "to": kept["to"], "campaign_id": kept["campaign_id"],
                       "step": kept["step"], "template_id": kept.get("template_id"), "subject": queued.subject,
@@ -175,7 +185,7 @@ class OutreachOrchestrator(BaseOrchestrator):
                       "reason": "approval_required" if queued.status == "awaiting_approval" else "decided",
                       "message_id": None}
             held.append(_derived(record, kept))
-        return _outcome(state, held, allow_delivery=state.input.campaign.allow_delivery)
+        return self._record(state, _outcome(state, held, allow_delivery=state.input.campaign.allow_delivery))
 
     def _sequence(self, state: FlowState) -> Output:
         """Which leads go on at this step: an active enrolment whose next step is this one.  Each
@@ -202,19 +212,46 @@ class OutreachOrchestrator(BaseOrchestrator):
                                     lead))
         return Output(records, source=_SOURCE, step=step)
 
-    def _stage(self, state: FlowState, drafts: list[Any]) -> None:
+    def _stage(self, state: FlowState, drafts: list[dict[str, Any]]) -> None:
         from agent.delivery.keys import idempotency_key
         from agent.delivery.ledger import OutboxLedger
         from agent.delivery.message import new_message_id
 
         campaign: Campaign = state.input.campaign
-        rows = [{"idempotency_key": idempotency_key(state.tenant, d.campaign_id, d.lead_id, d.step),
-                 "tenant_id": state.tenant, "campaign_id": d.campaign_id, "lead_id": d.lead_id, "step": d.step,
-                 "channel": campaign.channel, "message_id": new_message_id(self.settings.sender),
-                 "to_address": d.to, "subject": d.subject, "record_hash": d.record[PROVENANCE]["hash"],
-                 "run_id": state.run_id, "provenance": d.record.get(PROVENANCE)}
-                for d in drafts if d.status == "awaiting_approval"]
+        rows = [{"idempotency_key": idempotency_key(state.tenant, str(d["campaign_id"]), str(d["lead_id"]),
+                                                    int(d["step"])),
+                 "tenant_id": state.tenant, "campaign_id": str(d["campaign_id"]), "lead_id": str(d["lead_id"]),
+                 "step": int(d["step"]), "channel": campaign.channel,
+                 "message_id": new_message_id(self.settings.sender), "to_address": d["to"],
+                 "subject": d["subject"], "record_hash": d[PROVENANCE]["hash"], "run_id": state.run_id,
+                 "provenance": d.get(PROVENANCE)} for d in drafts]
         OutboxLedger(self._db()).stage_many(rows, state="drafted")
+
+    def _send(self, state: FlowState, drafts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``drafts`` through the DeliveryOrchestrator and its gates; each one's outcome."""
+        if not drafts:
+            return []
+        campaign: Campaign = state.input.campaign
+        delivery = DeliveryOrchestrator(self.registry, settings=self.settings, tenant=state.tenant,
+                                        engine=self.engine)
+        # Without checkpoints the delivery runs within this run (its steps audited under it); with
+        # them a run_id names one flow's steps, so it gets its own (lineage holds through parents).
+        run_id = state.run_id if self.engine.checkpoints is None else None
+        return delivery.run({"records": drafts, "campaign_id": campaign.id, "channel": campaign.channel,
+                             "allow_delivery": campaign.allow_delivery, "timezone": campaign.timezone,
+                             "pacing": campaign.pacing.model_dump(mode="json") if campaign.pacing else None},
+                            run_id=run_id)["records"]
+
+    def _record(self, state: FlowState, out: Output) -> Output:
+        """Each lead's outcome moves its sequence: sent on, deferred later, bounced or refused stopped
+        (``EnrolmentStore.record_outcomes``).  Nothing moves while delivery is off."""
+        campaign: Campaign = state.input.campaign
+        if campaign.allow_delivery:
+            from agent.sequences import EnrolmentStore
+
+            EnrolmentStore(self._db(), tenant=state.tenant, clock=self.clock).record_outcomes(
+                campaign.template.waits(), out.records)
+        return out
 
     def _approved(self, state: FlowState) -> Output:
         campaign: Campaign = state.input.campaign
@@ -239,29 +276,10 @@ class OutreachOrchestrator(BaseOrchestrator):
                                  "step": state.input.step, "status": "rejected", "reason": "rejected_by_operator",
                                  "message_id": None}, r)
                        for r in state.records("draft") if str(r["lead_id"]) in rejected]
-        delivered: list[dict[str, Any]] = []
-        if drafts:
-            delivery = DeliveryOrchestrator(self.registry, settings=self.settings, tenant=state.tenant,
-                                            engine=self.engine)
-            # Without checkpoints the delivery runs within this run (its steps audited under it); with
-            # them a run_id names one flow's steps, so it gets its own (lineage holds through parents).
-            run_id = state.run_id if self.engine.checkpoints is None else None
-            envelope = delivery.run({"records": drafts, "campaign_id": campaign.id, "channel": campaign.channel,
-                                     "allow_delivery": campaign.allow_delivery, "timezone": campaign.timezone,
-                                     "pacing": campaign.pacing.model_dump(mode="json") if campaign.pacing else None},
-                                    run_id=run_id)
-            delivered = envelope["records"]
-            if campaign.allow_delivery and (campaign.template.steps or any(r["status"] == "deferred"
-                                                                           for r in delivered)):
-                # Sent steps move each lead's sequence on; deferred ones stay next, due when pacing allows.
-                # (A campaign of one step has no sequence to move, unless pacing deferred its step.)
-                from agent.sequences import EnrolmentStore
-
-                EnrolmentStore(self._db(), tenant=state.tenant, clock=self.clock).record_outcomes(
-                    campaign.template.waits(), delivered)
+        delivered = self._send(state, drafts)
         if release:
-            return _released(state, delivered)
-        return _outcome(state, delivered + refused, allow_delivery=campaign.allow_delivery)
+            return self._record(state, _released(state, delivered))
+        return self._record(state, _outcome(state, delivered + refused, allow_delivery=campaign.allow_delivery))
 
 
 def _load_request(state: FlowState) -> dict[str, Any]:

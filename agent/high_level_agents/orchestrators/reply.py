@@ -144,7 +144,7 @@ class ReplyOrchestrator(BaseOrchestrator):
                 if bounce["severity"] == "hard":
                     suppression.add(address, reason="hard_bounce", source="dsn", evidence=bounce["status"])
                     actions.append({"action": "suppressed", "address": address, "reason": "hard_bounce"})
-                    actions.extend(self._withdraw(db, state.tenant, address, None, "hard_bounce"))
+                    actions.extend(self._withdraw(db, state.tenant, address, None, "hard_bounce", match))
                     self._status(db, state.tenant, lead_id, "bounced", actions)
                     actions.extend(self._count(db, state.tenant, "bounce", address, match))
                 elif bounce["severity"] == "policy":
@@ -165,7 +165,7 @@ class ReplyOrchestrator(BaseOrchestrator):
             if address:
                 suppression.add(address, reason="complaint", source="arf", evidence=read["identity"][:200])
                 actions.append({"action": "suppressed", "address": address, "reason": "complaint"})
-                actions.extend(self._withdraw(db, state.tenant, address, lead_id, "complaint"))
+                actions.extend(self._withdraw(db, state.tenant, address, lead_id, "complaint", match))
                 self._status(db, state.tenant, lead_id, "complained", actions)
                 actions.extend(self._count(db, state.tenant, "complaint", address, match))
         elif kind == "unsubscribe" and read["sender"]:
@@ -174,17 +174,17 @@ class ReplyOrchestrator(BaseOrchestrator):
                             evidence=read["identity"][:200])
             actions.append({"action": "suppressed", "address": read["sender"], "reason": "unsubscribe_reply"})
             if match["matched"] and match["from_recipient"]:
-                actions.extend(self._withdraw(db, state.tenant, read["sender"], lead_id, "unsubscribed"))
+                actions.extend(self._withdraw(db, state.tenant, read["sender"], lead_id, "unsubscribed", match))
                 self._status(db, state.tenant, lead_id, "unsubscribed", actions)
         elif kind == "reply" and match["matched"] and match["from_recipient"]:
             self._status(db, state.tenant, lead_id, "replied", actions)
-            actions.extend(self._withdraw(db, state.tenant, match["to_address"], lead_id, "replied"))
+            actions.extend(self._withdraw(db, state.tenant, match["to_address"], lead_id, "replied", match))
         elif kind == "out_of_office" and match["matched"]:
             self._status(db, state.tenant, lead_id, "out_of_office", actions)
             # The sequence waits until they are back (a week when the message gives no date); it goes on then.
             until = _return_instant(found["return_date"]) or self.clock.now() + timedelta(days=OOO_DEFAULT_DAYS)
             held = EnrolmentStore(db, tenant=state.tenant, clock=self.clock).pause_until(
-                max(until, self.clock.now()), address=match["to_address"], lead_id=lead_id)
+                max(until, self.clock.now()), address=match["to_address"], lead_id=lead_id, ensure=_enrolled(match))
             actions.append({"action": "sequence_waits", "until": until.isoformat(), "enrolments": held})
         outcome = {"kind": kind, "reason": found["reason"], "sentiment": found["sentiment"], "match": match,
                    "actions": actions, "return_date": found["return_date"]}
@@ -204,13 +204,14 @@ class ReplyOrchestrator(BaseOrchestrator):
             actions.append({"action": "lead_status", "lead_id": str(lead_id), "status": status})
 
     def _withdraw(self, db: Database, tenant: str, address: str | None, lead_id: str | None,
-                  why: str) -> list[dict[str, Any]]:
+                  why: str, match: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The recipient's waiting drafts withdrawn (their outbox rows cancelled) and every sequence of
-        theirs stopped: a reply, an unsubscribe, a complaint or a hard bounce ends it."""
+        theirs stopped: a reply, an unsubscribe, a complaint or a hard bounce ends it.  The matched
+        message's own sequence is stopped even before its batch has enrolled the lead."""
         count = DraftStore(db, tenant=tenant).withdraw(address=address, lead_id=lead_id, by="inbound",
                                                        reason=_WHY.get(why, why))
-        stopped = EnrolmentStore(db, tenant=tenant, clock=self.clock).stop(reason=why, address=address,
-                                                                           lead_id=lead_id)
+        stopped = EnrolmentStore(db, tenant=tenant, clock=self.clock).stop(
+            reason=why, address=address, lead_id=lead_id, ensure=_enrolled(match))
         return ([{"action": "drafts_withdrawn", "count": count}] if count else []) + \
             ([{"action": "sequence_stopped", "count": stopped, "reason": why}] if stopped else [])
 
@@ -235,6 +236,13 @@ class ReplyOrchestrator(BaseOrchestrator):
                 InboundMessageRow.id != this,
                 InboundMessageRow.result_json.contains(fragment, autoescape=True))).scalar_one()
         return int(seen) + 1
+
+
+def _enrolled(match: dict[str, Any] | None) -> tuple[str, str, str, int] | None:
+    """The (campaign, lead, address, step) of the message an inbound one answers, when it is ours."""
+    if not match or not match.get("matched") or not match.get("campaign_id"):
+        return None
+    return (match["campaign_id"], match["lead_id"], match["to_address"], int(match["step"]))
 
 
 def _return_instant(value: str | None) -> datetime | None:

@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("thread_json", sa.Text, nullable=False),
         sa.Column("first_subject", sa.Text, nullable=True),
         sa.Column("stop_reason", sa.String(64), nullable=True),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("tenant_id", "campaign_id", "lead_id", name="uq_sequence_enrolments_key"),
