@@ -264,6 +264,52 @@ class SequenceTest(unittest.TestCase):
         self.assertEqual(self.smtp.received, [])
         self.assertIsNone(OutboxLedger(self.db).get(idempotency_key("default", "seq", "1", 1)))
 
+    def test_the_bounce_rate_guard_pauses_the_mailbox_mid_batch(self) -> None:
+        from agent.delivery.pacing import Pacer
+
+        for lead in ("1", "2"):
+            self.smtp.handler.refuse[self.leads[lead]] = "550 5.1.1 no such user"
+        campaign = two_steps(pacing={"auto_pause": {"bounce_rate": 0.5, "min_sample": 2}},
+                             limits={"batch_size": 3, "per_run": 10})
+        self.run_first_step(campaign)
+        # Two sends, two bounces: past the rate with the sample met, so the third waits for a person
+        self.assertEqual(self.smtp.received, [])
+        pause = Pacer(self.db).paused("mailbox:outreach@sender.example")
+        self.assertEqual(pause["reason"], "bounce_rate")
+        third = self.enrolment(3)
+        self.assertEqual((third.status, third.next_step), ("active", 1))
+        self.assertEqual({self.enrolment(1).stop_reason, self.enrolment(2).stop_reason}, {"bounced"})
+
+
+class SendingCliTest(unittest.TestCase):
+    def test_pause_list_and_resume_from_the_command_line(self) -> None:
+        import json
+        import os
+        import subprocess
+        import sys
+
+        home = TempHome()
+        self.addCleanup(home.cleanup)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(AGENT_HOME=str(home.path), AGENT_DATABASE_URL=home.settings.database_url, AGENT_SAMPLE_DATA="off")
+
+        def agent(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "agent.cli", *args], env=env, capture_output=True,
+                                  text=True, timeout=120)
+
+        self.assertEqual(agent("sending", "pause", "--mailbox", "Sales@Acme.example").returncode, 0)
+        [pause] = json.loads(agent("sending", "pauses", "--json").stdout)
+        self.assertEqual((pause["scope"], pause["reason"]), ("mailbox:sales@acme.example", "manual"))
+        both = agent("sending", "pause", "--mailbox", "a@b.example", "--campaign", "c1")
+        self.assertEqual(both.returncode, 2)
+        self.assertIn("scope", both.stderr)
+        self.assertIn("resumed", agent("sending", "resume", "--mailbox", "sales@acme.example").stdout)
+        self.assertEqual(json.loads(agent("sending", "pauses", "--json").stdout), [])
+        self.assertEqual(json.loads(agent("sequences", "list", "--json").stdout), [])
+        bad = agent("sequences", "list", "--status", "sleeping")
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("status", bad.stderr)
+
 
 class BadInputTest(unittest.TestCase):
     def setUp(self) -> None:

@@ -25,7 +25,7 @@ from email.utils import parseaddr
 from typing import Any
 
 from agent.context import RunContext
-from agent.delivery.pacing import Pacer, Pacing
+from agent.delivery.pacing import DEFAULT_GUARD, Pacer, Pacing
 from agent.delivery.suppression import SuppressionList
 from agent.sequences.store import EnrolmentStore
 from agent.storage.db import Database
@@ -109,10 +109,12 @@ class SendGates:
         self.pacer.record_sent(self.mailbox, [(m["to"], str(m["campaign_id"]), str(m["lead_id"])) for m in msgs])
 
     def bounced(self, msg: Mapping[str, Any]) -> None:
-        """A bounce at RCPT/DATA: counted, and the bounce-rate guard may pause the mailbox."""
+        """A bounce at RCPT/DATA: an attempt counted as a send and as a bounce (the rate is bounces per
+        message handed over), and the bounce-rate guard may pause the mailbox."""
+        self.sent(msg)
         self.pacer.record("bounce", mailbox=self.mailbox, to=msg["to"], campaign_id=str(msg["campaign_id"]),
                           lead_id=str(msg["lead_id"]),
-                          guard=self.policy.auto_pause if self.policy is not None else None)
+                          guard=self.policy.auto_pause if self.policy is not None else DEFAULT_GUARD)
 
     @staticmethod
     def final(outcome: Mapping[str, Any]) -> bool:
