@@ -6,13 +6,26 @@ One spelling everywhere: ``records[3].provenance.hash``, ``lead_query.limit``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from agent.errors import PayloadError
 
-__all__ = ["field_path", "first_error", "parse_model"]
+__all__ = ["field_path", "first_error", "parse_model", "ZoneName"]
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"not a known time zone: {value!r}") from None
+    return value
+
+
+# An IANA time zone name ("Europe/Berlin"), checked against the zone database.
+ZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 
 def field_path(loc: Sequence[Any], prefix: str = "") -> str:
