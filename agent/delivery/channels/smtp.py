@@ -4,8 +4,8 @@ One connection serves a whole batch (``RSET`` between messages, one reconnect
 if the server hangs up between them), over STARTTLS, implicit TLS (SSL) or
 plain, with authentication when a user is set.  Per message:
 
-1. the key is claimed in the outbox ledger with its Message-ID fixed first
-   (``sending``); a retry reuses that Message-ID;
+1. the gates are read again (below), then the key is claimed in the outbox
+   ledger with its Message-ID fixed first (``sending``); a retry reuses it;
 2. ``MAIL FROM`` and ``RCPT TO``: a refusal here is certain, so the row
    becomes ``failed`` and a later attempt may send; a 5xx ``RCPT`` is a hard
    bounce, recorded, and the address is suppressed (5.7.x excepted: that is
@@ -17,12 +17,14 @@ plain, with authentication when a user is set.  Per message:
    later attempt (a worker killed mid-send) is reported ``unknown`` and not
    re-sent.
 
-The DeliveryOrchestrator's gates run first; then, per message, after the
-claim and right before the hand-over, ``SendGates`` reads them again (pauses,
-suppression, the lead's sequence, pacing; see ``agent.delivery.gates``), and
-a claim of a ``drafted`` or ``cancelled`` row is refused (approval).  A 5.7.x
-refusal pauses the mailbox; every bounce counts towards its bounce rate.  Error texts are never echoed from the server or
-the email stack (they carry addresses); the SMTP code and enhanced status are.
+The DeliveryOrchestrator's gates run first; then, per message, right before
+its claim and hand-over, ``SendGates`` reads them again (pauses, suppression,
+the lead's sequence, pacing; see ``agent.delivery.gates``), and a claim of a
+``drafted`` or ``cancelled`` row is refused (approval).  Each key is claimed
+only then, so a worker killed in a long paced batch strands one claim at
+most.  A 5.7.x refusal pauses the mailbox; every bounce counts towards its
+bounce rate.  Error texts are never echoed from the server or the email
+stack (they carry addresses); the SMTP code and enhanced status are.
 """
 
 from __future__ import annotations
