@@ -82,6 +82,17 @@ class PacerContract:
         self.assertEqual((decision.allowed, decision.reason, decision.not_before, decision.wait),
                          (True, None, None, 0.0))
 
+    def test_prune_drops_old_buckets_and_keeps_today_s_counts(self) -> None:
+        policy = Pacing(daily_cap=2, per_domain_per_hour=5)
+        self.allowed(policy, 2)
+        self.clock.advance(days=10)
+        self.assertTrue(self.acquire(policy).allowed)  # today's buckets
+        dropped = self.pacer.prune(older_than=timedelta(days=7))
+        self.assertEqual(dropped, 1 + 2)  # the old day, two old domain hours
+        self.assertTrue(self.acquire(policy).allowed)  # today's count kept: the second of two ...
+        self.assertFalse(self.acquire(policy).allowed)  # ... and the third refused
+        self.assertEqual(self.pacer.prune(older_than=timedelta(days=7)), 0)
+
     # -- daily cap and warm-up -------------------------------------------------------------------
     def test_a_daily_cap_refuses_the_next_send_until_the_next_window_opens(self) -> None:
         policy = Pacing(daily_cap=3, window=OFFICE_HOURS)

@@ -235,6 +235,14 @@ class Pacer:
         conn.execute(update(_SLOTS).where(*self._slot(*key)).values(next_at=start + step))
         return (start - now).total_seconds()
 
+    def prune(self, *, older_than: timedelta = timedelta(days=7)) -> int:
+        """Drop day and hour buckets older than ``older_than`` (a cap only ever reads today's and this
+        hour's); the jitter slots and the send events (warm-up and rates read them) stay.  How many."""
+        cutoff = (self._clock() - older_than).date().isoformat()
+        with self.db.connect(write=True) as conn:
+            return int(conn.execute(_SLOTS.delete().where(
+                _SLOTS.c.tenant_id == self.tenant, _SLOTS.c.bucket != "next", _SLOTS.c.bucket < cutoff)).rowcount)
+
     # -- events and health -----------------------------------------------------------------------
     def record(self, kind: str, *, mailbox: str, to: str | None = None, campaign_id: str | None = None,
                lead_id: str | None = None, guard: AutoPause | None = DEFAULT_GUARD) -> None:
