@@ -280,6 +280,97 @@ class SequenceTest(unittest.TestCase):
         self.assertEqual((third.status, third.next_step), ("active", 1))
         self.assertEqual({self.enrolment(1).stop_reason, self.enrolment(2).stop_reason}, {"bounced"})
 
+    def test_an_out_of_office_that_lands_while_the_batch_sends_holds_a_refused_step_too(self) -> None:
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        self.clock.advance(days=3, seconds=1)
+        first_two = self.received_by(self.leads["2"])[0]
+        self.smtp.handler.refuse[self.leads["2"]] = "451 4.3.0 try again later"  # lead 2's step 2: refused for now
+        arrived, release = threading.Event(), threading.Event()
+        self.smtp.handler.hold_data[self.leads["3"]] = (arrived, release)  # the batch is still sending
+        self.addCleanup(release.set)
+
+        def away() -> None:
+            arrived.wait(60)
+            mid = header(first_two, "Message-ID")
+            self.reply(f"From: <{self.leads['2']}>\r\nTo: <outreach@sender.example>\r\nSubject: Out of Office\r\n"
+                       f"Auto-Submitted: auto-replied\r\nMessage-ID: <ooo-2@lead.example>\r\nIn-Reply-To: {mid}\r\n"
+                       "Date: Thu, 26 Nov 2026 10:05:00 +0000\r\n\r\n"
+                       "I am out of the office and will be back on 21 December 2026.\r\n".encode())
+            release.set()
+
+        replier = threading.Thread(target=away)
+        replier.start()
+        self.tick(campaign)
+        replier.join()
+        del self.smtp.handler.refuse[self.leads["2"]]
+        two = self.enrolment(2)
+        self.assertEqual((two.status, two.due_at), ("paused", datetime(2026, 12, 21, tzinfo=timezone.utc)))
+        self.clock.advance(hours=2)
+        self.tick(campaign)
+        self.assertEqual(len(self.received_by(self.leads["2"])), 1)  # not while away
+
+    def test_a_refused_step_retried_with_changed_content_goes_out_under_its_message_id(self) -> None:
+        from sqlalchemy import update
+
+        from agent.storage.models import Contact
+
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        self.smtp.handler.refuse[self.leads["1"]] = "451 4.3.0 try again later"
+        self.clock.advance(days=3, seconds=1)
+        self.tick(campaign)
+        self.assertEqual((self.enrolment(1).status, self.enrolment(1).next_step), ("active", 2))
+        del self.smtp.handler.refuse[self.leads["1"]]
+        with self.db.connect(write=True) as conn:  # the lead's name corrected meanwhile
+            conn.execute(update(Contact).where(Contact.id == 1).values(first_name="Jo"))
+        self.clock.advance(hours=1, seconds=1)
+        self.tick(campaign)
+        [_, follow_up] = self.received_by(self.leads["1"])
+        self.assertIn(b"Hi Jo,", follow_up)
+        self.assertEqual(self.enrolment(1).status, "completed")
+
+    def test_a_batch_run_again_spends_no_cap_on_messages_already_sent(self) -> None:
+        campaign = two_steps(pacing={"daily_cap": 3})
+        [done] = self.runner.work([self.runner.start(campaign, lead_ids=[1, 2])], threads=1)
+        self.assertEqual(len(self.smtp.received), 2)
+        [again] = self.runner.work([self.runner.start(campaign, lead_ids=[1, 2, 3])], threads=1)
+        self.assertEqual((again.statuses["duplicate"], again.statuses["sent"]), (2, 1))
+        self.assertEqual(len(self.smtp.received), 3)
+
+    def test_a_follow_up_waiting_for_approval_is_not_drafted_again_until_decided(self) -> None:
+        from agent.drafts import DraftStore
+
+        campaign = two_steps(approval="required")
+        drafts = DraftStore(self.db)
+        self.runner.work([self.runner.start(campaign, lead_ids=[1])], threads=1)
+        [first] = drafts.list(campaign_id="seq")
+        drafts.approve([first.id], by="ana")
+        self.runner.work(self.runner.release([first.run_id]), threads=1)
+        self.clock.advance(days=3, seconds=1)
+        [held] = self.tick(campaign)
+        self.assertEqual(held.statuses["awaiting_approval"], 1)
+        for _ in range(3):  # hours pass, nobody decides: nothing is queued again
+            self.clock.advance(hours=2)
+            self.assertEqual(self.tick(campaign), [])
+        [second] = drafts.list(campaign_id="seq")
+        drafts.approve([second.id], by="ana")
+        self.runner.work(self.runner.release([second.run_id]), threads=1)
+        self.assertEqual(len(self.received_by(self.leads["1"])), 2)
+        self.assertEqual(self.enrolment(1).status, "completed")
+
+    def test_a_reply_on_a_new_thread_still_stops_the_sender_s_sequence(self) -> None:
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        self.reply(f"From: <{self.leads['1'].upper()}>\r\nTo: <outreach@sender.example>\r\n"
+                   "Subject: A question about pricing\r\nMessage-ID: <new-thread@lead.example>\r\n"
+                   "Date: Tue, 24 Nov 2026 09:00:00 +0000\r\n\r\nCan we talk next week?\r\n".encode())
+        self.assertEqual((self.enrolment(1).status, self.enrolment(1).stop_reason), ("stopped", "replied"))
+        self.clock.advance(days=3, seconds=1)
+        self.tick(campaign)
+        self.assertEqual(len(self.received_by(self.leads["1"])), 1)
+        self.assertEqual(len(self.received_by(self.leads["2"])), 2)
+
 
 class SendingCliTest(unittest.TestCase):
     def test_pause_list_and_resume_from_the_command_line(self) -> None:

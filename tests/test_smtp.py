@@ -32,6 +32,19 @@ def message(lead_id: str, to: str, **changes: Any) -> dict[str, Any]:
             "lead_id": lead_id, "campaign_id": "c1", "step": 1, **changes}
 
 
+def age_claims(home: TempHome, minutes: int = 20) -> None:
+    """Every claim in "sending" made ``minutes`` ago: too old to be a live attempt's (LIVE_CLAIM)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from agent.storage.models import OutboxMessage, utcnow
+
+    with home.database().connect(write=True) as conn:
+        conn.execute(update(OutboxMessage).where(OutboxMessage.state == "sending")
+                     .values(claimed_at=utcnow() - timedelta(minutes=minutes)))
+
+
 class SmtpChannelTest(unittest.TestCase):
     def start(self, **server_options: Any) -> SmtpServer:
         server = SmtpServer(**server_options)
@@ -125,9 +138,14 @@ class SmtpChannelTest(unittest.TestCase):
         # Given another attempt has already taken the failed row back for its retry
         key = idempotency_key("default", "c1", "t", 1)
         self.assertTrue(OutboxLedger(home.database()).take(key, first["message_id"]))
-        # When this attempt retries too, then it does not send: one DATA per key
+        # When this attempt retries too, then it does not send: one DATA per key; the other attempt is live
         [second] = self.deliver(home, message("t", "t@acme.example"))
-        self.assertEqual((second["status"], second["reason"]), ("unknown", "earlier_attempt_unfinished"))
+        self.assertEqual((second["status"], second["reason"]), ("in_progress", "another_attempt_in_progress"))
+        self.assertEqual(server.received, [])
+        # And once that attempt is too old to be alive, the key is unknown, for an operator: still no DATA
+        age_claims(home)
+        [third] = self.deliver(home, message("t", "t@acme.example"))
+        self.assertEqual((third["status"], third["reason"]), ("unknown", "earlier_attempt_unfinished"))
         self.assertEqual(server.received, [])
 
     def test_the_same_key_twice_in_one_request_is_sent_once(self) -> None:
@@ -171,7 +189,8 @@ class SmtpChannelTest(unittest.TestCase):
         ledger.claim(idempotency_key("default", "c1", "k", 1), tenant_id="default", campaign_id="c1", lead_id="k",
                      step=1, channel="smtp", message_id="<claimed@sender.example>", to_address="k@acme.example",
                      subject="Quick question", record_hash=record_hash(record), run_id=None, provenance=None)
-        # When the batch is retried
+        # When the batch is retried, after the claim is too old to be a live attempt's
+        age_claims(home)
         results = self.deliver(home, record)
         # Then it is unknown, for an operator, and nothing reached the server
         self.assertEqual((results[0]["status"], results[0]["message_id"]), ("unknown", "<claimed@sender.example>"))
@@ -199,7 +218,11 @@ class SmtpChannelTest(unittest.TestCase):
         worker.kill()
         worker.wait(timeout=60)
         release.set()  # the server accepts what it already has
-        # When the batch is retried, and retried again
+        # When the batch is retried at once: the claim may be a live attempt's, so nothing is sent
+        [soon] = self.deliver(home, record)
+        self.assertEqual((soon["status"], soon["reason"]), ("in_progress", "another_attempt_in_progress"))
+        # And retried again once the claim is too old to be alive, twice
+        age_claims(home)
         retries = [self.deliver(home, record)[0] for _ in range(2)]
         # Then nothing is sent again: the key is unknown, for an operator, and the server has one DATA
         self.assertEqual({(r["status"], r["reason"]) for r in retries}, {("unknown", "earlier_attempt_unfinished")})

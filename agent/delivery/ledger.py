@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from agent.errors import StorageError
 from agent.storage.db import Database, upsert_insert
 from agent.storage.models import OutboxMessage, utcnow
+from agent.storage.times import aware
 
 __all__ = ["LedgerEntry", "OutboxLedger", "STAGED"]
 
@@ -47,6 +48,7 @@ class LedgerEntry:
     # How this attempt came to own the row: "new" (inserted), "approved" (taken from an approved
     # draft), or None (it existed already: a retry, a duplicate, a draft not approved).
     claimed_from: str | None = None
+    claimed_at: datetime | None = None  # when the attempt in "sending" took it
 
 
 STAGED = ("drafted", "approved")  # waiting to be sent: what cancelling stops
@@ -54,7 +56,7 @@ STAGED = ("drafted", "approved")  # waiting to be sent: what cancelling stops
 
 def _entry(row: OutboxMessage, claimed_from: str | None = None) -> LedgerEntry:
     return LedgerEntry(row.idempotency_key, row.state, row.message_id, row.location, row.sent_at,
-                       row.record_hash, row.to_address, claimed_from)
+                       row.record_hash, row.to_address, claimed_from, aware(row.claimed_at))
 
 
 class OutboxLedger:
@@ -70,7 +72,7 @@ class OutboxLedger:
         """The entry for ``key`` and whether this call created it."""
         try:
             with self.db.session() as session:
-                row = OutboxMessage(idempotency_key=key, state="sending", **fields)
+                row = OutboxMessage(idempotency_key=key, state="sending", claimed_at=utcnow(), **fields)
                 session.add(row)
                 session.flush()
                 entry = _entry(row, "new")
@@ -101,7 +103,8 @@ class OutboxLedger:
                                                                               if k != "idempotency_key"})
                     for c in claims}
         now = utcnow()
-        rows = [{**c, "state": "sending", "created_at": now, "location": None, "sent_at": None} for c in claims]
+        rows = [{**c, "state": "sending", "created_at": now, "claimed_at": now, "location": None, "sent_at": None}
+                for c in claims]
         table = OutboxMessage.__table__
         keys = [c["idempotency_key"] for c in claims]
         with self.db.connect() as conn:
@@ -114,7 +117,7 @@ class OutboxLedger:
         for r in found:
             key = r["idempotency_key"]
             entry = LedgerEntry(key, r["state"], r["message_id"], r["location"], r["sent_at"], r["record_hash"],
-                                r["to_address"])
+                                r["to_address"], None, aware(r["claimed_at"]))
             if r["message_id"] == proposed[key]["message_id"]:
                 out[key] = (replace(entry, claimed_from="new"), True)
             elif r["state"] == "approved" and self._take_approved(key, proposed[key]):
@@ -135,7 +138,7 @@ class OutboxLedger:
             return conn.execute(update(table).where(
                 table.c.idempotency_key == key, table.c.state == "approved",
                 table.c.record_hash == fields.get("record_hash"), table.c.to_address == fields.get("to_address"),
-            ).values(state="sending", **values)).rowcount == 1
+            ).values(state="sending", claimed_at=utcnow(), **values)).rowcount == 1
 
     def stage_many(self, rows: list[dict[str, Any]], *, state: str = "drafted") -> None:
         """Stage drafts (``drafted``, or ``approved`` when no approval is needed) with their
@@ -158,23 +161,28 @@ class OutboxLedger:
                 conn.execute(insert(OutboxMessage.__table__).on_conflict_do_nothing(
                     index_elements=["idempotency_key"]), values)
 
-    def take(self, key: str, message_id: str) -> bool:
+    def take(self, key: str, message_id: str, **content: Any) -> bool:
         """Take a ``failed`` row back to ``sending`` for one more attempt; False if another attempt has it
-        (or it is no longer ``failed``): only the taker may send."""
+        (or it is no longer ``failed``): only the taker may send.  A failed row was never handed over,
+        so the attempt may carry new ``content`` (``record_hash``, ``to_address``, ``subject``...) under
+        the same Message-ID."""
         table = OutboxMessage.__table__
         with self.db.connect() as conn:
             return conn.execute(update(table).where(
                 table.c.idempotency_key == key, table.c.message_id == message_id, table.c.state == "failed",
-            ).values(state="sending")).rowcount == 1
+            ).values(state="sending", claimed_at=utcnow(), **content)).rowcount == 1
 
-    def mark_many(self, marks: list[tuple[str, str, str | None]]) -> None:
-        """``mark`` for many ``(key, state, location)`` in one transaction."""
+    def mark_many(self, marks: list[tuple[str, str, str | None]], *, only_from: str | None = None) -> None:
+        """``mark`` for many ``(key, state, location)`` in one transaction (with ``only_from``: only rows
+        still in that state)."""
         if not marks:
             return
         table = OutboxMessage.__table__
         now = utcnow()
         change = (update(table).where(table.c.idempotency_key == bindparam("k"))
                   .values(state=bindparam("s"), location=bindparam("loc"), sent_at=bindparam("at")))
+        if only_from is not None:
+            change = change.where(table.c.state == only_from)
         rows = [{"k": key, "s": state, "loc": location, "at": now if state == "sent" else None}
                 for key, state, location in marks]
         with self.db.connect() as conn:

@@ -65,7 +65,8 @@ def match_thread(db: Database, tenant: str, *, sender: str | None, subject: str,
                 return _match("headers", row, sender)
         if sender:
             wanted = normal_subject(subject)
-            for row in conn.execute(base.where(OutboxMessage.to_address == sender)
+            # Addresses are stored as sent: lower-cased (agent.delivery.message.wire_address).
+            for row in conn.execute(base.where(OutboxMessage.to_address == sender.lower())
                                     .order_by(OutboxMessage.id.desc()).limit(20)):
                 if wanted and normal_subject(row.subject) == wanted:
                     return _match("fallback", row, sender)
@@ -74,7 +75,7 @@ def match_thread(db: Database, tenant: str, *, sender: str | None, subject: str,
 
 def _match(confidence: str, row: Any, sender: str | None) -> ThreadMatch:
     return ThreadMatch(confidence, row.lead_id, row.campaign_id, row.step, row.message_id, row.to_address,
-                       sender is not None and sender == row.to_address.lower())
+                       sender is not None and sender.lower() == row.to_address.lower())
 
 
 def sender_address(from_header: str | None) -> str | None:

@@ -47,6 +47,8 @@ def _verdict(record: Mapping[str, Any]) -> tuple[Any, ...]:
     status, reason = record.get("status"), str(record.get("reason") or "")
     if status in ("sent", "duplicate"):
         return ("sent",) if record.get("message_id") else ("keep",)
+    if status == "awaiting_approval":
+        return ("hold",)
     if status == "deferred":
         until = record.get("not_before")
         return ("deferred", datetime.fromisoformat(until) if isinstance(until, str) else until)
@@ -100,7 +102,11 @@ class EnrolmentStore:
           and after ``MAX_ATTEMPTS`` the sequence stops (``gave_up:<reason>``);
         - bounced, unknown (the server may have it: never re-sent blindly), a conflict, cancelled,
           rejected, suppressed, below the ICP: the sequence stops, saying why;
-        - anything else (awaiting approval, not due): nothing changes.
+        - awaiting approval: not due again until the operator's decision is released;
+        - anything else (in progress elsewhere, not due): nothing changes.
+
+        An out-of-office hold outlasts any of these; each change is conditional on the status read,
+        so a stop or hold that lands meanwhile wins.
         """
         now = self.clock.now()
         moves = [(record, int(record.get("step") or 1), verdict) for record in records
@@ -124,8 +130,10 @@ class EnrolmentStore:
                 if row.status == STOPPED or row.next_step != step:
                     continue  # stopped meanwhile, or already moved on (the same outcome twice)
                 change = {"c": row.campaign_id, "l": row.lead_id, "was": step, "next": step, "due": row.due_at,
-                          "st": row.status, "thread": row.thread_json, "subject": row.first_subject,
-                          "why": None, "tries": row.attempts}
+                          "st": row.status, "read": row.status, "thread": row.thread_json,
+                          "subject": row.first_subject, "why": None, "tries": row.attempts}
+                # An out-of-office hold outlasts anything an outcome would make due sooner.
+                held = aware(row.due_at) if row.status == PAUSED else None
                 kind = verdict[0]
                 if kind == "sent":
                     later = sorted(s for s in steps if s > step)
@@ -136,14 +144,17 @@ class EnrolmentStore:
                                   subject=row.first_subject or (record.get("subject") if step == 1 else None))
                     if later:
                         due = now + timedelta(days=steps[later[0]])
-                        held = aware(row.due_at) if row.status == PAUSED else None  # an out-of-office holds
                         change.update(next=later[0], due=max(due, held) if held else due)
                     else:
                         change.update(next=step + 1, due=None, st=COMPLETED)
                 elif kind == "deferred":
-                    change.update(due=verdict[1] or now + timedelta(hours=1))
+                    due = verdict[1] or now + timedelta(hours=1)
+                    change.update(due=max(due, held) if held else due)
                 elif kind == "retry" and row.attempts + 1 < MAX_ATTEMPTS:
-                    change.update(due=now + timedelta(hours=row.attempts + 1), tries=row.attempts + 1)
+                    due = now + timedelta(hours=row.attempts + 1)
+                    change.update(due=max(due, held) if held else due, tries=row.attempts + 1)
+                elif kind == "hold":  # waiting for an operator: not due again until a decision releases it
+                    change.update(due=None)
                 else:  # stop, or a retry past the limit
                     why = verdict[1] if kind == "stop" else f"gave_up:{verdict[1]}"
                     change.update(st=STOPPED, due=None, why=why[:64], tries=row.attempts + (kind == "retry"))
@@ -153,7 +164,9 @@ class EnrolmentStore:
                 conn.execute(update(table).where(
                     table.c.tenant_id == self.tenant, table.c.campaign_id == bindparam("c"),
                     table.c.lead_id == bindparam("l"), table.c.next_step == bindparam("was"),
-                    table.c.status != STOPPED,
+                    # as read: a stop or hold that landed since wins (the step's outcome is found again,
+                    # from the outbox, the next time it runs)
+                    table.c.status == bindparam("read"),
                 ).values(next_step=bindparam("next"), due_at=bindparam("due"), status=bindparam("st"),
                          thread_json=bindparam("thread"), first_subject=bindparam("subject"),
                          stop_reason=bindparam("why"), attempts=bindparam("tries"), updated_at=now), changes)

@@ -141,6 +141,8 @@ class OutboxMessage(Base):
     provenance: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the attempt in "sending" took the row: a recent claim is a live attempt, an old one a dead worker's.
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class DataVersion(Base):

@@ -33,6 +33,7 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from agent.agents.base import BaseAgent
@@ -48,8 +49,13 @@ from agent.envelope import make_envelope
 from agent.errors import ConfigurationError, DeliveryError
 from agent.settings import Settings
 from agent.storage.db import Database
+from agent.storage.models import utcnow
 
 __all__ = ["SmtpChannel", "SmtpSession", "ADDRESS_GONE"]
+
+# A claim younger than this is a live attempt (its DATA may be in flight; a send is bounded by the
+# SMTP timeout); older, it is a dead worker's, and its outcome is unknown.
+LIVE_CLAIM = timedelta(minutes=15)
 
 # RFC 3463 statuses that say the recipient address is bad or gone (5.1.7 and 5.1.8 are the sender's).
 ADDRESS_GONE = frozenset({"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
@@ -178,6 +184,13 @@ class SmtpChannel(BaseAgent):
                                   message_id=done[key]["message_id"] if same else None)
                     continue
                 done[key] = result
+                if gates.policy is not None:
+                    # A key already settled (a batch run again) is reported as it stands, before pacing
+                    # could spend a slot of the cap or a jitter wait on it.
+                    existing = ledger.get(key)
+                    if existing is not None and existing.state in ("sent", "unknown", "drafted", "cancelled"):
+                        result.update(self._one(existing, False, msg, session, ledger, gates, context, signer))
+                        continue
                 # Every gate read again now (pauses, suppression, the sequence, then pacing, whose
                 # jitter is waited out; after a wait the first three are read once more).
                 stopped = gates.check(msg)
@@ -187,9 +200,21 @@ class SmtpChannel(BaseAgent):
                 # Claimed only now, right before the hand-over: a worker killed in a paced batch
                 # leaves one claim at most, not every message it had yet to send.
                 entry, created = ledger.claim_many([claim_fields(key, msg, context, self.channel)])[key]
-                result.update(self._one(entry, created, msg, session, ledger, gates, context, signer))
+                try:
+                    result.update(self._one(entry, created, msg, session, ledger, gates, context, signer))
+                except DeliveryError:
+                    if not any(r.get("status") == "sent" for r in done.values()):
+                        raise  # nothing went out: the job's own retry is the answer
+                    # Some went out: their outcomes must reach the sequence, so the batch ends here with
+                    # this message failed (its row is "failed": a later attempt may send it) and the rest
+                    # not attempted (nothing claimed for them).
+                    result.update(status="failed", reason="server_unreachable", message_id=None)
+                    break
         finally:
             session.close()
+        for result, _ in sending:
+            if "status" not in result:
+                result.update(status="failed", reason="not_attempted:server_unreachable", message_id=None)
         finish_records(results, messages, suppressed, context, self.channel)
         return make_envelope(results, source=f"channel:{self.channel}", run_id=context.run_id, flow=context.flow,
                              node=context.node, agent=self.channel, duration_ms=context.elapsed_ms(),
@@ -204,15 +229,21 @@ class SmtpChannel(BaseAgent):
         blocked = unclaimable(entry, created)
         if blocked is not None:
             return blocked
-        if not created and (entry.record_hash != msg["parent_hash"] or entry.to_address != msg["to"]):
-            return {"status": "conflict", "reason": "content_changed", "message_id": None}
         if not created and entry.state in ("sending", "unknown"):
-            # An earlier attempt claimed it and may have reached DATA: never sent blindly again.
-            ledger.mark_many([(key, "unknown", None)])
+            if entry.record_hash != msg["parent_hash"] or entry.to_address != msg["to"]:
+                return {"status": "conflict", "reason": "content_changed", "message_id": None}
+            if entry.state == "sending" and entry.claimed_at is not None \
+                    and utcnow() - entry.claimed_at < LIVE_CLAIM:
+                # Another attempt holds it right now (its DATA may be in flight): its outcome will tell.
+                return {"status": "in_progress", "reason": "another_attempt_in_progress",
+                        "message_id": entry.message_id}
+            # An earlier attempt claimed it long ago and may have reached DATA: never sent blindly again.
+            ledger.mark_many([(key, "unknown", None)], only_from="sending")
             return {"status": "unknown", "reason": "earlier_attempt_unfinished", "message_id": entry.message_id}
-        if not created and not ledger.take(key, entry.message_id):
+        if not created and not ledger.take(key, entry.message_id, record_hash=msg["parent_hash"], to_address=msg["to"],
+                                           subject=msg["subject"]):
             # A failed row is retried by one attempt only: another one took it first.
-            return {"status": "unknown", "reason": "another_attempt_in_progress", "message_id": entry.message_id}
+            return {"status": "in_progress", "reason": "another_attempt_in_progress", "message_id": entry.message_id}
         try:
             data = build_message(sender=settings.sender, to=msg["to"], subject=msg["subject"], body=msg["body"],
                                  message_id=entry.message_id, postal_address=settings.postal_address, send_id=key,

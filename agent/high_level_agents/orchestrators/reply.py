@@ -179,6 +179,14 @@ class ReplyOrchestrator(BaseOrchestrator):
         elif kind == "reply" and match["matched"] and match["from_recipient"]:
             self._status(db, state.tenant, lead_id, "replied", actions)
             actions.extend(self._withdraw(db, state.tenant, match["to_address"], lead_id, "replied", match))
+        elif kind == "reply" and not match["matched"] and read["sender"]:
+            # A person writing back on a new thread (no header or subject ties it to ours) has still
+            # answered: whatever sequence writes to that address stops.
+            stopped = EnrolmentStore(db, tenant=state.tenant, clock=self.clock).stop(
+                reason="replied", address=read["sender"])
+            if stopped:
+                actions.append({"action": "sequence_stopped", "count": stopped, "reason": "replied",
+                                "confidence": "sender"})
         elif kind == "out_of_office" and match["matched"]:
             self._status(db, state.tenant, lead_id, "out_of_office", actions)
             # The sequence waits until they are back (a week when the message gives no date); it goes on then.

@@ -1,4 +1,5 @@
-"""Sequences and pacing: enrolments, send events, pacing slots, sending pauses; IMAP read cursors.
+"""Sequences and pacing: enrolments, send events, pacing slots, sending pauses; IMAP read cursors;
+the outbox's claim time.
 
 Revision ID: 0012
 Revises: 0011
@@ -16,6 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("outbox") as batch:
+        batch.add_column(sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "sequence_enrolments",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -77,6 +80,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("outbox") as batch:
+        batch.drop_column("claimed_at")
     op.drop_table("imap_cursors")
     op.drop_table("sending_pauses")
     op.drop_table("pacing_slots")
