@@ -371,6 +371,44 @@ class SequenceTest(unittest.TestCase):
         self.assertEqual(len(self.received_by(self.leads["1"])), 1)
         self.assertEqual(len(self.received_by(self.leads["2"])), 2)
 
+    def test_an_operator_settles_an_unknown_delivery_and_the_sequence_goes_on(self) -> None:
+        import os
+        import subprocess
+        import sys
+
+        from agent.delivery.keys import idempotency_key
+        from agent.delivery.ledger import OutboxLedger
+
+        campaign = two_steps()
+        self.run_first_step(campaign)
+        self.smtp.handler.drop_data_for.add(self.leads["1"])  # step 2's DATA: the connection is lost
+        self.clock.advance(days=3, seconds=1)
+        self.tick(campaign)
+        key = idempotency_key("default", "seq", "1", 2)
+        unknown = OutboxLedger(self.db).get(key)
+        self.assertEqual(unknown.state, "unknown")
+        self.assertEqual((self.enrolment(1).status, self.enrolment(1).stop_reason), ("stopped", "delivery_unknown"))
+        self.smtp.handler.drop_data_for.clear()
+        self.clock.advance(hours=1)
+        self.assertEqual(self.tick(campaign), [])  # never sent again on its own
+        # When the operator finds it was not delivered and says so
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(AGENT_HOME=str(self.home.path), AGENT_DATABASE_URL=self.home.settings.database_url,
+                   AGENT_SAMPLE_DATA="off")
+        done = subprocess.run([sys.executable, "-m", "agent.cli", "outbox", "settle", key[:20], "--not-delivered"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("failed", done.stdout)
+        # Then the next tick sends it, once, under the Message-ID it always had, and the sequence completes
+        self.tick(campaign)
+        [_, follow_up] = self.received_by(self.leads["1"])
+        self.assertEqual(header(follow_up, "Message-ID"), unknown.message_id)
+        self.assertEqual(self.enrolment(1).status, "completed")
+        again = subprocess.run([sys.executable, "-m", "agent.cli", "outbox", "settle", key[:20], "--delivered"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        self.assertEqual(again.returncode, 2)  # no longer unknown: nothing to settle
+        self.assertIn("key", again.stderr)
+
 
 class SendingCliTest(unittest.TestCase):
     def test_pause_list_and_resume_from_the_command_line(self) -> None:

@@ -38,6 +38,7 @@ def _add_commands() -> None:
     from agent.cli.drafts import drafts_app
     from agent.cli.flows import flow_app
     from agent.cli.inbound import inbound_app
+    from agent.cli.outbox import outbox_app
     from agent.cli.sending import sending_app, sequences_app
     from agent.cli.serve import serve
     from agent.cli.jobs import jobs_app
@@ -54,6 +55,7 @@ def _add_commands() -> None:
     app.add_typer(inbound_app, name="inbound")
     app.add_typer(sequences_app, name="sequences")
     app.add_typer(sending_app, name="sending")
+    app.add_typer(outbox_app, name="outbox")
 
 
 _add_commands()

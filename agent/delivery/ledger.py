@@ -205,6 +205,33 @@ class OutboxLedger:
                 else:
                     conn.execute(table.delete().where(*mine))
 
+    def rows(self, *, state: str | None = None, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Rows for an operator (newest first): key, state, campaign, lead, step, address, subject,
+        Message-ID and times."""
+        table = OutboxMessage.__table__
+        stmt = select(table.c.idempotency_key, table.c.state, table.c.campaign_id, table.c.lead_id, table.c.step,
+                      table.c.to_address, table.c.subject, table.c.message_id, table.c.created_at,
+                      table.c.claimed_at, table.c.sent_at).order_by(table.c.id.desc()).limit(limit)
+        if state is not None:
+            stmt = stmt.where(table.c.state == state)
+        if tenant is not None:
+            stmt = stmt.where(table.c.tenant_id == tenant)
+        with self.db.connect() as conn:
+            return [dict(row) for row in conn.execute(stmt).mappings()]
+
+    def settle(self, key: str, *, delivered: bool) -> LedgerEntry | None:
+        """An operator's answer for an ``unknown`` row (checked in the mail server's log, say):
+        ``sent`` if it was delivered, else ``failed``, which a later attempt sends under the same
+        Message-ID.  None if the key is not ``unknown``."""
+        table = OutboxMessage.__table__
+        values: dict[str, Any] = {"state": "sent" if delivered else "failed"}
+        if delivered:
+            values["sent_at"] = utcnow()
+        with self.db.connect() as conn:
+            changed = conn.execute(update(table).where(table.c.idempotency_key == key, table.c.state == "unknown")
+                                   .values(**values)).rowcount
+        return self.get(key) if changed == 1 else None
+
     def mark(self, key: str, state: str, *, location: str | None = None) -> None:
         values: dict[str, Any] = {"state": state}
         if location is not None:

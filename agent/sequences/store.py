@@ -286,6 +286,17 @@ class EnrolmentStore:
                             out[(campaign_id, row.lead_id)] = f"paused_until:{due.isoformat()}"
         return out
 
+    def reopen(self, campaign_id: str, lead_id: str, step: int) -> bool:
+        """A sequence stopped because its step's delivery was unknown, active again at that step and
+        due now (an operator settled the outbox row): the next tick finds the step sent and moves on,
+        or sends it.  False if it was not stopped for that reason at that step."""
+        now = self.clock.now()
+        with self.db.connect(write=True) as conn:
+            return conn.execute(update(EnrolmentRow).where(
+                *self._key(campaign_id, lead_id), EnrolmentRow.status == STOPPED,
+                EnrolmentRow.stop_reason == "delivery_unknown", EnrolmentRow.next_step == int(step),
+            ).values(status=ACTIVE, stop_reason=None, due_at=now, updated_at=now)).rowcount == 1
+
     # -- reading ------------------------------------------------------------------------------
     def get(self, campaign_id: str, lead_id: str) -> Enrolment | None:
         found = self._select(*self._key(campaign_id, lead_id))
