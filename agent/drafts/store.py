@@ -28,6 +28,7 @@ from agent.errors import InvalidInput, PayloadError
 from agent.storage.db import Database, upsert_insert
 from agent.delivery.keys import idempotency_key
 from agent.storage.models import DraftRow, OutboxMessage, utcnow
+from agent.storage.recipients import recipient_matches
 
 __all__ = ["DraftStore", "Draft", "cancel_outbox", "AWAITING", "APPROVED", "REJECTED", "DECIDED"]
 
@@ -158,11 +159,7 @@ class DraftStore:
     def withdraw(self, *, address: str | None = None, lead_id: str | None = None, by: str, reason: str) -> int:
         """Reject every draft awaiting approval to ``address`` (any case) or for ``lead_id``: the recipient
         replied, unsubscribed or complained.  Returns how many; one conditional UPDATE."""
-        matches = []
-        if address:
-            matches.append(func.lower(DraftRow.to_address) == address.strip().lower())
-        if lead_id is not None:
-            matches.append(DraftRow.lead_id == str(lead_id))
+        matches = recipient_matches(DraftRow, address, lead_id)
         if not matches:
             return 0
         with self.db.connect(write=True) as conn:
@@ -251,11 +248,7 @@ def cancel_outbox(conn: Any, tenant: str, *, address: str | None = None, lead_id
                   campaign_id: str | None = None) -> int:
     """Cancel the outbox rows of ``address`` (any case) or ``lead_id`` that wait to be sent
     (``drafted``, ``approved``): one UPDATE on ``conn``; how many."""
-    matches = []
-    if address:
-        matches.append(func.lower(OutboxMessage.to_address) == address.strip().lower())
-    if lead_id is not None:
-        matches.append(OutboxMessage.lead_id == str(lead_id))
+    matches = recipient_matches(OutboxMessage, address, lead_id)
     if not matches:
         return 0
     conditions = [OutboxMessage.tenant_id == tenant, OutboxMessage.state.in_(("drafted", "approved")), or_(*matches)]

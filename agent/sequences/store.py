@@ -31,6 +31,7 @@ from sqlalchemy import bindparam, func, or_, select, update
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.storage.db import Database, upsert_insert
 from agent.storage.models import EnrolmentRow
+from agent.storage.recipients import recipient_matches
 from agent.storage.times import aware
 
 __all__ = ["EnrolmentStore", "Enrolment", "Enrolled", "ACTIVE", "PAUSED", "STOPPED", "COMPLETED", "MAX_ATTEMPTS"]
@@ -329,12 +330,7 @@ class EnrolmentStore:
 
     @staticmethod
     def _who(address: str | None, lead_id: str | None) -> list[Any]:
-        matches = []
-        if address:
-            matches.append(func.lower(EnrolmentRow.to_address) == address.strip().lower())
-        if lead_id is not None:
-            matches.append(EnrolmentRow.lead_id == str(lead_id))
-        return matches
+        return recipient_matches(EnrolmentRow, address, lead_id)
 
     def _select(self, *conditions: Any, order: Any = None, limit: int | None = None) -> list[Enrolment]:
         stmt = select(EnrolmentRow).where(EnrolmentRow.tenant_id == self.tenant, *conditions)
