@@ -31,7 +31,7 @@ from agent.registry import Registry
 from agent.sequences import EnrolmentStore
 from agent.web import create_app
 from tests.smtp_server import SmtpServer
-from tests.support import TempHome
+from tests.support import PostgresSchema, TempHome, requires_real_services
 from tests.test_unsubscribe import _Server
 
 MONDAY = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
@@ -64,8 +64,8 @@ class SequenceTest(unittest.TestCase):
         self.smtp = SmtpServer()
         self.smtp.__enter__()
         self.addCleanup(self.smtp.__exit__, None, None, None)
-        self.home = TempHome(smtp_host="127.0.0.1", smtp_port=self.smtp.port, smtp_security="none",
-                             unsubscribe_base_url="https://mail.sender.example")
+        self.home = self.make_home(smtp_host="127.0.0.1", smtp_port=self.smtp.port, smtp_security="none",
+                                   unsubscribe_base_url="https://mail.sender.example")
         self.addCleanup(self.home.cleanup)
         self.db = self.home.database()
         load_sample_data(self.db, size=60, tenant="default")
@@ -75,6 +75,9 @@ class SequenceTest(unittest.TestCase):
         self.registry = register_builtins(Registry())
         self.registry.register("clock", self.clock, kind="tool")
         self.runner = CampaignRunner(self.home.settings, registry=self.registry)
+
+    def make_home(self, **settings: Any) -> TempHome:
+        return TempHome(**settings)
 
     def run_first_step(self, campaign: Campaign) -> None:
         report = self.runner.start(campaign, lead_ids=[1, 2, 3])
@@ -408,6 +411,16 @@ class SequenceTest(unittest.TestCase):
                                env=env, capture_output=True, text=True, timeout=120)
         self.assertEqual(again.returncode, 2)  # no longer unknown: nothing to settle
         self.assertIn("key", again.stderr)
+
+
+@requires_real_services()
+class PostgresSequenceTest(SequenceTest):
+    """Every sequence test again with the store on PostgreSQL (a fresh schema each)."""
+
+    def make_home(self, **settings: Any) -> TempHome:
+        schema = PostgresSchema()
+        self.addCleanup(schema.drop)
+        return TempHome(database_url=schema.url, **settings)
 
 
 class SendingCliTest(unittest.TestCase):
