@@ -191,6 +191,27 @@ class ApprovalFlowTest(unittest.TestCase):
         self.assertEqual(len(self.outbox()), len(batch) - 2)
         self.assertEqual((row(rejected).state, row(withdrawn).state), ("cancelled", "cancelled"))
 
+    def test_a_row_staged_by_an_interrupted_run_takes_the_queued_draft_s_content(self) -> None:
+        from sqlalchemy import update
+
+        from agent.high_level_agents.orchestrators import OutreachOrchestrator
+        from agent.storage.models import OutboxMessage
+
+        runner, waiting = self.held_run()
+        run_id = waiting[0].run_id
+        batch = [d for d in waiting if d.run_id == run_id]
+        # Given rows staged from another rendering than the drafts queued (a run that died in between)
+        with self.db.connect(write=True) as conn:
+            conn.execute(update(OutboxMessage).where(OutboxMessage.state == "drafted").values(record_hash="0" * 64))
+        # When the batch runs again, and its drafts are approved and released
+        run = runner.audit.get_run(run_id)
+        OutreachOrchestrator(self.registry, settings=self.home.settings).run(
+            {"campaign": run.meta["campaign"], "lead_ids": run.meta["lead_ids"]})
+        self.drafts.approve([d.id for d in batch], by="ana")
+        [report] = runner.work(runner.release([run_id]), threads=2)
+        # Then every approved draft is sent: the rows carry what the operator approved
+        self.assertEqual(report.statuses["sent"], len(batch))
+
 
 class DraftsCliTest(unittest.TestCase):
     def setUp(self) -> None:

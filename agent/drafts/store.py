@@ -100,16 +100,20 @@ class DraftStore:
         return [found[(r["campaign_id"], r["lead_id"], r["step"])] for r in rows]
 
     def settle_outbox(self, drafts: Iterable[Draft]) -> None:
-        """The outbox rows of decided drafts still ``drafted`` follow the decision (approved, or
-        cancelled): for a row staged while its draft was being decided."""
+        """The outbox rows still ``drafted`` of these queued drafts carry the queued draft's content
+        (the one an operator reads and decides: a row staged by an earlier run may hold another
+        rendering), and those of decided drafts follow the decision (approved, or cancelled): for a
+        row staged while its draft was being decided."""
         changes = [{"k": idempotency_key(self.tenant, d.campaign_id, d.lead_id, d.step),
-                    "s": "approved" if d.status == APPROVED else "cancelled"} for d in drafts if d.status in DECIDED]
+                    "s": {APPROVED: "approved", REJECTED: "cancelled"}.get(d.status, "drafted"),
+                    "h": d.record[PROVENANCE]["hash"], "subj": d.subject} for d in drafts]
         if not changes:
             return
         table = OutboxMessage.__table__
         with self.db.connect(write=True) as conn:
             conn.execute(update(table).where(table.c.idempotency_key == bindparam("k"), table.c.state == "drafted")
-                         .values(state=bindparam("s")), changes)
+                         .values(state=bindparam("s"), record_hash=bindparam("h"), subject=bindparam("subj")),
+                         changes)
 
     def for_leads(self, campaign_id: str, lead_ids: Iterable[Any], *, step: int = 1) -> list[Draft]:
         leads = [str(lead) for lead in lead_ids]
