@@ -41,6 +41,14 @@ class TempHome:
     def database(self) -> Database:
         return Database.for_settings(self.settings)
 
+    def cli_env(self, **extra: str) -> dict[str, str]:
+        """The environment for an ``agent`` subprocess on this home: none of the caller's ``AGENT_*``,
+        this home's directory and database, no sample data, plus ``extra``."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
+        env.update(AGENT_HOME=str(self.path), AGENT_DATABASE_URL=self.settings.database_url,
+                   AGENT_SAMPLE_DATA="off", **extra)
+        return env
+
     def cleanup(self) -> None:
         Database.forget_all()
         shutil.rmtree(self.path, ignore_errors=True)

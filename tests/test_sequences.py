@@ -375,7 +375,6 @@ class SequenceTest(unittest.TestCase):
         self.assertEqual(len(self.received_by(self.leads["2"])), 2)
 
     def test_an_operator_settles_an_unknown_delivery_and_the_sequence_goes_on(self) -> None:
-        import os
         import subprocess
         import sys
 
@@ -395,9 +394,7 @@ class SequenceTest(unittest.TestCase):
         self.clock.advance(hours=1)
         self.assertEqual(self.tick(campaign), [])  # never sent again on its own
         # When the operator finds it was not delivered and says so
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-        env.update(AGENT_HOME=str(self.home.path), AGENT_DATABASE_URL=self.home.settings.database_url,
-                   AGENT_SAMPLE_DATA="off")
+        env = self.home.cli_env()
         done = subprocess.run([sys.executable, "-m", "agent.cli", "outbox", "settle", key[:20], "--not-delivered"],
                               env=env, capture_output=True, text=True, timeout=120)
         self.assertEqual(done.returncode, 0, done.stderr)
@@ -426,14 +423,12 @@ class PostgresSequenceTest(SequenceTest):
 class SendingCliTest(unittest.TestCase):
     def test_pause_list_and_resume_from_the_command_line(self) -> None:
         import json
-        import os
         import subprocess
         import sys
 
         home = TempHome()
         self.addCleanup(home.cleanup)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-        env.update(AGENT_HOME=str(home.path), AGENT_DATABASE_URL=home.settings.database_url, AGENT_SAMPLE_DATA="off")
+        env = home.cli_env()
 
         def agent(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "agent.cli", *args], env=env, capture_output=True,

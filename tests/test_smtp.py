@@ -10,7 +10,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -202,10 +201,7 @@ class SmtpChannelTest(unittest.TestCase):
         server.handler.hold_data["slow@acme.example"] = (arrived, release)
         self.addCleanup(release.set)
         home = self.home(server)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_")}
-        env.update(AGENT_HOME=str(home.path), AGENT_DATABASE_URL=home.settings.database_url,
-                   AGENT_SMTP_HOST="127.0.0.1", AGENT_SMTP_PORT=str(server.port), AGENT_SMTP_SECURITY="none",
-                   AGENT_SAMPLE_DATA="off")
+        env = home.cli_env(AGENT_SMTP_HOST="127.0.0.1", AGENT_SMTP_PORT=str(server.port), AGENT_SMTP_SECURITY="none")
         record = message("s", "slow@acme.example")
         script = ("import json, sys\n"
                   "from agent.high_level_agents.orchestrators import DeliveryOrchestrator\n"

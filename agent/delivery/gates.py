@@ -1,8 +1,9 @@
 """The gates a message passes once more right before it is handed over, inside the channel.
 
 The DeliveryOrchestrator's gates ran when the batch started; a batch paced
-over hours can outlive them.  So each channel asks again, per message, after
-its outbox claim and before the bytes leave:
+over hours can outlive them.  So each channel asks again, per message, before
+the bytes leave (the SMTP channel before it claims the key, the outbox channel
+after its batch's claims):
 
 1. **pauses**: the mailbox or the campaign paused (by hand, or by the
    bounce/complaint guard): ``deferred``;
@@ -21,10 +22,10 @@ sends it with the same Message-ID, or never.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from email.utils import parseaddr
 from typing import Any
 
 from agent.context import RunContext
+from agent.delivery.message import sender_address
 from agent.delivery.pacing import DEFAULT_GUARD, Pacer, Pacing
 from agent.delivery.suppression import SuppressionList
 from agent.sequences.store import EnrolmentStore
@@ -45,7 +46,7 @@ class SendGates:
         pacing = request.get("pacing")
         self.policy = Pacing.model_validate(pacing) if pacing else None
         self.zone = request.get("timezone") or "UTC"
-        self.mailbox = parseaddr(context.settings.sender)[1].lower()
+        self.mailbox = sender_address(context.settings.sender).lower()
         self.waited = False  # the last ``pace`` waited out a jitter gap
 
     def screen(self, messages: Sequence[Mapping[str, Any]],

@@ -26,7 +26,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from agent.errors import InvalidInput
 
-__all__ = ["is_one_line", "build_message", "new_message_id", "sender_domain", "sent_text", "wire_address",
+__all__ = ["is_one_line", "build_message", "new_message_id", "sender_address", "sender_domain", "sent_text", "wire_address",
            "SMTP_POLICY"]
 
 
@@ -56,6 +56,12 @@ def sender_domain(sender: str) -> str:
     if "@" not in address:
         raise InvalidInput("sender", f"not an address: {sender!r}")
     return address.rsplit("@", 1)[1].lower()
+
+
+@lru_cache(maxsize=64)
+def sender_address(sender: str) -> str:
+    """The bare address of ``sender`` (``"Team <a@b.example>"`` -> ``a@b.example``), as written."""
+    return parseaddr(sender)[1]
 
 
 def new_message_id(sender: str) -> str:

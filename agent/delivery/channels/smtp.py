@@ -42,7 +42,7 @@ from agent.delivery.dkim_signing import signer_for
 from agent.delivery.gates import SendGates
 from agent.delivery.channels.common import claim_fields, finish_records, result_records, unclaimable
 from agent.delivery.ledger import LedgerEntry, OutboxLedger
-from agent.delivery.message import build_message
+from agent.delivery.message import build_message, sender_address
 from agent.delivery.suppression import SuppressionList
 from agent.delivery.unsubscribe import unsubscribe_url
 from agent.envelope import make_envelope
@@ -255,7 +255,7 @@ class SmtpChannel(BaseAgent):
         except Exception as exc:  # nothing was sent: the row must not stay "sending"
             ledger.mark_many([(key, "failed", None)])
             raise DeliveryError(f"message for key {key[:12]}… could not be built: {type(exc).__name__}") from None
-        envelope_from = _address(settings.sender)
+        envelope_from = sender_address(settings.sender)
         try:
             session.send(envelope_from, msg["to"], data)
         except _Unknown:
@@ -306,8 +306,3 @@ def _enhanced(reply: bytes | str) -> str:
     parts = first.split(".")
     return first if len(parts) == 3 and all(p.isdigit() for p in parts) else ""
 
-
-def _address(sender: str) -> str:
-    from email.utils import parseaddr
-
-    return parseaddr(sender)[1]

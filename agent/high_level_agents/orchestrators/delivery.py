@@ -170,8 +170,7 @@ def _prepare(state: FlowState) -> list[dict[str, Any]]:
         parent = prov.get("hash") or msg._input_hash or record_hash(data)
         messages.append({
             **{k: data[k] for k in ("to", "subject", "body", "lead_id", "step")},
-            **({"in_reply_to": msg.in_reply_to, "references": msg.references or [msg.in_reply_to]}
-               if msg.in_reply_to else {}),
+            **({"in_reply_to": msg.in_reply_to, "references": msg.references} if msg.in_reply_to else {}),
             "campaign_id": msg.campaign_id or payload.campaign_id,
             "parent_hash": parent,
             # The caller's own provenance, kept for the ledger (``provenance`` is this record's).

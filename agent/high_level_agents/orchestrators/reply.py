@@ -33,12 +33,12 @@ import email.policy
 import json
 from dataclasses import asdict
 from datetime import date, datetime, timedelta, timezone
-from email.utils import parseaddr
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
+from agent.delivery.message import sender_address
 from agent.delivery.pacing import Pacer
 from agent.delivery.suppression import SuppressionList
 from agent.drafts import DraftStore
@@ -224,7 +224,7 @@ class ReplyOrchestrator(BaseOrchestrator):
             ([{"action": "sequence_stopped", "count": stopped, "reason": why}] if stopped else [])
 
     def _mailbox(self) -> str:
-        return (parseaddr(self.settings.sender)[1] or self.settings.sender).lower()
+        return (sender_address(self.settings.sender) or self.settings.sender).lower()
 
     def _count(self, db: Database, tenant: str, kind: str, address: str, match: dict[str, Any]) -> list[dict[str, Any]]:
         """A bounce or complaint counted against our mailbox; past the guard's rate it pauses it."""
