@@ -57,6 +57,18 @@ class AgentError(Exception):
         """The error as an envelope ``errors`` item (without ``node``)."""
         return {"code": self.code, "message": str(self)}
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled whole (a worker process hands its errors back): a subclass whose ``__init__``
+        # takes other arguments than its message would not unpickle through ``cls(*args)``.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[AgentError], args: tuple[object, ...], state: dict[str, object]) -> AgentError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigurationError(AgentError):
     code = "configuration_error"

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
                                                                         "before its message is published again.")
     retry_base: float = Field(default=1.0, gt=0, le=3600, description="Seconds before a failed job's first "
                                                                       "retry; doubled for each one after.")
+    processes: Literal["auto"] | int = Field(
+        default="auto", description="Worker processes of an embedded campaign run (`agent campaign "
+                                                 "run`): 0 runs the batches on threads of one process; auto: one "
+                                                 "per core, at most 4, when there are several batches.")
     embedder: Literal["auto", "semantic", "hashing"] = Field(
         default="auto", description="auto: the semantic model when installed (extra `semantic`), else the "
                                     "deterministic hashing embedder.")
@@ -144,6 +148,22 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field(
         default="WARNING", description="Log level of the CLI (logs are redacted); any case is accepted."
     )
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        reason = "must be auto or a number of processes from 0 to 64"
+        if isinstance(value, bool):
+            raise ValueError(reason)
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(reason) from None
+        if not 0 <= count <= 64 or count != value and not isinstance(value, str):
+            raise ValueError(reason)
+        return count
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -9,6 +9,12 @@ batch a killed process left unfinished, under the same run id.  Sends are
 idempotent per (campaign, lead, step) in the outbox ledger, so a batch run
 twice never sends twice.  Fan-in (how many batches are done) is counted in
 the audit store, not in the queue.
+
+``work`` runs the batches on worker threads of this process, each handing
+its job to a worker process (``agent.workers.processes``) when the
+``processes`` setting asks for them (``auto``: one per core, at most 4, for a
+run of several batches on the registry bound to the settings): drafting from
+a template is pure Python, and threads of one process take turns on the GIL.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from agent.audit import AuditStore, SqlAuditStore
 from agent.campaigns.model import Campaign, check_tenant
 from agent.clock import clock_from
+from agent.errors import InvalidInput
 from agent.campaigns.planning import (
     ORCHESTRATOR,
     batch_plan,
@@ -66,6 +73,8 @@ class CampaignRunner:
         from agent.storage.db import Database
 
         self.settings = settings or get_settings()
+        # ``auto`` forks worker processes only for the registry bound to the settings (see processes_for).
+        self._portable_registry = registry is None
         self.registry = bound_registry(self.settings, registry)
         self.clock = clock_from(self.registry)
         self.audit = audit or SqlAuditStore(Database.for_settings(self.settings))
@@ -173,20 +182,29 @@ class CampaignRunner:
     # -- running -------------------------------------------------------------------------------
     def work(self, reports: list[CampaignReport], *, threads: int = 4,
              progress: Callable[[CampaignReport], None] | None = None, poll: float = 0.2,
-             timeout: float | None = None) -> list[CampaignReport]:
+             timeout: float | None = None, processes: int | str | None = None) -> list[CampaignReport]:
         """Wait until no queued batch is left, then return fresh reports.
 
         On a pull queue (the in-memory default) the batches run here, on
-        ``threads`` worker threads; on a broker (Celery) they run on its workers
-        (``agent worker --backend celery``) and this only watches, for at most
-        ``timeout`` seconds when given.
+        ``threads`` worker threads, or on ``processes`` worker processes (default:
+        the ``processes`` setting; see ``processes_for``); on a broker (Celery)
+        they run on its workers (``agent worker --backend celery``) and this only
+        watches, for at most ``timeout`` seconds when given.
         """
         workers = []
+        pool = None
         if isinstance(self.queue, Queue):
+            count = self.processes_for(reports, processes)
+            if count:
+                from agent.workers.processes import ProcessPool
+
+                pool = ProcessPool(count, registry=self.registry, audit=self.audit,
+                                   retry_base=self.settings.retry_base)
+                pool.start()  # forked before the worker threads start
             for topic in sorted(self._topics):
                 worker = Worker(self.queue, self.registry, topic=topic, audit_store=self.audit, poll=poll,
-                                retry_base=self.settings.retry_base)
-                worker.start(threads)
+                                retry_base=self.settings.retry_base, execute=pool.execute if pool else None)
+                worker.start(count or threads)
                 workers.append(worker)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -202,7 +220,25 @@ class CampaignRunner:
                 worker.stop()
             for worker in workers:
                 worker.join()
+            if pool is not None:
+                pool.close()
         return [self.report(r.campaign_id, r.run_key) for r in reports]
+
+    def processes_for(self, reports: list[CampaignReport], processes: int | str | None = None) -> int:
+        """How many worker processes ``work`` uses (0: threads of this process).  ``auto`` gives one
+        per core, at most 4 and at most one per batch left; none for a single batch, nor for a
+        registry built in code (the children are forked copies: what a test's agent records, or a
+        frozen clock moved later, would stay in them).  A number asks for that many."""
+        from agent.workers.processes import MAX_PROCESSES, default_processes
+
+        wanted = self.settings.processes if processes is None else processes
+        if wanted == "auto":
+            left = sum(r.batches - sum(r.states[s] for s in _DONE) for r in reports)
+            count = min(default_processes(), left) if self._portable_registry else 0
+            return count if count > 1 else 0
+        if isinstance(wanted, bool) or not isinstance(wanted, int) or not 0 <= wanted <= MAX_PROCESSES:
+            raise InvalidInput("processes", f"must be auto or an integer from 0 to {MAX_PROCESSES}")
+        return wanted
 
     def report(self, campaign_id: str, run_key: str, *, messages: bool = True) -> CampaignReport:
         """What the audit store says about one campaign run: batch states, and message statuses

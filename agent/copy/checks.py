@@ -162,8 +162,9 @@ def check_links(text: str, allowed: Iterable[str], field: str) -> None:
 def check_instructions(text: str, field: str, *, already: str = "") -> None:
     """Refuse instruction-like text in a draft (a model's answer, or a template filled with lead
     data) unless the text it was written from (``already``) had it."""
-    authored = normalise(already)
-    for phrase in find_instructions(text):
+    found = find_instructions(text)
+    authored = normalise(already) if found else ""  # most drafts have none: the source is not read
+    for phrase in found:
         if phrase not in authored:
             raise PromptInjection(field, f"contains an instruction-like phrase ({_clip(phrase)!r}) that the "
                                          "text it was written from did not; it is not used")

@@ -53,6 +53,8 @@ _PATTERNS = tuple(re.compile(p, re.MULTILINE) for p in (
     r"</?\s*(?:system|assistant|instructions?|prompt)\s*>",
     r"#{2,}\s*(?:instruction|system|prompt)s?\b",
 ))
+# All of them in one pattern: most text has none of them, and one pass says so.
+_ANY = re.compile("|".join(f"(?:{p.pattern})" for p in _PATTERNS), re.MULTILINE)
 # Zero-width and other invisible characters that could split a phrase past the patterns.
 _INVISIBLE = {ord(c): None for c in "\u200b\u200c\u200d\u2060\ufeff\u00ad"}
 
@@ -69,6 +71,8 @@ def find_instruction(text: str) -> str | None:
     if not text:
         return None
     folded = normalise(text)
+    if _ANY.search(folded) is None:
+        return None
     for pattern in _PATTERNS:
         found = pattern.search(folded)
         if found is not None:
@@ -79,6 +83,8 @@ def find_instruction(text: str) -> str | None:
 def find_instructions(text: str) -> list[str]:
     """Every instruction-like phrase in ``text`` (normalised), pattern by pattern."""
     folded = normalise(text) if text else ""
+    if _ANY.search(folded) is None:
+        return []
     return [found.group(0).strip() for pattern in _PATTERNS for found in pattern.finditer(folded)]
 
 

@@ -6,6 +6,10 @@ step by step); ``start(threads)`` runs that in N threads until ``stop()``;
 SIGINT: the job in hand is finished and acked, no new one is taken.  Each
 thread beats a heartbeat (``heartbeats``) whenever it polls or finishes a
 job, so a supervisor can tell a stuck worker from an idle one.
+
+With ``execute`` (e.g. ``ProcessPool.execute``) a thread hands each job it
+took to that function instead of running ``execute_job`` itself: the queue,
+its acks and leases stay here, the work goes to other processes.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ class Worker:
 
     def __init__(self, queue: Any, registry: Registry | None = None, *, topic: str = "orchestrate",
                  audit_store: Any = None, poll: float = 1.0, retry_base: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 execute: Callable[[Any], JobOutcome] | None = None) -> None:
         if registry is None:
             from agent.builtins import default_registry
 
@@ -43,6 +48,7 @@ class Worker:
         self.poll = poll
         self.retry_base = retry_base
         self.clock = clock
+        self.execute = execute
         self.heartbeats: dict[str, float] = {}
         self.processed = 0
         self._resolved: dict[str, Any] = {}
@@ -61,8 +67,11 @@ class Worker:
         # Plain dict writes are atomic under the GIL; the lease keeper copies the dict in one step.
         self._in_hand[job.job_id] = job.attempts
         try:
-            outcome = execute_job(job, registry=self.registry, audit=self.audit_store, resolved=self._resolved,
-                                  retry_base=self.retry_base)
+            if self.execute is not None:
+                outcome = self.execute(job)
+            else:
+                outcome = execute_job(job, registry=self.registry, audit=self.audit_store, resolved=self._resolved,
+                                      retry_base=self.retry_base)
         finally:
             self._in_hand.pop(job.job_id, None)
         try:
