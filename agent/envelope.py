@@ -204,8 +204,11 @@ def make_provenance(
     parents: Sequence[str] = (),
     raw_row: Mapping[str, Any] | None = None,
     retrieved_at: str | None = None,
+    hash_now: bool = True,
     **extra: Any,
 ) -> dict[str, Any]:
+    """A record's provenance.  ``hash_now=False`` leaves ``hash`` None for ``make_envelope`` to
+    fill (it hashes every record it is given, so hashing here too would be done twice)."""
     prov: dict[str, Any] = {
         "source": source,
         "source_id": source_id,
@@ -213,7 +216,7 @@ def make_provenance(
         "agent": agent,
         "run_id": run_id,
         "node": node,
-        "hash": record_hash(record),
+        "hash": record_hash(record) if hash_now else None,
         "parents": list(parents),
     }
     if raw_row is not None:

@@ -214,7 +214,7 @@ class CopywriterAgent(BaseAgent):
         draft[PROVENANCE] = make_provenance(
             draft, source=self.source, agent="copywriter", run_id=context.run_id, node=context.node,
             parents=[parent], template_id=copy.template.id, template_sha256=copy.sha256(),
-            variant_id=copy.variant_id, llm=made.llm if made is not None else None,
+            variant_id=copy.variant_id, llm=made.llm if made is not None else None, hash_now=False,
         )
         extra: dict[str, Any] = {"template_id": copy.template.id, "variant_id": copy.variant_id}
         if made is not None:

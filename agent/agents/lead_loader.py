@@ -47,6 +47,7 @@ class LeadLoaderAgent(BaseAgent):
             record["provenance"] = make_provenance(
                 record, source=self.source, source_id=f"contacts/{record['lead_id']}", agent="lead_loader",
                 run_id=context.run_id, node=context.node, table="contacts", row_id=record["lead_id"],
+                hash_now=False,
             )
         found = {r["lead_id"] for r in records}
         missing = [i for i in unique if i not in found]

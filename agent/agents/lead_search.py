@@ -76,6 +76,7 @@ class LeadSearchAgent(BaseAgent):
             row["provenance"] = make_provenance(
                 row, source=self.source, source_id=f"contacts/{row['lead_id']}", agent="lead_search",
                 run_id=context.run_id, node=context.node, table="contacts", row_id=row["lead_id"],
+                hash_now=False,
             )
             records.append(row)
         if result.total is None:  # a keyset page: the next one starts after its last lead

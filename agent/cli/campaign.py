@@ -18,7 +18,10 @@ campaign_app = typer.Typer(help="Run outreach campaigns on the embedded defaults
 runs_app = typer.Typer(help="The audit trail of runs.", no_args_is_help=True)
 console = Console()
 
-THREADS = typer.Option(4, min=1, max=64, help="Worker threads (in-memory backend).")
+THREADS = typer.Option(4, min=1, max=64, help="Worker threads (in-memory backend, without worker processes).")
+PROCESSES = typer.Option(None, help="Worker processes (in-memory backend): a number, 0 for threads of this "
+                                    "process only, or auto (one per core, at most 4, for several batches). "
+                                    "Default: the processes setting (AGENT_PROCESSES, auto).")
 BACKEND = typer.Option("memory", help="memory: worker threads in this process; celery: the broker's workers "
                                       "(`agent worker`) run the batches and this command watches.")
 JSON_OPT = typer.Option(False, "--json", help="Print raw JSON instead of tables.")
@@ -39,9 +42,19 @@ def _runner(backend: str = "memory") -> Any:
     return CampaignRunner(settings, queue=CeleryQueue(settings=settings))
 
 
-def _work(runner: Any, reports: list[Any], threads: int, as_json: bool) -> list[Any]:
+def _processes(value: str | None) -> int | str | None:
+    from agent.errors import InvalidInput
+
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    if not value.strip().isdigit():
+        raise InvalidInput("processes", "must be auto or a number of processes from 0 to 64")
+    return int(value)
+
+
+def _work(runner: Any, reports: list[Any], threads: int, as_json: bool, count: int | str | None = None) -> list[Any]:
     if as_json or not reports:
-        finished = runner.work(reports, threads=threads)
+        finished = runner.work(reports, threads=threads, processes=count)
     else:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -51,7 +64,7 @@ def _work(runner: Any, reports: list[Any], threads: int, as_json: bool) -> list[
                 done = report.states["succeeded"] + report.states["dead"]
                 bar.update(tasks[report.run_key], completed=done)
 
-            finished = runner.work(reports, threads=threads, progress=show)
+            finished = runner.work(reports, threads=threads, progress=show, processes=count)
             for report in finished:
                 show(report)
     _summary(finished, runner, as_json)
@@ -79,42 +92,48 @@ def _summary(reports: list[Any], runner: Any, as_json: bool) -> None:
 
 @campaign_app.command("run")
 def campaign_run(file: Path = typer.Argument(..., help="Campaign file (.yaml, .yml or .json)."),
-                 threads: int = THREADS, backend: str = BACKEND, as_json: bool = JSON_OPT) -> None:
+                 threads: int = THREADS, processes: str = PROCESSES, backend: str = BACKEND,
+                 as_json: bool = JSON_OPT) -> None:
     """Find the campaign's leads, draft, deliver through the gated outbox; progress and a summary."""
     from agent.campaigns.model import load_campaign
 
+    count = _processes(processes)  # bad input is refused before anything is queued
     campaign = load_campaign(file)
     runner = _runner(backend)
     report = runner.start(campaign)
-    _work(runner, [report], threads, as_json)
+    _work(runner, [report], threads, as_json, count)
 
 
 @campaign_app.command("resume")
 def campaign_resume(campaign_id: str = typer.Argument(..., help="The campaign's id."),
-                    threads: int = THREADS, backend: str = BACKEND, as_json: bool = JSON_OPT) -> None:
+                    threads: int = THREADS, processes: str = PROCESSES, backend: str = BACKEND,
+                    as_json: bool = JSON_OPT) -> None:
     """Finish what an interrupted run left: every batch still queued, running or failed."""
+    count = _processes(processes)
     runner = _runner(backend)
     reports = runner.resume(campaign_id)
     if not reports and not as_json:
         console.print(f"nothing to resume for campaign {campaign_id!r}")
-    _work(runner, reports, threads, as_json)
+    _work(runner, reports, threads, as_json, count)
 
 
 @campaign_app.command("tick")
 def campaign_tick(file: Path = typer.Argument(..., help="Campaign file (.yaml, .yml or .json)."),
-                  threads: int = THREADS, backend: str = BACKEND, as_json: bool = JSON_OPT) -> None:
+                  threads: int = THREADS, processes: str = PROCESSES, backend: str = BACKEND,
+                  as_json: bool = JSON_OPT) -> None:
     """Send the campaign's sequence steps that are due now (follow-ups, and first steps pacing deferred).
 
     Run it from cron or a scheduler as often as you like: a step queued is leased, a step sent is never
     sent again, and a lead who replied, unsubscribed or bounced is not written to."""
     from agent.campaigns.model import load_campaign
 
+    count = _processes(processes)
     campaign = load_campaign(file)
     runner = _runner(backend)
     reports = runner.follow_ups(campaign)
     if not reports and not as_json:
         console.print(f"no sequence step of campaign {campaign.id!r} is due")
-    _work(runner, reports, threads, as_json)
+    _work(runner, reports, threads, as_json, count)
 
 
 @runs_app.command("list")

@@ -56,5 +56,5 @@ def finish_records(results: list[dict[str, Any]], messages: list[Mapping[str, An
             result.update(status="skipped", reason="suppressed")
         result["provenance"] = make_provenance(
             result, source=f"channel:{channel}", source_id=result["idempotency_key"], agent=channel,
-            run_id=context.run_id, node=context.node, parents=[msg["parent_hash"]])
-    return results
+            run_id=context.run_id, node=context.node, parents=[msg["parent_hash"]], hash_now=False)
+    return results  # the caller's make_envelope hashes each
