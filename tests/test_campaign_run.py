@@ -12,11 +12,13 @@ import tempfile
 import time
 import unittest
 from pathlib import Path
+from unittest import mock
 
 from agent.audit import SqlAuditStore
 from agent.builtins import bound_registry, register_builtins
 from agent.campaigns import Campaign, CampaignManager
 from agent.campaigns.runner import CampaignRunner
+from agent.errors import InvalidInput
 from agent.leads.sample import load_sample_data
 from agent.queues import InMemoryQueue
 from agent.workers import Worker, execute_job
@@ -257,6 +259,74 @@ class ResumeTopicsTest(TriggeredCampaignTest):
         self.assertEqual(len(list(Path(self.home.settings.outbox_dir).glob("*.eml"))), 24)
 
 
+class PlanningInPartsTest(unittest.TestCase):
+    """``start(part_size=...)``: the search queued in parts, each planning whole batches and the next part."""
+
+    setUp = CampaignRunnerTest.setUp
+    runner = CampaignRunnerTest.runner
+    outbox = CampaignRunnerTest.outbox
+
+    def setUp_pages(self) -> None:
+        # Pages of 4 leads, parts of about 7: each part plans one batch of 5 and carries the rest on.
+        patcher = mock.patch("agent.campaigns.planning._PAGE", 4)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def batches(self) -> list:
+        return sorted((r for r in self.audit.list_runs(campaign_id="acme", limit=1000)
+                       if r.orchestrator == "outreach_orchestrator"), key=lambda r: r.meta["batch"])
+
+    def test_parts_plan_the_same_batches_as_a_whole_search_and_run_them_while_it_reads_on(self) -> None:
+        # Given a campaign of 24 leads in batches of 5, its search read 4 leads a page
+        self.setUp_pages()
+        whole = self.runner().find_leads(campaign())
+        runner = self.runner()
+        # When it is started in parts of 7 leads and run
+        report = runner.start(campaign(), run_key="parts", part_size=7)
+        self.assertEqual((report.batches, report.planning), (0, 1))  # nothing planned yet: the search is a job
+        [report] = runner.work([report], threads=2)
+        # Then its batches hold every lead once, in the search's order, numbered 0..4, all sent
+        batches = self.batches()
+        self.assertEqual([r.meta["batch"] for r in batches], [0, 1, 2, 3, 4])
+        self.assertEqual([i for r in batches for i in r.meta["lead_ids"]], whole)
+        self.assertEqual([len(r.meta["lead_ids"]) for r in batches], [5, 5, 5, 5, 4])
+        self.assertEqual((report.batches, report.leads, report.states["succeeded"], report.planning), (5, 24, 5, 0))
+        self.assertTrue(report.finished)
+        self.assertEqual(len(self.outbox()), 24)
+        # And each part is a run of its own, succeeded
+        parts = [r for r in self.audit.list_runs(campaign_id="acme", limit=100) if r.orchestrator == "campaign_orchestrator"]
+        self.assertGreater(len(parts), 2)
+        self.assertEqual({r.state for r in parts}, {"succeeded"})
+
+    def test_a_run_killed_during_its_search_resumes_it_where_it_stopped(self) -> None:
+        # Given a run in parts whose process planned the first part, recorded what it queued, and died
+        self.setUp_pages()
+        first = self.runner()
+        report = first.start(campaign(), run_key="parts", part_size=7)
+        job = first.queue.dequeue("campaigns", timeout=0)
+        self.assertEqual(execute_job(job, registry=first.registry, audit=self.audit).verdict, "ack")
+        self.assertEqual(len(self.batches()), 1)  # one batch planned, the rest of the search not read yet
+        # When a new process resumes the campaign
+        second = self.runner()
+        [resumed] = second.work(second.resume("acme"), threads=2)
+        # Then the search went on from its cursor: every lead planned once, every batch done, one message each
+        self.assertEqual(resumed.run_key, report.run_key)
+        self.assertEqual((resumed.batches, resumed.leads, resumed.states["succeeded"], resumed.planning), (5, 24, 5, 0))
+        self.assertEqual(sorted(i for r in self.batches() for i in r.meta["lead_ids"]),
+                         sorted(self.runner().find_leads(campaign())))
+        self.assertEqual(len(self.outbox()), 24)
+        self.assertEqual(self.runner().resume("acme"), [])
+
+    def test_a_bad_part_size_is_refused_and_nothing_is_queued(self) -> None:
+        runner = self.runner()
+        for bad in (0, -3, True, 1.5, 100_001):
+            with self.assertRaises(InvalidInput) as caught:
+                runner.start(campaign(), run_key="bad", part_size=bad)  # type: ignore[arg-type]
+            self.assertEqual(caught.exception.field, "part_size")
+        self.assertEqual(self.audit.list_runs(campaign_id="acme"), [])
+        self.assertEqual(runner.queue.stats("campaigns").ready, 0)
+
+
 class CliHome(unittest.TestCase):
     """A fresh AGENT_HOME (sample data loads on first use) and a campaign file in it."""
 
@@ -275,9 +345,29 @@ class CliHome(unittest.TestCase):
         return subprocess.run([sys.executable, "-m", "agent.cli", *args], env=self.env, capture_output=True,
                               text=True, timeout=GUARD)
 
-    def succeeded(self) -> int:
+    def batch_runs(self) -> list:
+        """The campaign's batch runs (not its planning parts)."""
         store = SqlAuditStore(Database(f"sqlite:///{self.home}/agent.db"))
-        return len(store.list_runs(campaign_id="cli", state="succeeded", limit=10_000))
+        return [r for r in store.list_runs(campaign_id="cli", limit=10_000) if r.orchestrator == "outreach_orchestrator"]
+
+    def succeeded(self) -> int:
+        return sum(1 for r in self.batch_runs() if r.state == "succeeded")
+
+    def expected_leads(self) -> int:
+        """How many leads the campaign's search finds (its run must have planned every one)."""
+        from agent.campaigns.model import load_campaign
+        from agent.settings import get_settings
+
+        return len(CampaignRunner(get_settings(home=Path(self.home))).find_leads(load_campaign(self.file)))
+
+    def assert_finished_whole(self, summary: dict) -> None:
+        """Every lead of the search planned, each batch succeeded, one message per lead."""
+        self.assertEqual(summary["leads"], self.expected_leads())
+        self.assertEqual(summary["batches"], -(-summary["leads"] // 3))  # batches of 3
+        self.assertEqual(summary["batch_states"], {"succeeded": summary["batches"]})
+        self.assertEqual(len(list(Path(self.home, "outbox").glob("*.eml"))), summary["leads"])
+        self.assertEqual(summary["messages"].get("sent", 0) + summary["messages"].get("duplicate", 0),
+                         summary["leads"])
 
 
 class CampaignCliTest(CliHome):
@@ -286,8 +376,8 @@ class CampaignCliTest(CliHome):
     def test_a_killed_run_resumes_to_the_end_with_each_lead_sent_once(self) -> None:
         # Given a campaign run killed once some batches are done
         proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "campaign", "run", str(self.file),
-                                 "--threads", "1", "--json"], env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                 "--threads", "1", "--processes", "0", "--json"], env=self.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(proc.kill)
         deadline = time.monotonic() + GUARD
         while time.monotonic() < deadline and proc.poll() is None:
@@ -296,19 +386,13 @@ class CampaignCliTest(CliHome):
             time.sleep(0.05)  # polling for a condition, with a deadline
         proc.send_signal(signal.SIGKILL)
         proc.wait(GUARD)
-        store = SqlAuditStore(Database(f"sqlite:///{self.home}/agent.db"))
-        batches = len(store.list_runs(campaign_id="cli", limit=10_000))
-        self.assertLess(self.succeeded(), batches, "the run finished before it could be killed")
+        self.assertLess(self.succeeded(), -(-self.expected_leads() // 3), "the run finished before it was killed")
         # When it is resumed
         result = self.agent("campaign", "resume", "cli", "--json")
-        # Then every batch succeeded and the outbox holds one message per lead
+        # Then every lead was planned, every batch succeeded and the outbox holds one message per lead
         self.assertEqual(result.returncode, 0, result.stderr)
         [summary] = json.loads(result.stdout)
-        self.assertEqual(summary["batch_states"], {"succeeded": batches})
-        files = list(Path(self.home, "outbox").glob("*.eml"))
-        self.assertEqual(len(files), summary["leads"])
-        self.assertEqual(summary["messages"].get("sent", 0) + summary["messages"].get("duplicate", 0),
-                         summary["leads"])
+        self.assert_finished_whole(summary)
 
 
 class AuditCliTest(CliHome):
@@ -317,7 +401,10 @@ class AuditCliTest(CliHome):
         self.file.write_text(self.file.read_text().replace('"per_run": 120', '"per_run": 2'), encoding="utf-8")
         self.assertEqual(self.agent("campaign", "run", str(self.file), "--json").returncode, 0)
         # When the runs are listed and one is shown
-        runs = json.loads(self.agent("runs", "list", "--campaign", "cli", "--json").stdout)
+        listed = json.loads(self.agent("runs", "list", "--campaign", "cli", "--json").stdout)
+        # (the run's search is a run of its own: one planning part, then the batch it planned)
+        self.assertEqual(sorted(r["orchestrator"] for r in listed), ["campaign_orchestrator", "outreach_orchestrator"])
+        runs = [r for r in listed if r["orchestrator"] == "outreach_orchestrator"]
         shown = json.loads(self.agent("runs", "show", runs[0]["run_id"], "--json").stdout)
         message_id = shown["envelopes"][-1]["records"][0]["message_id"]
         traced = json.loads(self.agent("trace", message_id, "--json").stdout)

@@ -281,9 +281,7 @@ class KilledParentTest(CliHome):
         # When the parent is killed
         proc.send_signal(signal.SIGKILL)
         proc.wait(GUARD)
-        store = SqlAuditStore(cli_database(self.home))
-        batches = len(store.list_runs(campaign_id="cli", limit=10_000))
-        self.assertLess(self.succeeded(), batches, "the run finished before it could be killed")
+        self.assertLess(self.succeeded(), -(-self.expected_leads() // 3), "the run finished before it was killed")
         self.assertGreaterEqual(len(kids), 2, "no worker processes were found")
         # Then every worker process is gone soon after
         deadline = time.monotonic() + GUARD
@@ -294,8 +292,7 @@ class KilledParentTest(CliHome):
         result = self.agent("campaign", "resume", "cli", "--json")
         self.assertEqual(result.returncode, 0, result.stderr)
         [summary] = json.loads(result.stdout)
-        self.assertEqual(summary["batch_states"], {"succeeded": batches})
-        self.assertEqual(len(list(Path(self.home, "outbox").glob("*.eml"))), summary["leads"])
+        self.assert_finished_whole(summary)
 
 
 class BadProcessesTest(CliHome):

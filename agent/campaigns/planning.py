@@ -9,15 +9,20 @@ it twice queues nothing twice.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from agent.campaigns.model import Campaign
 from agent.queues.base import Job
 
-__all__ = ["BatchPlan", "find_leads", "plan_batches", "batch_plan", "record_plans", "batch_run_id", "ORCHESTRATOR"]
+__all__ = ["BatchPlan", "find_leads", "find_part", "lead_pages", "plan_batches", "batch_plan", "planning_plan",
+           "record_plans", "batch_run_id", "ORCHESTRATOR", "PLANNER", "PLAN_PART"]
 
 ORCHESTRATOR = "outreach_orchestrator"
+PLANNER = "campaign_orchestrator"
+# Leads a planning part reads before it queues their batches (``agent campaign run`` plans in parts).
+PLAN_PART = 1000
 _PAGE = 500
 
 
@@ -38,33 +43,80 @@ def find_leads(lead_orchestrator: Any, campaign: Campaign) -> list[int]:
     company query (ordered by its fuzzy score) and free text (which may name a
     company) are read by offset.
     """
+    ids: list[int] = []
+    for page, _ in lead_pages(lead_orchestrator, campaign, None, campaign.limits.per_run):
+        ids.extend(page)
+    return list(dict.fromkeys(ids))[: campaign.limits.per_run]
+
+
+def find_part(lead_orchestrator: Any, campaign: Campaign, cursor: dict[str, int] | None, *, have: int,
+              size: int) -> tuple[list[int], dict[str, int] | None]:
+    """At least ``size`` more lead ids from ``cursor`` (None: the first page), fewer at the end of
+    the search or of ``limits.per_run`` (of which the run ``have`` already), with the cursor of the
+    page after them (None: nothing more to read)."""
+    ids: list[int] = []
+    following = cursor
+    for page, following in lead_pages(lead_orchestrator, campaign, cursor, campaign.limits.per_run - have):
+        ids.extend(page)
+        if len(ids) >= size:
+            break
+    return list(dict.fromkeys(ids)), following
+
+
+def lead_pages(lead_orchestrator: Any, campaign: Campaign, cursor: dict[str, int] | None,
+               wanted: int) -> Iterator[tuple[list[int], dict[str, int] | None]]:
+    """The campaign's lead ids page by page from ``cursor``, at most ``wanted`` in all, each page
+    with the cursor of the one after it (None after the last)."""
     query = {"text": campaign.lead_query} if isinstance(campaign.lead_query, str) else dict(campaign.lead_query)
     for paging in ("limit", "offset", "after_id", "ids_only"):  # planning pages on its own
         query.pop(paging, None)
-    keyset = not (query.get("name") or query.get("company") or query.get("text"))
-    ids: list[int] = []
-    cursor: dict[str, int] = {"after_id": 0} if keyset else {"offset": 0}
-    while len(ids) < campaign.limits.per_run:
-        page = min(_PAGE, campaign.limits.per_run - len(ids))
+    if cursor is None:
+        keyset = not (query.get("name") or query.get("company") or query.get("text"))
+        cursor = {"after_id": 0} if keyset else {"offset": 0}
+    keyset = "after_id" in cursor
+    got = 0
+    while got < wanted:
+        page = min(_PAGE, wanted - got)
         envelope = lead_orchestrator.run({"lead_query": {**query, "limit": page, "ids_only": True, **cursor}})
-        ids.extend(int(r["lead_id"]) for r in envelope["records"])
+        ids = [int(r["lead_id"]) for r in envelope["records"]]
+        got += len(ids)
         meta = envelope["metadata"]
         if keyset and "next_after_id" not in meta:
             keyset = False  # a lead orchestrator that pages by offset only: the first page was its offset 0
         following = meta.get("next_after_id" if keyset else "next_offset")
-        if following is None or not envelope["records"]:
-            break
+        if following is None or not ids or got >= wanted:
+            yield ids, None
+            return
         cursor = {"after_id": following} if keyset else {"offset": following}
-    return list(dict.fromkeys(ids))[: campaign.limits.per_run]
+        yield ids, cursor
 
 
 def plan_batches(campaign: Campaign, run_key: str, lead_ids: list[int], *, topic: str,
-                 step: int = 1) -> list[BatchPlan]:
+                 step: int = 1, first: int = 0) -> list[BatchPlan]:
     """``lead_ids`` cut into ``limits.batch_size`` batches, one outreach job each (of sequence step
-    ``step``), for ``topic``."""
+    ``step``), for ``topic``; the first is batch number ``first``."""
     size = campaign.limits.batch_size
-    return [batch_plan(campaign, run_key, index, list(lead_ids[start:start + size]), topic=topic, step=step)
+    return [batch_plan(campaign, run_key, first + index, list(lead_ids[start:start + size]), topic=topic, step=step)
             for index, start in enumerate(range(0, len(lead_ids), size))]
+
+
+def planning_plan(campaign: Campaign | dict[str, Any], run_key: str, *, topic: str, part_size: int, part: int = 0,
+                  cursor: dict[str, int] | None = None, next_batch: int = 0, planned: int = 0,
+                  carry: list[int] | None = None) -> BatchPlan:
+    """Part ``part`` of a campaign run's planning, as a ``campaign_orchestrator`` job: it reads about
+    ``part_size`` more leads from ``cursor``, queues their batches (numbered from ``next_batch``;
+    ``planned`` leads are in earlier ones) and the next part.  ``carry`` holds the ids the last part
+    found short of a whole batch.  Always the same run id and idempotency key for the same part."""
+    dump = campaign if isinstance(campaign, dict) else campaign.model_dump(mode="json")
+    payload: dict[str, Any] = {"campaign": dump, "run_key": run_key, "topic": topic, "part_size": part_size,
+                               "part": part, "cursor": cursor, "next_batch": next_batch, "planned": planned,
+                               "carry": list(carry or [])}
+    campaign_id = dump["id"]
+    job = Job(orchestrator=PLANNER, run_id=hashlib.sha256(f"{campaign_id}:{run_key}:plan:{part}".encode()).hexdigest()[:32],
+              payload=payload, idempotency_key=f"campaign:{campaign_id}:{run_key}:plan:{part}",
+              max_attempts=int(dump["limits"]["max_attempts"]),
+              meta={"campaign_id": campaign_id, "campaign_planning": run_key, "part": part})
+    return BatchPlan(job, {"campaign_planning": run_key, "part": part, "payload": payload, "topic": topic})
 
 
 def batch_plan(campaign: Campaign, run_key: str, index: int, lead_ids: list[int], *, topic: str,

@@ -32,9 +32,11 @@ from agent.clock import clock_from
 from agent.errors import InvalidInput
 from agent.campaigns.planning import (
     ORCHESTRATOR,
+    PLANNER,
     batch_plan,
     find_leads,
     plan_batches,
+    planning_plan,
     record_plans,
     release_plan,
 )
@@ -58,10 +60,12 @@ class CampaignReport:
     leads: int
     states: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
+    planning: int = 0  # parts of the run's search not done yet (planned in parts): more batches may come
+    planning_dead: int = 0  # parts that gave up: the leads they would have found have no batch
 
     @property
     def finished(self) -> bool:
-        return sum(self.states[s] for s in _DONE) == self.batches
+        return not self.planning and sum(self.states[s] for s in _DONE) == self.batches
 
 
 class CampaignRunner:
@@ -87,13 +91,25 @@ class CampaignRunner:
         """The campaign's lead ids, best match first, at most ``limits.per_run``."""
         return find_leads(self.registry.resolve("lead_orchestrator"), campaign)
 
-    def start(self, campaign: Campaign, *, run_key: str | None = None,
-              lead_ids: list[int] | None = None) -> CampaignReport:
-        """Record and queue one job per batch of leads; returns the run's report (nothing done yet)."""
+    def start(self, campaign: Campaign, *, run_key: str | None = None, lead_ids: list[int] | None = None,
+              part_size: int | None = None) -> CampaignReport:
+        """Record and queue one job per batch of leads; returns the run's report (nothing done yet).
+
+        With ``part_size`` (and no ``lead_ids``) the search is queued instead, in
+        parts of about that many leads (``campaign_orchestrator``): a worker plans
+        each part's batches and queues them behind the next part, so the first
+        batches run while the search reads on.  The report then counts only the
+        batches planned so far (``report.planning`` says whether more may come).
+        """
         check_tenant(campaign, self.settings.tenant, who="this store (AGENT_TENANT)")
         run_key = run_key or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        ids = self.find_leads(campaign) if lead_ids is None else list(lead_ids)
-        plans = plan_batches(campaign, run_key, ids, topic=self.topic)
+        if part_size is not None and lead_ids is None:
+            if isinstance(part_size, bool) or not isinstance(part_size, int) or not 1 <= part_size <= 100_000:
+                raise InvalidInput("part_size", "must be an integer from 1 to 100000")
+            plans = [planning_plan(campaign, run_key, topic=self.topic, part_size=part_size)]
+        else:
+            ids = self.find_leads(campaign) if lead_ids is None else list(lead_ids)
+            plans = plan_batches(campaign, run_key, ids, topic=self.topic)
         record_plans(self.audit, plans, tenant=campaign.tenant)
         self.queue.enqueue_many(self.topic, [plan.job for plan in plans])
         return self.report(campaign.id, run_key)
@@ -101,15 +117,22 @@ class CampaignRunner:
     def resume(self, campaign_id: str) -> list[CampaignReport]:
         """Re-queue every batch of ``campaign_id`` left queued, running or failed; one report per run."""
         open_runs = [r for r in self.audit.list_runs(campaign_id=campaign_id, state=_OPEN, limit=100_000)
-                     if r.orchestrator == ORCHESTRATOR and "campaign_run" in r.meta]  # batches of ours only
+                     if (r.orchestrator == ORCHESTRATOR and "campaign_run" in r.meta)  # batches of ours only
+                     or (r.orchestrator == PLANNER and "campaign_planning" in r.meta)]  # and planning parts
         keys: list[str] = []
         topics: set[str] = set()
         for run in open_runs:
             meta = run.meta
-            if meta["campaign_run"] not in keys:
-                keys.append(meta["campaign_run"])
+            key = meta.get("campaign_run") or meta["campaign_planning"]
+            if key not in keys:
+                keys.append(key)
             topic = meta.get("topic", self.topic)
-            if meta.get("release"):  # a held batch's delivery: queued again under its own key
+            if "campaign_planning" in meta:  # a planning part: the search goes on from where it stopped
+                saved = meta["payload"]
+                plan = planning_plan(saved["campaign"], saved["run_key"], topic=topic, part_size=saved["part_size"],
+                                     part=saved["part"], cursor=saved["cursor"], next_batch=saved["next_batch"],
+                                     planned=saved["planned"], carry=saved["carry"])
+            elif meta.get("release"):  # a held batch's delivery: queued again under its own key
                 plan = release_plan(meta["released_from"], {**meta, "campaign_run": meta["campaign_run"]
                                                             .removesuffix(":release")}, topic=topic)
             else:
@@ -234,6 +257,8 @@ class CampaignRunner:
         wanted = self.settings.processes if processes is None else processes
         if wanted == "auto":
             left = sum(r.batches - sum(r.states[s] for s in _DONE) for r in reports)
+            if any(r.planning for r in reports):
+                left = max(left, MAX_PROCESSES)  # planned in parts: how many batches will come is not known yet
             count = min(default_processes(), left) if self._portable_registry else 0
             return count if count > 1 else 0
         if isinstance(wanted, bool) or not isinstance(wanted, int) or not 0 <= wanted <= MAX_PROCESSES:
@@ -243,9 +268,12 @@ class CampaignRunner:
     def report(self, campaign_id: str, run_key: str, *, messages: bool = True) -> CampaignReport:
         """What the audit store says about one campaign run: batch states, and message statuses
         (unless ``messages`` is False: they are read from every finished batch's last envelope)."""
-        runs = [r for r in self.audit.list_runs(campaign_id=campaign_id, limit=100_000)
-                if r.meta.get("campaign_run") == run_key]
+        every = self.audit.list_runs(campaign_id=campaign_id, limit=100_000)
+        runs = [r for r in every if r.meta.get("campaign_run") == run_key]
         report = CampaignReport(campaign_id, run_key, len(runs), sum(len(r.meta.get("lead_ids", ())) for r in runs))
+        parts = [r for r in every if r.meta.get("campaign_planning") == run_key]
+        report.planning = sum(1 for r in parts if r.state not in _DONE)
+        report.planning_dead = sum(1 for r in parts if r.state == "dead")
         for run in runs:
             report.states[run.state] += 1
             if messages and run.state == "succeeded":

@@ -62,20 +62,22 @@ def _work(runner: Any, reports: list[Any], threads: int, as_json: bool, count: i
 
             def show(report: Any) -> None:
                 done = report.states["succeeded"] + report.states["dead"]
-                bar.update(tasks[report.run_key], completed=done)
+                # Planned in parts, a run's batches grow in number as its search reads on.
+                bar.update(tasks[report.run_key], completed=done, total=report.batches)
 
             finished = runner.work(reports, threads=threads, progress=show, processes=count)
             for report in finished:
                 show(report)
     _summary(finished, runner, as_json)
-    if any(r.states["dead"] for r in finished):
+    if any(r.states["dead"] or r.planning_dead for r in finished):
         raise typer.Exit(1)  # some batches gave up: `agent runs list --state dead` says which and why
     return finished
 
 
 def _summary(reports: list[Any], runner: Any, as_json: bool) -> None:
     data = [{"campaign_id": r.campaign_id, "run": r.run_key, "batches": r.batches, "leads": r.leads,
-             "batch_states": dict(r.states), "messages": dict(r.statuses)} for r in reports]
+             "batch_states": dict(r.states), "messages": dict(r.statuses),
+             **({"planning_dead": r.planning_dead} if r.planning_dead else {})} for r in reports]
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -96,11 +98,13 @@ def campaign_run(file: Path = typer.Argument(..., help="Campaign file (.yaml, .y
                  as_json: bool = JSON_OPT) -> None:
     """Find the campaign's leads, draft, deliver through the gated outbox; progress and a summary."""
     from agent.campaigns.model import load_campaign
+    from agent.campaigns.planning import PLAN_PART
 
     count = _processes(processes)  # bad input is refused before anything is queued
     campaign = load_campaign(file)
     runner = _runner(backend)
-    report = runner.start(campaign)
+    # Planned in parts: the first batches run while the search reads on.
+    report = runner.start(campaign, part_size=PLAN_PART)
     _work(runner, [report], threads, as_json, count)
 
 
