@@ -8,8 +8,16 @@ the search for the leads (page by page), planning and queueing the batches,
 drafting each message from the campaign's Jinja2 template, and delivery
 through the gates into the outbox (one ``.eml`` per lead, ledger, audit trail).
 
-- **embedded**: ``CampaignRunner`` with ``InMemoryQueue`` and worker threads,
-  in a process of its own, whose peak RSS (``ru_maxrss``) is reported.
+- **embedded**: what ``agent campaign run`` does on the defaults, in a process
+  of its own: ``CampaignRunner`` with ``InMemoryQueue``, the search queued in
+  parts (``PLAN_PART`` leads each) and the batches run by forked worker
+  processes (the ``processes`` setting: ``auto``, one per core, at most 4).
+  Memory: a sampler reads every 100 ms the proportional set size (PSS, from
+  ``/proc/*/smaps_rollup``) of that process and its workers, whose sum is the
+  memory the run holds (a page the forked workers share with it counts once),
+  and their resident sizes; the peak PSS sum is the figure held to the target,
+  and the peak of the RSS sum (which counts a shared page once per process)
+  is printed beside it.
 - **celery**: the same campaign on a fresh store, its batches run by ``agent
   worker --backend celery`` with 2 worker processes on a Redis broker; the
   producer plans and watches.  The peak RSS reported is the largest of the
@@ -76,6 +84,8 @@ def child(args: argparse.Namespace) -> None:
     from agent.campaigns import Campaign
     from agent.campaigns.runner import CampaignRunner
 
+    from agent.campaigns.planning import PLAN_PART
+
     backend = args.child
     runner_kwargs = {}
     if backend == "celery":
@@ -86,14 +96,75 @@ def child(args: argparse.Namespace) -> None:
         runner_kwargs = {"queue": CeleryQueue(settings=settings, poll=0.05)}
     runner = CampaignRunner(**runner_kwargs)
     campaign = Campaign.parse(campaign_dict(args.leads, args.batch_size))
+    sampler = MemorySampler()
+    sampler.start()
     started = time.perf_counter()
-    report = runner.start(campaign, run_key="bench")
-    planned = time.perf_counter()
+    report = runner.start(campaign, run_key="bench", part_size=PLAN_PART)
+    processes = runner.processes_for([report]) if backend == "embedded" else 0
     [report] = runner.work([report], threads=args.threads, poll=0.05)
     elapsed = time.perf_counter() - started
+    sampler.stop()
     print(json.dumps({"leads": report.leads, "batches": report.batches, "states": dict(report.states),
-                      "messages": dict(report.statuses), "seconds": elapsed, "planning": planned - started,
-                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "messages": dict(report.statuses), "seconds": elapsed, "processes": processes,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "pss_sum_mb": sampler.pss_peak, "rss_sum_mb": sampler.rss_peak,
+                      "worker_rss_mb": sampler.worker_hwm}))
+
+
+class MemorySampler:
+    """Peaks of the PSS and RSS sums of this process and its children (worker processes are forked by a
+    thread of the pool's own: every thread's children are read), sampled every 100 ms."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.pss_peak = self.rss_peak = self.worker_hwm = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.1):
+            pss = rss = 0.0
+            for pid in [me, *_children(me)]:
+                try:
+                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue  # ended meanwhile
+                pss += _kib(rollup, "Pss:") / 1024
+                rss += _kib(status, "VmRSS:") / 1024
+                if pid != me:
+                    self.worker_hwm = max(self.worker_hwm, _kib(status, "VmHWM:") / 1024)
+            self.pss_peak, self.rss_peak = max(self.pss_peak, pss), max(self.rss_peak, rss)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _kib(text: str, key: str) -> int:
+    for line in text.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
 
 
 def run_child(home: Path, backend: str, args: argparse.Namespace, **env: str) -> dict:
@@ -156,11 +227,14 @@ def main() -> None:
         prepare(home, args.leads)
         embedded = run_child(home, "embedded", args)
         rate = embedded["leads"] / embedded["seconds"]
-        print(f"embedded  : {embedded['leads']} leads in {embedded['seconds']:.2f} s "
-              f"(search + planning {embedded['planning']:.2f} s) = {rate:,.0f} leads/s, "
-              f"peak RSS {embedded['rss_mb']:.0f} MB; batches {embedded['states']}, messages {embedded['messages']}")
-        ok = rate >= TARGET_RATE and embedded["rss_mb"] <= TARGET_RSS_MB
-        print(f"{'PASS' if ok else 'FAIL'}: target >= {TARGET_RATE:,} leads/s and peak RSS <= {TARGET_RSS_MB} MB")
+        print(f"embedded  : {embedded['leads']} leads in {embedded['seconds']:.2f} s = {rate:,.0f} leads/s on "
+              f"{embedded['processes']} worker processes; batches {embedded['states']}, messages "
+              f"{embedded['messages']}")
+        print(f"  memory  : peak PSS of the run's processes {embedded['pss_sum_mb']:.0f} MB (the target's figure); "
+              f"peak RSS sum {embedded['rss_sum_mb']:.0f} MB (shared pages counted once per process); "
+              f"main process RSS {embedded['rss_mb']:.0f} MB, each worker's at most {embedded['worker_rss_mb']:.0f} MB")
+        ok = rate >= TARGET_RATE and embedded["pss_sum_mb"] <= TARGET_RSS_MB
+        print(f"{'PASS' if ok else 'FAIL'}: target >= {TARGET_RATE:,} leads/s and peak memory <= {TARGET_RSS_MB} MB")
         if not args.no_celery:
             home = Path(tempfile.mkdtemp(prefix="bench-campaign-celery-"))
             homes.append(home)
