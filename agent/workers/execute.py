@@ -257,15 +257,20 @@ class AuditHook:
         self.audit = audit
         self._lock = threading.Lock()
         self._pending: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        # Per run, how many pending envelopes are a map item's ("draft[#1f]"): only a node's end (not
+        # an item's) looks through them, and only when there are some; a scan per item was quadratic.
+        self._items: dict[str, int] = {}
 
     def begin(self, run_id: str) -> None:
         with self._lock:
             self._pending.setdefault(run_id, [])
+            self._items.setdefault(run_id, 0)
 
     def take(self, run_id: str) -> list[dict[str, Any]]:
         """What the run's nodes produced, in the order they ended (the engine checked each one);
         the hook stops listening to the run."""
         with self._lock:
+            self._items.pop(run_id, None)
             return [envelope for _step, envelope in self._pending.pop(run_id, [])]
 
     def after_node(self, *, event: str, run_id: str, step: str = "", envelope: dict[str, Any] | None = None,
@@ -278,9 +283,13 @@ class AuditHook:
                 return
             # A map node's own envelope holds what its items' did: it replaces them (an item's
             # envelope is kept only while its node has not ended, e.g. when a later item failed).
-            items = f"{step}["
-            if any(earlier.startswith(items) for earlier, _ in pending):
-                pending[:] = [(s, e) for s, e in pending if not s.startswith(items)]
+            item = step.endswith("]")
+            if not item and self._items[run_id]:
+                items = f"{step}["
+                kept = [(s, e) for s, e in pending if not s.startswith(items)]
+                self._items[run_id] -= len(pending) - len(kept)
+                pending[:] = kept
+            self._items[run_id] += item
             pending.append((step, envelope))
 
 
