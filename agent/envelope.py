@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
 from typing_extensions import NotRequired, TypedDict
@@ -48,6 +49,7 @@ __all__ = [
 PROVENANCE = "provenance"
 
 
+@lru_cache(maxsize=1024)  # a run's records share a handful of timestamps (only the good ones are kept)
 def _check_utc_iso(value: str) -> str:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
