@@ -20,7 +20,7 @@ from typing import Any
 from unittest import mock
 
 import agent.errors
-from agent.audit import SqlAuditStore
+from agent.audit import InMemoryAuditStore, SqlAuditStore
 from agent.builtins import register_builtins
 from agent.campaigns.runner import CampaignReport, CampaignRunner
 from agent.envelope import make_envelope
@@ -200,14 +200,14 @@ class LostChildTest(PoolCase):
         self.assertIsInstance(first.error, AgentCallError)
         self.assertEqual(first.error.agent, "blocker")
         self.assertIn("worker process died mid-job", str(first.error))
-        # And the retry succeeds, in a fresh child
+        # And the retry succeeds, on the worker's own thread: no child is forked from a busy parent
         second = self.worker.run_once(timeout=GUARD)
         self.assertEqual(second.verdict, "ack")
-        self.assertNotIn(second.envelope["records"][0]["ran_in"], (pid, os.getpid()))
+        self.assertEqual(second.envelope["records"][0]["ran_in"], os.getpid())
         run = self.audit.get_run("r1")
         self.assertEqual((run.state, run.attempts), ("succeeded", 2))
         self.assertEqual(len(self.audit.failures("r1")), 1)  # the lost attempt
-        self.assertEqual(self.pool.restarts, 1)
+        self.assertTrue(self.pool.broken)
 
 
 class LostChildLastAttemptTest(PoolCase):
@@ -235,7 +235,7 @@ class LostChildLastAttemptTest(PoolCase):
         self.assertEqual(run.state, "dead")
         self.assertIn("worker process died mid-job", run.error or "")
         self.assertTrue(any("died mid-job" in f.message for f in self.audit.failures("last")))
-        self.assertEqual(self.pool.restarts, 1)
+        self.assertTrue(self.pool.broken)
 
 
 class FailingInChildTest(PoolCase):
@@ -260,7 +260,7 @@ class FailingInChildTest(PoolCase):
                 failures = [f"{f.error_type}: {f.message}" for f in self.audit.failures(f"run-{name}")]
                 self.assertEqual(len(failures), 2)
                 self.assertTrue(all(text in f for f in failures), failures)
-        self.assertEqual(self.pool.restarts, 0)
+        self.assertFalse(self.pool.broken)
 
 
 class KilledParentTest(CliHome):
@@ -341,8 +341,11 @@ class AutoProcessesTest(unittest.TestCase):
         default = CampaignRunner(self.home.settings)
         self.assertTrue(1 <= processes.default_processes() <= 4)
         with mock.patch("agent.workers.processes.default_processes", return_value=4):
-            # A registry built in code, or a single batch, stays on threads
+            # A registry or an audit store built in code, or a single batch, stays on threads (found in
+            # review: children writing to their copies of an in-memory audit left the parent's empty)
             self.assertEqual(in_code.processes_for([self.report(8)]), 0)
+            memory_audit = CampaignRunner(self.home.settings, audit=InMemoryAuditStore())
+            self.assertEqual(memory_audit.processes_for([self.report(8)]), 0)
             self.assertEqual(default.processes_for([self.report(1)], "auto"), 0)
             # Several batches: one process per core (at most 4), at most one per batch left
             self.assertEqual(default.processes_for([self.report(8)]), 4)

@@ -19,6 +19,7 @@ a template is pure Python, and threads of one process take turns on the GIL.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -77,8 +78,9 @@ class CampaignRunner:
         from agent.storage.db import Database
 
         self.settings = settings or get_settings()
-        # ``auto`` forks worker processes only for the registry bound to the settings (see processes_for).
-        self._portable_registry = registry is None
+        # ``auto`` forks worker processes only for the registry and audit store the settings give (see
+        # processes_for): a child writing to its copy of an in-memory store would leave this one empty.
+        self._portable_registry = registry is None and audit is None
         self.registry = bound_registry(self.settings, registry)
         self.clock = clock_from(self.registry)
         self.audit = audit or SqlAuditStore(Database.for_settings(self.settings))
@@ -249,9 +251,10 @@ class CampaignRunner:
 
     def processes_for(self, reports: list[CampaignReport], processes: int | str | None = None) -> int:
         """How many worker processes ``work`` uses (0: threads of this process).  ``auto`` gives one
-        per core, at most 4 and at most one per batch left; none for a single batch, nor for a
-        registry built in code (the children are forked copies: what a test's agent records, or a
-        frozen clock moved later, would stay in them).  A number asks for that many."""
+        per core, at most 4 and at most one per batch left; none for a single batch, off Linux (no
+        parent-death signal there), nor for a registry or audit store built in code (the children are
+        forked copies: what a test's agent records, an in-memory audit, or a frozen clock moved later
+        would stay in them).  A number asks for that many."""
         from agent.workers.processes import MAX_PROCESSES, default_processes
 
         wanted = self.settings.processes if processes is None else processes
@@ -259,7 +262,8 @@ class CampaignRunner:
             left = sum(r.batches - sum(r.states[s] for s in _DONE) for r in reports)
             if any(r.planning for r in reports):
                 left = max(left, MAX_PROCESSES)  # planned in parts: how many batches will come is not known yet
-            count = min(default_processes(), left) if self._portable_registry else 0
+            portable = self._portable_registry and sys.platform.startswith("linux")
+            count = min(default_processes(), left) if portable else 0
             return count if count > 1 else 0
         if isinstance(wanted, bool) or not isinstance(wanted, int) or not 0 <= wanted <= MAX_PROCESSES:
             raise InvalidInput("processes", f"must be auto or an integer from 0 to {MAX_PROCESSES}")

@@ -19,10 +19,15 @@ the pool's own, made for nothing else, before the worker threads pick up
 jobs; a child is killed when that thread ends (``close``) or this process
 dies, so a killed ``agent campaign run`` leaves nothing running behind it.
 
-Faults: a child that dies mid-job (killed, out of memory) breaks the pool;
-every job in hand then gets a retry (or is dead-lettered, audited, after its
-last attempt) and a fresh pool is forked for the jobs after them.  Sends are
-idempotent per outbox key, so a batch run again sends nothing twice.
+Faults: a child that dies mid-job (killed, out of memory) breaks the pool
+(the standard executor then ends the other children too); every job in hand
+gets a retry (or is dead-lettered, audited, after its last attempt), and the
+jobs after them run on the worker threads of this process.  No child is
+forked again: a fork while other threads of this process are busy could
+copy a lock one of them holds (SQLite's, the C library's) into a child that
+would then wait for it forever.  Sends are idempotent per outbox key, so a
+batch run again sends nothing twice.  If the children cannot be started at
+all, the jobs run on the threads too.
 Children ignore SIGINT: a Ctrl-C reaches the whole process group, and the
 parent decides (it finishes the jobs in hand).
 """
@@ -61,7 +66,8 @@ class ProcessPool:
     """Runs jobs in ``processes`` forked children; ``execute(job)`` blocks until its outcome.
 
     The children run jobs with ``registry`` and ``audit`` (as they were at the
-    fork); ``audit`` also records, here, a job given up after its last child died.
+    fork); ``audit`` also records, here, a job given up after its last child died,
+    and the jobs run here once the pool broke (``broken``).
     """
 
     def __init__(self, processes: int, *, registry: Registry, audit: Any = None, retry_base: float = 1.0) -> None:
@@ -69,13 +75,13 @@ class ProcessPool:
             raise InvalidInput("processes", f"must be an integer from 1 to {MAX_PROCESSES}")
         self.processes = processes
         self.registry, self.audit, self.retry_base = registry, audit, retry_base
-        self.restarts = 0  # pools forked again after a child died
+        self.broken = False  # a child died: the jobs run on the calling threads from then on
+        self._resolved: dict[str, Any] = {}
         self._cond = threading.Condition()
         self._pool: ProcessPoolExecutor | None = None
         self._wanted = False  # a (fresh) pool is asked of the forker
         self._closed = False
         self._forker: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     # -- running ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,11 +96,20 @@ class ProcessPool:
         self._live()
 
     def execute(self, job: Job) -> JobOutcome:
-        """Run ``job`` in a child; a child lost mid-job is the job's failed attempt."""
+        """Run ``job`` in a child (on this thread once the pool broke); a child lost mid-job is the
+        job's failed attempt."""
         self.start()
         pool = self._live()
+        if pool is None:
+            return execute_job(job, registry=self.registry, audit=self.audit, resolved=self._resolved,
+                               retry_base=self.retry_base)
         try:
-            return pool.submit(_run, job).result()
+            future = pool.submit(_run, job)
+        except BrokenProcessPool:
+            self._discard(pool)
+            return self.execute(job)  # it never reached a child: not an attempt lost
+        try:
+            return future.result()
         except BrokenProcessPool as exc:
             self._discard(pool)
             return self._lost(job, exc)
@@ -116,12 +131,13 @@ class ProcessPool:
         self.close()
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _live(self) -> ProcessPoolExecutor:
+    def _live(self) -> ProcessPoolExecutor | None:
+        """The pool; None once it broke or could not start (the jobs then run on this thread)."""
         with self._cond:
-            while self._pool is None and not self._closed and self._error is None:
+            while self._pool is None and not self._closed and not self.broken:
                 self._cond.wait()
-            if self._error is not None:
-                raise self._error
+            if self.broken and not self._closed:
+                return None
             if self._pool is None:
                 raise InvalidInput("processes", "the process pool is closed")
             return self._pool
@@ -140,20 +156,25 @@ class ProcessPool:
                     self._wanted = False
                 context = multiprocessing.get_context("fork")
                 pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_init_child,
-                                           initargs=(self.registry, self.audit, self.retry_base))
+                                           initargs=(self.registry, self.audit, self.retry_base, os.getpid()))
                 try:
                     # The first submit forks every child (at once, with a fork context); each answers.
                     for future in [pool.submit(_ready) for _ in range(self.processes)]:
                         future.result()
                 except BrokenProcessPool:
-                    pass  # a child died at once: the jobs sent to this pool find out and ask again
+                    log.warning("a worker process died as it started: the jobs run on threads")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    with self._cond:
+                        self.broken = True
+                        self._cond.notify_all()
+                    continue
                 with self._cond:
                     self._pool = pool
                     self._cond.notify_all()
-        except BaseException as exc:  # pragma: no cover - fork refused (no memory, no processes left)
-            log.exception("worker processes could not be started")
+        except Exception:  # pragma: no cover - fork refused (no memory, no processes left)
+            log.exception("worker processes could not be started: the jobs run on threads")
             with self._cond:
-                self._error = InvalidInput("processes", f"worker processes could not be started: {exc}")
+                self.broken = True
                 self._cond.notify_all()
         finally:
             with self._cond:
@@ -166,8 +187,7 @@ class ProcessPool:
             if self._pool is not pool:
                 return  # another thread saw it break first
             self._pool = None
-            self._wanted = True
-            self.restarts += 1
+            self.broken = True  # never forked again (see the module's doc)
             self._cond.notify_all()
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -184,9 +204,8 @@ class ProcessPool:
 _child: dict[str, Any] = {}
 
 
-def _init_child(registry: Registry, audit: Any, retry_base: float) -> None:
+def _init_child(registry: Registry, audit: Any, retry_base: float, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and finishes the jobs in hand
-    parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above: nothing will collect our work
         os._exit(1)
