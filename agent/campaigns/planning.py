@@ -114,7 +114,8 @@ def planning_plan(campaign: Campaign | dict[str, Any], run_key: str, *, topic: s
     campaign_id = dump["id"]
     run_id = hashlib.sha256(f"{campaign_id}:{run_key}:plan:{part}".encode()).hexdigest()[:32]
     job = Job(orchestrator=PLANNER, run_id=run_id, payload=payload,
-              idempotency_key=f"campaign:{campaign_id}:{run_key}:plan:{part}", max_attempts=int(dump["limits"]["max_attempts"]),
+              idempotency_key=f"campaign:{campaign_id}:{run_key}:plan:{part}",
+              max_attempts=int(dump["limits"]["max_attempts"]),
               meta={"campaign_id": campaign_id, "campaign_planning": run_key, "part": part})
     return BatchPlan(job, {"campaign_planning": run_key, "part": part, "payload": payload, "topic": topic})
 
