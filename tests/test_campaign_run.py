@@ -353,6 +353,15 @@ class CliHome(unittest.TestCase):
     def succeeded(self) -> int:
         return sum(1 for r in self.batch_runs() if r.state == "succeeded")
 
+    def wait_for_a_batch(self, proc: subprocess.Popen) -> None:
+        """Until the run in ``proc`` has finished a batch (or ended): another process's database
+        offers no event to wait on, so it is read every 50 ms, within a deadline."""
+        deadline = time.monotonic() + GUARD
+        while time.monotonic() < deadline and proc.poll() is None:
+            if Path(self.home, "agent.db").exists() and self.succeeded() >= 1:
+                return
+            time.sleep(0.05)
+
     def expected_leads(self) -> int:
         """How many leads the campaign's search finds (its run must have planned every one)."""
         from agent.campaigns.model import load_campaign
@@ -379,11 +388,7 @@ class CampaignCliTest(CliHome):
                                  "--threads", "1", "--processes", "0", "--json"], env=self.env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(proc.kill)
-        deadline = time.monotonic() + GUARD
-        while time.monotonic() < deadline and proc.poll() is None:
-            if Path(self.home, "agent.db").exists() and self.succeeded() >= 1:
-                break
-            time.sleep(0.05)  # polling for a condition, with a deadline
+        self.wait_for_a_batch(proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(GUARD)
         self.assertLess(self.succeeded(), -(-self.expected_leads() // 3), "the run finished before it was killed")

@@ -48,6 +48,18 @@ def gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def wait_gone(pid: int, deadline: float) -> None:
+    """Until ``pid`` has ended (its pidfd becomes readable then), or the deadline."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    finally:
+        os.close(fd)
+
+
 def children(pid: int) -> set[int]:
     """The children of every thread of ``pid`` (worker processes are forked by a thread of the pool's own)."""
     found: set[int] = set()
@@ -272,11 +284,7 @@ class KilledParentTest(CliHome):
                                  "--processes", "2", "--json"], env=self.env, stdout=subprocess.DEVNULL,
                                 stderr=log)
         self.addCleanup(proc.kill)
-        deadline = time.monotonic() + GUARD
-        while time.monotonic() < deadline and proc.poll() is None:
-            if Path(self.home, "agent.db").exists() and self.succeeded() >= 1:
-                break
-            time.sleep(0.05)  # polling for a condition, with a deadline
+        self.wait_for_a_batch(proc)
         kids = children(proc.pid)
         # When the parent is killed
         proc.send_signal(signal.SIGKILL)
@@ -285,8 +293,8 @@ class KilledParentTest(CliHome):
         self.assertGreaterEqual(len(kids), 2, "no worker processes were found")
         # Then every worker process is gone soon after
         deadline = time.monotonic() + GUARD
-        while time.monotonic() < deadline and not all(gone(pid) for pid in kids):
-            time.sleep(0.05)  # polling for a condition, with a deadline
+        for pid in kids:
+            wait_gone(pid, deadline)
         self.assertEqual([pid for pid in kids if not gone(pid)], [])
         # And a resume finishes every batch, with one message per lead
         result = self.agent("campaign", "resume", "cli", "--json")
