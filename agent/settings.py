@@ -70,6 +70,9 @@ class Settings(BaseSettings):
                                                                           "renewals (a third of it apart).")
     queue_recover_after: float = Field(default=600.0, gt=0, description="Seconds an open job may go untouched "
                                                                         "before its message is published again.")
+    queue_commit_delay: float = Field(
+        default=0.02, ge=0, le=60, description="Seconds a Celery worker process keeps a succeeded job's finish "
+                                              "for the next job's claim to commit (group commit); 0: at once.")
     retry_base: float = Field(default=1.0, gt=0, le=3600, description="Seconds before a failed job's first "
                                                                       "retry; doubled for each one after.")
     processes: Literal["auto"] | int = Field(

@@ -131,12 +131,15 @@ class SqlAuditStore(AuditStore):
         values = self._start_values(run_id, orchestrator, job_id, campaign_id, tenant, meta, now)
         with self._writing() as conn:  # one transaction
             self._start.execute(conn, values)
+            row = self._change(conn, run_id, "running", None, now)  # from queued or failed: the usual case
+            if row is not None:
+                return _run_row(row)
             run = _run_row(_GET_RUN.execute(conn, {"run_id": run_id}).fetchone())
-            if run.state in ("succeeded", "dead"):
-                return run
-            if run.state == "running":
-                self._add_failure(conn, failure_from(run_id, LOST_ATTEMPT, None, now))
-                self._change(conn, run_id, "failed", None, now)
+            if run.state != "running":
+                return run  # succeeded or dead: nothing to run
+            # Its previous attempt died with its worker: recorded, and this one begins.
+            self._add_failure(conn, failure_from(run_id, LOST_ATTEMPT, None, now))
+            self._change(conn, run_id, "failed", None, now)
             row = self._change(conn, run_id, "running", None, now)
             return run if row is None else _run_row(row)
 

@@ -67,9 +67,11 @@ def reliable_conf(visibility_timeout: float) -> dict[str, Any]:
     }
 
 
-def publish(app: Any, topic: str, job: Job, *, countdown: float | None = None, producer: Any = None) -> None:
-    """Send one message asking a worker to run ``job`` (from the ledger) on ``topic``."""
-    app.send_task(TASK, args=[topic, job.model_dump(mode="json")], task_id=job.job_id, queue=topic,
+def publish(app: Any, topic: str, job: Job | str, *, countdown: float | None = None, producer: Any = None) -> None:
+    """Send one message asking a worker to run ``job`` (or the job of that id) on ``topic``: it names
+    the job, whose whole text the worker reads from the ledger when it claims it."""
+    job_id = job if isinstance(job, str) else job.job_id
+    app.send_task(TASK, args=[topic, job_id], task_id=job_id, queue=topic,
                   countdown=countdown, producer=producer)
 
 

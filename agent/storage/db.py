@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -85,7 +86,11 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     # A writer asks for the write lock before it reads what it will write against.
     immediate = conn.get_execution_options().get("agent_write_lock")
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # On the driver's connection: through exec_driver_sql this cost more than the BEGIN itself.
+    try:
+        conn.connection.driver_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    except sqlite3.Error as exc:
+        raise StorageError(f"database error: {type(exc).__name__}: {exc}") from exc
 
 
 class WriterLock:

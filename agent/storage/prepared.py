@@ -93,10 +93,24 @@ def _bind(conn: Connection, order: tuple[str, ...] | None, defaults: dict[str, A
     for name in order:
         value = params[name] if name in params else defaults[name]
         if isinstance(value, datetime):
-            # What SQLAlchemy's SQLite DateTime writes: naive text in UTC.
-            value = as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+            value = _sqlite_time(value)
         values.append(value)
     return values
+
+
+_last_time: tuple[datetime, str] | None = None
+
+
+def _sqlite_time(value: datetime) -> str:
+    """What SQLAlchemy's SQLite DateTime writes: naive text in UTC.  A statement most often binds
+    one ``now`` several times, and a job's statements the same one: the last text is reused."""
+    global _last_time
+    last = _last_time
+    if last is not None and last[0] is value:
+        return last[1]
+    text = as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
+    _last_time = (value, text)
+    return text
 
 
 def _first_line(exc: BaseException) -> str:

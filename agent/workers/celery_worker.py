@@ -14,6 +14,7 @@ audit store, ledger) on its first job, after Celery has forked it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -34,6 +35,7 @@ from agent.queues.celery_queue import TASK, celery_app, publish
 from agent.queues.ledger import Busy, Claim, SqlJobLedger
 from agent.settings import Settings, get_settings
 from agent.workers.execute import Attempt, JobOutcome, give_up, queue_follow_ups, retry_delay
+from agent.workers.group_commit import GroupCommit
 
 __all__ = ["worker_app", "run_job", "WorkerRuntime", "run_celery_worker"]
 
@@ -61,6 +63,10 @@ class WorkerRuntime:
         self._held: dict[str, Claim] = {}
         self._held_lock = threading.Lock()
         self._keeper: threading.Thread | None = None
+        delay = settings.queue_commit_delay
+        # Finishes kept for the next claim's transaction (see agent.workers.group_commit); None: at once.
+        self.group: GroupCommit[tuple[Claim, Attempt]] | None = None if delay <= 0 else GroupCommit(
+            lambda kept: _commit_finish(self, *kept), delay=delay)
 
     def attempt(self, job: Job) -> Attempt:
         """An attempt of ``job`` with this process's registry and audit store."""
@@ -130,7 +136,7 @@ def runtime(settings: Settings | None = None) -> WorkerRuntime:
         return _runtime
 
 
-def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None) -> str:
+def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None, group: bool = False) -> str:
     """Run the job a message names; returns what happened: done, retry, dead, busy or skipped.
 
     A failure of our own store or of the broker before the job is claimed
@@ -138,40 +144,83 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None)
     still holds the job open, has it published again by recovery.  Once the
     job is claimed, every failure settles it: retried with backoff, or
     dead-lettered when it is bad input or out of attempts.
+
+    ``group`` (the Celery task's way): a job that succeeds with nothing to
+    queue after it leaves its finish to the runtime's ``GroupCommit``, which
+    commits it with the next claim.
     """
     try:
-        job = Job.parse(data)
+        job_id = Job.parse(data).job_id if isinstance(data, dict) else _job_id(data)
     except AgentError as exc:
         log.error("a message on %s is not a job and is dropped: %s", topic, exc)
         return "skipped"
     rt = rt or runtime(getattr(app, "agent_settings", None))
+    kept = rt.group.take() if rt.group is not None else None
     began: tuple[Attempt, JobOutcome | None] | None = None
     try:
-        with rt.db.transaction():  # the claim and the attempt's audited start commit together
-            claim = rt.ledger.claim(job.job_id, lease=rt.lease, holder=rt.holder)
+        # The claim and the attempt's audited start commit together, with the previous job's finish.
+        with rt.db.transaction():
+            if kept is not None:
+                _finish_in_transaction(rt, *kept)
+            claim = rt.ledger.claim(job_id, lease=rt.lease, holder=rt.holder)
             if isinstance(claim, Claim) and not claim.exhausted:
                 attempt = rt.attempt(claim.job)
                 began = (attempt, attempt.begin())
     except Exception as exc:
-        # Nothing was written.  The claim on its own, then: the audit's failure meets the claimed job
-        # again below and settles it (retried, or dead-lettered).
-        log.warning("job %s: claimed without its audit: %s", job.job_id, redact(f"{type(exc).__name__}: {exc}"))
+        # Nothing was written.  The previous finish and the claim on their own, then: the audit's
+        # failure meets the claimed job again below and settles it (retried, or dead-lettered).
+        log.warning("job %s: claimed without its audit: %s", job_id, redact(f"{type(exc).__name__}: {exc}"))
+        if kept is not None:
+            _commit_finish(rt, *kept, quiet=True)
         began = None
-        claim = rt.ledger.claim(job.job_id, lease=rt.lease, holder=rt.holder)
+        claim = rt.ledger.claim(job_id, lease=rt.lease, holder=rt.holder)
     if claim is None:
         return "skipped"  # done, dead, or unknown: a late copy of the message
     if isinstance(claim, Busy):
-        publish(app, topic, job, countdown=claim.seconds + 1.0)
+        publish(app, topic, job_id, countdown=claim.seconds + 1.0)
         return "busy"
     with rt.leased(claim):  # held through the run, its follow-ups and its settling
         try:
-            return _settle(app, topic, claim, rt, began)
+            return _settle(app, topic, claim, rt, began, group=group)
         except Exception as exc:
             return _failed_around(app, topic, claim, rt, exc)
 
 
+def _job_id(data: Any) -> str:
+    """The job id a message carries: a message names its job, whose whole text is in the ledger."""
+    if not isinstance(data, str) or not 1 <= len(data) <= 64:
+        raise InvalidInput("job_id", "a message must carry its job's id (or the job)")
+    return data
+
+
+def _finish_in_transaction(rt: WorkerRuntime, claim: Claim, attempt: Attempt) -> None:
+    # The job's row first, as the claim takes it: two transactions never wait on each other's rows.
+    rt.ledger.finish(claim)
+    attempt.end()
+
+
+def _commit_finish(rt: WorkerRuntime, claim: Claim, attempt: Attempt, *, quiet: bool = False) -> None:
+    """A job's finish and its audited end, in one transaction; if that fails, each on its own (the run
+    succeeded and must not run again).  ``quiet``: a failure of those is logged, not raised."""
+    try:
+        with rt.db.transaction():
+            _finish_in_transaction(rt, claim, attempt)
+        return
+    except Exception as exc:
+        log.warning("job %s: finished apart from its audit: %s", claim.job.job_id,
+                    redact(f"{type(exc).__name__}: {exc}"))
+    try:
+        attempt.end()
+        rt.ledger.finish(claim)
+    except Exception as exc:
+        if not quiet:
+            raise
+        # Still running in the ledger: its lease runs out, and it is run again.
+        log.warning("job %s: not finished: %s", claim.job.job_id, redact(f"{type(exc).__name__}: {exc}"))
+
+
 def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime,
-            began: tuple[Attempt, JobOutcome | None] | None = None) -> str:
+            began: tuple[Attempt, JobOutcome | None] | None = None, *, group: bool = False) -> str:
     if claim.exhausted:
         outcome = give_up(claim.job, f"its worker was lost on each of its {claim.job.max_attempts} attempts",
                           audit=rt.audit)
@@ -182,18 +231,11 @@ def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime,
         if outcome is None:
             attempt.run()
             if attempt.outcome.verdict == "ack" and not attempt.outcome.follow_ups:
-                try:
-                    # The job's finish and its audited end commit together (the job's row first, as
-                    # the claim takes it: two transactions never wait on each other's rows).
-                    with rt.db.transaction():
-                        rt.ledger.finish(claim)
-                        attempt.end()
-                    return "done"
-                except Exception as exc:
-                    # Nothing was written: the end on its own, then the finish, below; the run
-                    # succeeded and must not run again.
-                    log.warning("job %s: finished apart from its audit: %s", claim.job.job_id,
-                                redact(f"{type(exc).__name__}: {exc}"))
+                if group and rt.group is not None:
+                    rt.group.keep((claim, attempt))  # committed with the next claim, or soon on its own
+                else:
+                    _commit_finish(rt, claim, attempt)
+                return "done"
             outcome = attempt.end()
     if outcome.verdict == "ack":
         queue_follow_ups(rt.queue(app), outcome)  # before the job is done: a crash here repeats, loses nothing
@@ -241,12 +283,25 @@ def worker_app(settings: Settings | None = None, *, broker: str | None = None) -
     app.agent_settings = settings  # what this app's worker processes run jobs with (None: the environment)
 
     app.task(name=TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(_agent_run_job)
+    from celery.signals import worker_process_shutdown
+
+    worker_process_shutdown.connect(_flush_kept, weak=False)  # in each pool process, before it exits
     return app
 
 
 def _agent_run_job(task: Any, topic: str, data: Any) -> str:
     """The Celery task: one callable, whichever app registers it."""
-    return run_job(task.app, topic, data)
+    return run_job(task.app, topic, data, group=True)
+
+
+def _flush_kept(**_: Any) -> None:
+    """When a worker process ends: the finish it kept is committed (Celery's warm shutdown, exit)."""
+    rt = _runtime
+    if rt is not None and rt.group is not None:
+        rt.group.flush()
+
+
+atexit.register(_flush_kept)
 
 
 def run_celery_worker(settings: Settings, *, topics: list[str], concurrency: int, loglevel: str = "WARNING",
