@@ -247,7 +247,45 @@ class LostChildLastAttemptTest(PoolCase):
         self.assertEqual(run.state, "dead")
         self.assertIn("worker process died mid-job", run.error or "")
         self.assertTrue(any("died mid-job" in f.message for f in self.audit.failures("last")))
-        self.assertTrue(self.pool.broken)
+        # And the other child serves on: the next job runs there, not on this process's thread
+        self.assertFalse(self.pool.broken)
+        self.assertEqual(self.pool.alive, 1)
+        self.queue.enqueue(TOPIC, Job(orchestrator="echo", run_id="after"))
+        after = self.worker.run_once(timeout=GUARD)
+        self.assertEqual(after.verdict, "ack")
+        self.assertNotIn(after.envelope["records"][0]["ran_in"], (os.getpid(), pid))
+
+
+class LostSiblingTest(PoolCase):
+    processes = 2
+
+    def test_a_child_killed_mid_job_costs_its_siblings_job_nothing(self) -> None:
+        # Given two jobs, each blocked in a child of its own
+        self.queue.enqueue(TOPIC, Job(orchestrator="blocker", run_id="killed", max_attempts=3))
+        self.queue.enqueue(TOPIC, Job(orchestrator="blocker", run_id="sibling", max_attempts=3))
+        (first, first_out), (second, second_out) = self.in_background(), self.in_background()
+        pids = {self.blocked_pid(), self.blocked_pid()}
+        self.assertEqual(len(pids), 2)
+        runs = {run.run_id: run for run in (self.audit.get_run("killed"), self.audit.get_run("sibling"))}
+        self.assertEqual({run.state for run in runs.values()}, {"running"})
+        # When one child is killed, then the other is let go
+        killed_pid = min(pids)
+        os.kill(killed_pid, signal.SIGKILL)
+        self.marker.touch()
+        os.write(self.hold_w, b"x")
+        for thread in (first, second):
+            thread.join(GUARD)
+            self.assertFalse(thread.is_alive())
+        # Then exactly one job lost an attempt, and the sibling's finished on its first, uncharged
+        verdicts = sorted(outcome.verdict for outcome in first_out + second_out)
+        self.assertEqual(verdicts, ["ack", "retry"])
+        [acked] = [o for o in first_out + second_out if o.verdict == "ack"]
+        sibling = acked.envelope["metadata"]["run_id"]
+        self.assertEqual((self.audit.get_run(sibling).state, self.audit.get_run(sibling).attempts),
+                         ("succeeded", 1))
+        self.assertEqual(self.audit.failures(sibling), [])
+        self.assertNotEqual(acked.envelope["records"][0]["ran_in"], killed_pid)
+        self.assertEqual((self.pool.alive, self.pool.broken), (1, False))
 
 
 class FailingInChildTest(PoolCase):

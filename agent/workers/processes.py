@@ -19,15 +19,15 @@ the pool's own, made for nothing else, before the worker threads pick up
 jobs; a child is killed when that thread ends (``close``) or this process
 dies, so a killed ``agent campaign run`` leaves nothing running behind it.
 
-Faults: a child that dies mid-job (killed, out of memory) breaks the pool
-(the standard executor then ends the other children too); every job in hand
-gets a retry (or is dead-lettered, audited, after its last attempt), and the
-jobs after them run on the worker threads of this process.  No child is
-forked again: a fork while other threads of this process are busy could
-copy a lock one of them holds (SQLite's, the C library's) into a child that
-would then wait for it forever.  Sends are idempotent per outbox key, so a
-batch run again sends nothing twice.  If the children cannot be started at
-all, the jobs run on the threads too.
+Faults: a child that dies mid-job (killed, out of memory) costs the job in
+its hands one attempt (or dead-letters it, audited, after its last); the
+other children go on with theirs, uncharged: each child has a pipe of its
+own, and the thread that handed it a job watches that pipe and the child's
+life.  The dead child is not replaced: a fork while other threads of this
+process are busy could copy a lock one of them holds (SQLite's, the C
+library's) into a child that would then wait for it forever.  When no child
+is left, or none could be started, the jobs run on the worker threads.
+Sends are idempotent per outbox key, so a batch run again sends nothing twice.
 Children ignore SIGINT: a Ctrl-C reaches the whole process group, and the
 parent decides (it finishes the jobs in hand).
 """
@@ -39,8 +39,7 @@ import os
 import pickle
 import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from agent.errors import AgentCallError, InvalidInput
@@ -54,6 +53,7 @@ __all__ = ["ProcessPool", "default_processes"]
 log = get_logger("agent.worker")
 
 MAX_PROCESSES = 64
+READY_TIMEOUT = 60.0  # seconds a child may take to say it is ready
 
 
 def default_processes() -> int:
@@ -62,12 +62,21 @@ def default_processes() -> int:
                       4))
 
 
+class _Child:
+    """A worker process and this side of its pipe."""
+
+    __slots__ = ("process", "conn")
+
+    def __init__(self, process: Any, conn: Connection) -> None:
+        self.process, self.conn = process, conn
+
+
 class ProcessPool:
     """Runs jobs in ``processes`` forked children; ``execute(job)`` blocks until its outcome.
 
     The children run jobs with ``registry`` and ``audit`` (as they were at the
-    fork); ``audit`` also records, here, a job given up after its last child died,
-    and the jobs run here once the pool broke (``broken``).
+    fork); ``audit`` also records, here, a job given up after its last child
+    died, and the jobs run here once no child is left (``broken``).
     """
 
     def __init__(self, processes: int, *, registry: Registry, audit: Any = None, retry_base: float = 1.0) -> None:
@@ -75,13 +84,21 @@ class ProcessPool:
             raise InvalidInput("processes", f"must be an integer from 1 to {MAX_PROCESSES}")
         self.processes = processes
         self.registry, self.audit, self.retry_base = registry, audit, retry_base
-        self.broken = False  # a child died: the jobs run on the calling threads from then on
+        self.broken = False  # no child left (or none started): the jobs run on the calling threads
         self._resolved: dict[str, Any] = {}
         self._cond = threading.Condition()
-        self._pool: ProcessPoolExecutor | None = None
-        self._wanted = False  # a (fresh) pool is asked of the forker
+        self._children: list[_Child] = []  # alive, as far as this side knows
+        self._idle: list[_Child] = []
+        self._busy = 0
+        self._started = False
         self._closed = False
         self._forker: threading.Thread | None = None
+
+    @property
+    def alive(self) -> int:
+        """How many children are left."""
+        with self._cond:
+            return len(self._children)
 
     # -- running ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,34 +107,38 @@ class ProcessPool:
             if self._closed:
                 raise InvalidInput("processes", "the process pool is closed")
             if self._forker is None:
-                self._forker = threading.Thread(target=self._fork_loop, name="agent-process-forker", daemon=True)
-                self._wanted = True
+                self._forker = threading.Thread(target=self._fork_and_wait, name="agent-process-forker",
+                                                daemon=True)
                 self._forker.start()
-        self._live()
+            while not self._started:
+                self._cond.wait()
 
     def execute(self, job: Job) -> JobOutcome:
-        """Run ``job`` in a child (on this thread once the pool broke); a child lost mid-job is the
-        job's failed attempt."""
+        """Run ``job`` in a child (on this thread once no child is left); a child lost mid-job is the
+        job's failed attempt, and only that job's."""
         self.start()
-        pool = self._live()
-        if pool is None:
-            return execute_job(job, registry=self.registry, audit=self.audit, resolved=self._resolved,
-                               retry_base=self.retry_base)
-        try:
-            future = pool.submit(_run, job)
-        except BrokenProcessPool:
-            self._discard(pool)
-            return self.execute(job)  # it never reached a child: not an attempt lost
-        try:
-            return future.result()
-        except BrokenProcessPool as exc:
-            self._discard(pool)
-            return self._lost(job, exc)
+        while True:
+            child = self._checkout()
+            if child is None:
+                return execute_job(job, registry=self.registry, audit=self.audit, resolved=self._resolved,
+                                   retry_base=self.retry_base)
+            try:
+                child.conn.send(job)
+            except (OSError, ValueError):  # it died idle: the job never reached it, not an attempt lost
+                self._lose(child)
+                continue
+            outcome = _answer(child)
+            if outcome is None:
+                self._lose(child)
+                return self._lost(job, child.process.exitcode)
+            self._checkin(child)
+            return outcome
 
     def close(self) -> None:
         """Stop the children once their jobs are done; ``execute`` is refused afterwards."""
         with self._cond:
             self._closed = True
+            self._started = True  # a start() still waiting gives up
             self._cond.notify_all()
             forker = self._forker
         if forker is not None:
@@ -131,68 +152,80 @@ class ProcessPool:
         self.close()
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _live(self) -> ProcessPoolExecutor | None:
-        """The pool; None once it broke or could not start (the jobs then run on this thread)."""
+    def _checkout(self) -> _Child | None:
+        """An idle child, waiting for one; None once no child is left."""
         with self._cond:
-            while self._pool is None and not self._closed and not self.broken:
+            while not self._idle and self._children and not self._closed:
                 self._cond.wait()
-            if self.broken and not self._closed:
-                return None
-            if self._pool is None:
+            if self._closed:
                 raise InvalidInput("processes", "the process pool is closed")
-            return self._pool
+            if not self._idle:
+                return None
+            self._busy += 1
+            return self._idle.pop()
 
-    def _fork_loop(self) -> None:
+    def _checkin(self, child: _Child) -> None:
+        with self._cond:
+            self._busy -= 1
+            self._idle.append(child)
+            self._cond.notify_all()
+
+    def _lose(self, child: _Child) -> None:
+        """A child found dead while checked out: never used again."""
+        with self._cond:
+            self._busy -= 1
+            if child in self._children:
+                self._children.remove(child)
+            if not self._children and not self.broken:
+                self.broken = True
+                log.warning("no worker process is left: the jobs run on threads")
+            self._cond.notify_all()
+        child.conn.close()
+        child.process.join(timeout=5)
+
+    def _fork_and_wait(self) -> None:
         # Children are forked from this thread and die with it (PR_SET_PDEATHSIG is per thread):
         # it lives exactly as long as the pool.
-        pool = None
+        children: list[_Child] = []
         try:
-            while True:
-                with self._cond:
-                    while not self._wanted and not self._closed:
-                        self._cond.wait()
-                    if self._closed:
-                        break
-                    self._wanted = False
-                context = multiprocessing.get_context("fork")
-                pool = ProcessPoolExecutor(self.processes, mp_context=context, initializer=_init_child,
-                                           initargs=(self.registry, self.audit, self.retry_base, os.getpid()))
-                try:
-                    # The first submit forks every child (at once, with a fork context); each answers.
-                    for future in [pool.submit(_ready) for _ in range(self.processes)]:
-                        future.result()
-                except BrokenProcessPool:
-                    log.warning("a worker process died as it started: the jobs run on threads")
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    with self._cond:
-                        self.broken = True
-                        self._cond.notify_all()
-                    continue
-                with self._cond:
-                    self._pool = pool
-                    self._cond.notify_all()
-        except Exception:  # pragma: no cover - fork refused (no memory, no processes left)
-            log.exception("worker processes could not be started: the jobs run on threads")
-            with self._cond:
-                self.broken = True
-                self._cond.notify_all()
-        finally:
-            with self._cond:
-                pool, self._pool = self._pool, None
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
+            context = multiprocessing.get_context("fork")
+            for _ in range(self.processes):
+                mine, theirs = context.Pipe()
+                process = context.Process(target=_child_main, name="agent-worker", daemon=True,
+                                          args=(theirs, self.registry, self.audit, self.retry_base, os.getpid()))
+                process.start()
+                theirs.close()
+                children.append(_Child(process, mine))
+        except Exception:  # fork refused (no memory, no processes left): those forked still serve
+            log.exception("worker processes could not all be started")
+        ready = [child for child in children if _ready(child)]
+        if len(ready) < len(children):
+            log.warning("%d worker process(es) died as they started", len(children) - len(ready))
         with self._cond:
-            if self._pool is not pool:
-                return  # another thread saw it break first
-            self._pool = None
-            self.broken = True  # never forked again (see the module's doc)
+            self._children, self._idle = list(ready), list(ready)
+            self.broken = not ready
+            if not ready:
+                log.warning("no worker process started: the jobs run on threads")
+            self._started = True
             self._cond.notify_all()
-        pool.shutdown(wait=False, cancel_futures=True)
+            while not (self._closed and self._busy == 0):
+                self._cond.wait()
+            left, self._children, self._idle = self._children, [], []
+        for child in left:
+            try:
+                child.conn.send(None)  # stop when done
+            except (OSError, ValueError):
+                pass
+        for child in children:
+            child.process.join(timeout=10)
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join()
+            child.conn.close()
 
-    def _lost(self, job: Job, exc: BaseException) -> JobOutcome:
-        error = AgentCallError(job.orchestrator, f"its worker process died mid-job ({exc})")
+    def _lost(self, job: Job, exitcode: int | None) -> JobOutcome:
+        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit {exitcode}"
+        error = AgentCallError(job.orchestrator, f"its worker process died mid-job ({how})")
         if job.attempts >= job.max_attempts:
             return give_up(job, error, audit=self.audit)
         log.warning("job %s run %s: worker process lost (attempt %d of %d); will retry", job.job_id, job.run_id,
@@ -200,26 +233,51 @@ class ProcessPool:
         return JobOutcome("retry", error=error, delay=retry_delay(job.attempts, base=self.retry_base))
 
 
+def _ready(child: _Child) -> bool:
+    """The child said it is ready (its pid); False if it died first."""
+    if not wait([child.conn, child.process.sentinel], READY_TIMEOUT) or not child.conn.poll():
+        child.process.kill()
+        return False
+    try:
+        return isinstance(child.conn.recv(), int)
+    except (EOFError, OSError):
+        return False
+
+
+def _answer(child: _Child) -> JobOutcome | None:
+    """The outcome the child sends back; None if it died first."""
+    wait([child.conn, child.process.sentinel])  # whichever comes first
+    if child.conn.poll():  # an answer sent just before it died still counts
+        try:
+            return child.conn.recv()
+        except Exception:  # cut short by its death
+            pass
+    return None
+
+
 # -- the child's side --------------------------------------------------------------------------------
-_child: dict[str, Any] = {}
-
-
-def _init_child(registry: Registry, audit: Any, retry_base: float, parent: int) -> None:
+def _child_main(conn: Connection, registry: Registry, audit: Any, retry_base: float, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and finishes the jobs in hand
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above: nothing will collect our work
         os._exit(1)
-    _child.update(registry=registry, audit=audit, retry_base=retry_base, resolved={})
-
-
-def _ready() -> int:
-    return os.getpid()
-
-
-def _run(job: Job) -> JobOutcome:
-    outcome = execute_job(job, registry=_child["registry"], audit=_child["audit"], resolved=_child["resolved"],
-                          retry_base=_child["retry_base"])
-    return _portable(outcome, job)
+    resolved: dict[str, Any] = {}
+    conn.send(os.getpid())
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return  # the parent is gone
+        if job is None:
+            return
+        outcome = _portable(execute_job(job, registry=registry, audit=audit, resolved=resolved,
+                                        retry_base=retry_base), job)
+        try:
+            conn.send(outcome)
+        except Exception as exc:  # nothing was sent: pickling comes first
+            # Its next attempt finds what this one audited (a success is not run again).
+            conn.send(JobOutcome("retry", delay=retry_delay(job.attempts, base=retry_base), error=AgentCallError(
+                job.orchestrator, f"its outcome could not reach the parent ({type(exc).__name__})")))
 
 
 def _portable(outcome: JobOutcome, job: Job) -> JobOutcome:
