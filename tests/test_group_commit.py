@@ -164,6 +164,10 @@ class RunJobGroupCommitTest(unittest.TestCase):
             self.assertEqual(run_job(self.app, self.topic, data, rt=self.rt, group=True), "skipped")
         self.assertEqual(self.counting.runs, [])
 
+    def test_a_finish_is_kept_at_most_a_third_of_the_lease(self) -> None:
+        _, rt = self.runtime(queue_commit_delay=30, queue_lease=6)
+        self.assertEqual(rt.group.delay, 2)
+
     def test_a_bad_delay_is_refused_naming_the_setting(self) -> None:
         from agent.errors import ConfigurationError
 
@@ -210,7 +214,7 @@ class WarmShutdownTest(unittest.TestCase):
         self.addCleanup(home.cleanup)
         topic = f"group-{uuid.uuid4().hex[:8]}"
         self.addCleanup(drop_queues, REDIS_BROKER, [topic])
-        env = worker_env(home.settings, REDIS_BROKER, AGENT_QUEUE_COMMIT_DELAY="60")
+        env = worker_env(home.settings, REDIS_BROKER, AGENT_QUEUE_COMMIT_DELAY="60", AGENT_QUEUE_LEASE="600")
         worker = CeleryWorker(env, [topic], concurrency=1, log=home.path / "worker.log")
         self.addCleanup(worker.kill)
         queue = CeleryQueue(settings=home.settings)

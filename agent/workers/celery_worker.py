@@ -3,7 +3,8 @@
 The task does what the local ``Worker`` does, with the same ``Attempt`` (``execute_job``):
 claim the job in the ``SqlJobLedger`` (attempt + 1, a lease that a keeper
 thread renews while the job runs), run it, then finish it, retry it later
-(a new message with a countdown) or bury it.  A message for a job whose lease
+(a new message with a countdown) or bury it.  A finish is committed with the
+process's next claim (``agent.workers.group_commit``).  A message for a job whose lease
 is still held elsewhere is a copy: it comes back when the lease ends.  A job
 whose workers keep dying (SIGKILL, out of memory) runs out of attempts on its
 next claim and is dead-lettered, audited, without running again.
@@ -63,7 +64,8 @@ class WorkerRuntime:
         self._held: dict[str, Claim] = {}
         self._held_lock = threading.Lock()
         self._keeper: threading.Thread | None = None
-        delay = settings.queue_commit_delay
+        # A kept finish's lease is no longer renewed: it is committed within a third of the lease.
+        delay = min(settings.queue_commit_delay, self.lease / 3)
         # Finishes kept for the next claim's transaction (see agent.workers.group_commit); None: at once.
         self.group: GroupCommit[tuple[Claim, Attempt]] | None = None if delay <= 0 else GroupCommit(
             lambda kept: _commit_finish(self, *kept), delay=delay)
