@@ -76,9 +76,10 @@ class Settings(BaseSettings):
     retry_base: float = Field(default=1.0, gt=0, le=3600, description="Seconds before a failed job's first "
                                                                       "retry; doubled for each one after.")
     processes: Literal["auto"] | int = Field(
-        default="auto", description="Worker processes of an embedded campaign run (`agent campaign "
-                                                 "run`): 0 runs the batches on threads of one process; auto: one "
-                                                 "per core, at most 4, when there are several batches.")
+        default="auto", description="Worker processes an embedded campaign run (`agent campaign run`) forks "
+                                    "besides its own, which runs batches too: 0 runs them on threads of one "
+                                    "process; auto: one process per core in all, at most 4, when there are "
+                                    "several batches.")
     embedder: Literal["auto", "semantic", "hashing"] = Field(
         default="auto", description="auto: the semantic model when installed (extra `semantic`), else the "
                                     "deterministic hashing embedder.")

@@ -223,13 +223,14 @@ class CampaignRunner:
             if count:
                 from agent.workers.processes import ProcessPool
 
+                # This process runs batches too: one thread more than children.
                 pool = ProcessPool(count, registry=self.registry, audit=self.audit,
-                                   retry_base=self.settings.retry_base)
+                                   retry_base=self.settings.retry_base, local=True)
                 pool.start()  # forked before the worker threads start
             for topic in sorted(self._topics):
                 worker = Worker(self.queue, self.registry, topic=topic, audit_store=self.audit, poll=poll,
                                 retry_base=self.settings.retry_base, execute=pool.execute if pool else None)
-                worker.start(count or threads)
+                worker.start(count + 1 if count else threads)
                 workers.append(worker)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -250,8 +251,9 @@ class CampaignRunner:
         return [self.report(r.campaign_id, r.run_key) for r in reports]
 
     def processes_for(self, reports: list[CampaignReport], processes: int | str | None = None) -> int:
-        """How many worker processes ``work`` uses (0: threads of this process).  ``auto`` gives one
-        per core, at most 4 and at most one per batch left; none for a single batch, off Linux (no
+        """How many worker processes ``work`` forks besides this one, which runs batches too (0: threads
+        of this process only).  ``auto`` makes one process per core, this one included, at most 4 and
+        at most one per batch left; none for a single batch, off Linux (no
         parent-death signal there), nor for a registry or audit store built in code (the children are
         forked copies: what a test's agent records, an in-memory audit, or a frozen clock moved later
         would stay in them).  A number asks for that many."""
@@ -264,7 +266,7 @@ class CampaignRunner:
                 left = max(left, MAX_PROCESSES)  # planned in parts: how many batches will come is not known yet
             portable = self._portable_registry and sys.platform.startswith("linux")
             count = min(default_processes(), left) if portable else 0
-            return count if count > 1 else 0
+            return count - 1 if count > 1 else 0
         if isinstance(wanted, bool) or not isinstance(wanted, int) or not 0 <= wanted <= MAX_PROCESSES:
             raise InvalidInput("processes", f"must be auto or an integer from 0 to {MAX_PROCESSES}")
         return wanted

@@ -19,8 +19,9 @@ runs_app = typer.Typer(help="The audit trail of runs.", no_args_is_help=True)
 console = Console()
 
 THREADS = typer.Option(4, min=1, max=64, help="Worker threads (in-memory backend, without worker processes).")
-PROCESSES = typer.Option(None, help="Worker processes (in-memory backend): a number, 0 for threads of this "
-                                    "process only, or auto (one per core, at most 4, for several batches). "
+PROCESSES = typer.Option(None, help="Worker processes forked besides this one, which runs batches too "
+                                    "(in-memory backend): a number, 0 for threads of this process only, or auto "
+                                    "(one process per core in all, at most 4, for several batches). "
                                     "Default: the processes setting (AGENT_PROCESSES, auto).")
 BACKEND = typer.Option("memory", help="memory: worker threads in this process; celery: the broker's workers "
                                       "(`agent worker`) run the batches and this command watches.")

@@ -62,6 +62,9 @@ def default_processes() -> int:
                       4))
 
 
+_LOCAL = object()  # the seat of a job run in this process
+
+
 class _Child:
     """A worker process and this side of its pipe."""
 
@@ -76,13 +79,19 @@ class ProcessPool:
 
     The children run jobs with ``registry`` and ``audit`` (as they were at the
     fork); ``audit`` also records, here, a job given up after its last child
-    died, and the jobs run here once no child is left (``broken``).
+    died, and the jobs run here once no child is left (``broken``).  With
+    ``local``, one job at a time also runs here while every child is busy.
     """
 
-    def __init__(self, processes: int, *, registry: Registry, audit: Any = None, retry_base: float = 1.0) -> None:
+    def __init__(self, processes: int, *, registry: Registry, audit: Any = None, retry_base: float = 1.0,
+                 local: bool = False) -> None:
         if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= MAX_PROCESSES:
             raise InvalidInput("processes", f"must be an integer from 1 to {MAX_PROCESSES}")
         self.processes = processes
+        # One job at a time may also run here, on the calling thread, while every child is busy: this
+        # process works too (on two cores, one child and this process use both, in less memory).
+        self.local = local
+        self._local_busy = False
         self.registry, self.audit, self.retry_base = registry, audit, retry_base
         self.broken = False  # no child left (or none started): the jobs run on the calling threads
         self._resolved: dict[str, Any] = {}
@@ -119,9 +128,14 @@ class ProcessPool:
         self.start()
         while True:
             child = self._checkout()
-            if child is None:
-                return execute_job(job, registry=self.registry, audit=self.audit, resolved=self._resolved,
-                                   retry_base=self.retry_base)
+            if child is None or child is _LOCAL:
+                try:
+                    return execute_job(job, registry=self.registry, audit=self.audit, resolved=self._resolved,
+                                       retry_base=self.retry_base)
+                finally:
+                    if child is _LOCAL:
+                        self._checkin(child)
+            assert isinstance(child, _Child)
             try:
                 child.conn.send(job)
             except (OSError, ValueError):  # it died idle: the job never reached it, not an attempt lost
@@ -152,22 +166,30 @@ class ProcessPool:
         self.close()
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _checkout(self) -> _Child | None:
-        """An idle child, waiting for one; None once no child is left."""
+    def _checkout(self) -> _Child | object | None:
+        """An idle child (or ``_LOCAL``: this process's seat), waiting for one; None once no child is
+        left (the jobs then run on the calling threads)."""
         with self._cond:
-            while not self._idle and self._children and not self._closed:
+            while True:
+                if self._closed:
+                    raise InvalidInput("processes", "the process pool is closed")
+                if self._idle:
+                    self._busy += 1
+                    return self._idle.pop()
+                if not self._children:
+                    return None
+                if self.local and not self._local_busy:
+                    self._local_busy = True
+                    return _LOCAL
                 self._cond.wait()
-            if self._closed:
-                raise InvalidInput("processes", "the process pool is closed")
-            if not self._idle:
-                return None
-            self._busy += 1
-            return self._idle.pop()
 
-    def _checkin(self, child: _Child) -> None:
+    def _checkin(self, child: _Child | object) -> None:
         with self._cond:
-            self._busy -= 1
-            self._idle.append(child)
+            if child is _LOCAL:
+                self._local_busy = False
+            else:
+                self._busy -= 1
+                self._idle.append(child)
             self._cond.notify_all()
 
     def _lose(self, child: _Child) -> None:
