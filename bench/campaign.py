@@ -101,7 +101,7 @@ def child(args: argparse.Namespace) -> None:
     sampler.start()
     started = time.perf_counter()
     report = runner.start(campaign, run_key="bench", part_size=PLAN_PART)
-    processes = runner.processes_for([report]) if backend == "embedded" else 0
+    processes = runner.processes_for([report], threads=args.threads) if backend == "embedded" else 0
     [report] = runner.work([report], threads=args.threads, poll=0.05)
     elapsed = time.perf_counter() - started
     sampler.stop()

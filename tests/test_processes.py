@@ -430,6 +430,13 @@ class AutoProcessesTest(unittest.TestCase):
             self.assertEqual((in_code.processes_for([self.report(1)], 3), default.processes_for([], 0)), (3, 0))
         with mock.patch("agent.workers.processes.default_processes", return_value=2):
             self.assertEqual(default.processes_for([self.report(8)]), 1)
+        with mock.patch("agent.workers.processes.default_processes", return_value=4):
+            # Fewer threads asked for cap auto: as many jobs at once, this process included
+            self.assertEqual(default.processes_for([self.report(8)], threads=1), 0)
+            self.assertEqual(default.processes_for([self.report(8)], "auto", threads=2), 1)
+            self.assertEqual(default.processes_for([self.report(8)], threads=4), 3)
+            # A number asked for is taken as it is
+            self.assertEqual(default.processes_for([self.report(8)], 2, threads=1), 2)
 
 
 class ErrorPicklingTest(unittest.TestCase):

@@ -219,7 +219,7 @@ class CampaignRunner:
         workers = []
         pool = None
         if isinstance(self.queue, Queue):
-            count = self.processes_for(reports, processes)
+            count = self.processes_for(reports, processes, threads=threads)
             if count:
                 from agent.workers.processes import ProcessPool
 
@@ -250,13 +250,15 @@ class CampaignRunner:
                 pool.close()
         return [self.report(r.campaign_id, r.run_key) for r in reports]
 
-    def processes_for(self, reports: list[CampaignReport], processes: int | str | None = None) -> int:
+    def processes_for(self, reports: list[CampaignReport], processes: int | str | None = None, *,
+                      threads: int | None = None) -> int:
         """How many worker processes ``work`` forks besides this one, which runs batches too (0: threads
         of this process only).  ``auto`` makes one process per core, this one included, at most 4 and
         at most one per batch left; none for a single batch, off Linux (no
         parent-death signal there), nor for a registry or audit store built in code (the children are
         forked copies: what a test's agent records, an in-memory audit, or a frozen clock moved later
-        would stay in them).  A number asks for that many."""
+        would stay in them), and no more than ``threads`` processes in all (the jobs at once a user
+        allows, e.g. ``--threads 1`` for one SMTP session at a time).  A number asks for that many."""
         from agent.workers.processes import MAX_PROCESSES, default_processes
 
         wanted = self.settings.processes if processes is None else processes
@@ -266,6 +268,8 @@ class CampaignRunner:
                 left = max(left, MAX_PROCESSES)  # planned in parts: how many batches will come is not known yet
             portable = self._portable_registry and sys.platform.startswith("linux")
             count = min(default_processes(), left) if portable else 0
+            if threads is not None:
+                count = min(count, threads)  # jobs at once, whether on threads or processes
             return count - 1 if count > 1 else 0
         if isinstance(wanted, bool) or not isinstance(wanted, int) or not 0 <= wanted <= MAX_PROCESSES:
             raise InvalidInput("processes", f"must be auto or an integer from 0 to {MAX_PROCESSES}")

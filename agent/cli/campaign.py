@@ -18,7 +18,9 @@ campaign_app = typer.Typer(help="Run outreach campaigns on the embedded defaults
 runs_app = typer.Typer(help="The audit trail of runs.", no_args_is_help=True)
 console = Console()
 
-THREADS = typer.Option(4, min=1, max=64, help="Worker threads (in-memory backend, without worker processes).")
+THREADS = typer.Option(4, min=1, max=64, help="Jobs at once (in-memory backend): the worker threads without "
+                                               "worker processes; with processes auto, at most this many "
+                                               "processes in all.")
 PROCESSES = typer.Option(None, help="Worker processes forked besides this one, which runs batches too "
                                     "(in-memory backend): a number, 0 for threads of this process only, or auto "
                                     "(one process per core in all, at most 4, for several batches). "
