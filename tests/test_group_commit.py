@@ -31,8 +31,8 @@ class Counting:
         return make_envelope([{"n": len(self.runs)}], source="t", run_id=run_id, flow="f", node="n", agent="a")
 
 
-class RunJobGroupCommitTest(unittest.TestCase):
-    """``run_job`` in this process; nothing is published (the jobs are put in the ledger directly)."""
+class GroupCase(unittest.TestCase):
+    """``run_job`` in this process, on jobs put in the ledger directly."""
 
     def setUp(self) -> None:
         self.home = TempHome(broker_url=REDIS_BROKER, queue_commit_delay=30)
@@ -61,6 +61,10 @@ class RunJobGroupCommitTest(unittest.TestCase):
 
     def state(self, job_id: str, run_id: str) -> tuple[str, str]:
         return self.rt.ledger.state(job_id)["state"], self.rt.audit.get_run(run_id).state
+
+
+class RunJobGroupCommitTest(GroupCase):
+    """Nothing is published here."""
 
     def test_a_finish_is_committed_with_the_next_claim_and_the_last_by_flush(self) -> None:
         # Given two queued jobs
@@ -116,6 +120,23 @@ class RunJobGroupCommitTest(unittest.TestCase):
         self.assertEqual(self.state(job_id, "r-1"), ("done", "succeeded"))
         self.assertEqual([f.message for f in self.rt.audit.failures("r-1")], [LOST_ATTEMPT])
         self.assertEqual(self.rt.ledger.state(job_id)["attempts"], 2)
+
+    def test_a_kept_finish_whose_lease_lapsed_leaves_the_new_attempt_alone(self) -> None:
+        # Given a job that ran, its finish kept, then its lease lapsed and another process ran it again
+        job_id = self.add("r-1")
+        self.assertEqual(self.run_job(job_id), "done")
+        _, other = self.runtime()
+        self.clock.advance(self.rt.lease + 1)
+        self.assertEqual(self.run_job(job_id, other), "done")
+        # When the first process commits its stale finish, then the second its own
+        self.rt.group.flush()
+        other.group.flush()
+        # Then only the attempt in hand finished the job and wrote the end of its run
+        self.assertEqual(self.state(job_id, "r-1"), ("done", "succeeded"))
+        self.assertEqual(self.rt.ledger.state(job_id)["attempts"], 2)
+        [envelope] = self.rt.audit.envelopes("r-1")
+        self.assertEqual(envelope.envelope["records"][0]["n"], 2)  # the second run's
+        self.assertEqual([f.message for f in self.rt.audit.failures("r-1")], [LOST_ATTEMPT])
 
     def test_a_failed_claim_transaction_still_commits_the_kept_finish_and_claims(self) -> None:
         # Given a kept finish, and a store whose next claim with the audit fails once
@@ -202,6 +223,31 @@ class GroupCommitTest(unittest.TestCase):
     def test_a_delay_must_be_above_zero(self) -> None:
         with self.assertRaises(ValueError):
             GroupCommit(print, delay=0)
+
+
+@requires_real_services()
+class KeptFinishThatCannotBeWrittenTest(GroupCase):
+    def test_it_is_settled_as_a_failure_around_the_job_not_left_running(self) -> None:
+        from agent.queues.celery_queue import CeleryQueue
+
+        # Given a job whose run succeeded, and an audit store that refuses every end from then on
+        self.topic = f"group-{uuid.uuid4().hex[:8]}"
+        self.addCleanup(drop_queues, REDIS_BROKER, [self.topic])
+        job_id = self.add("r-1")
+        self.assertEqual(self.run_job(job_id), "done")
+
+        def refused(*args: object, **kwargs: object) -> None:
+            raise StorageError("database error: OperationalError: disk I/O error")
+
+        self.rt.audit.end_attempt = refused  # type: ignore[method-assign]
+        # When the kept finish is committed
+        self.rt.group.flush()
+        # Then the job is not left running under a lease nobody renews: it waits for a retry, with why
+        state = self.rt.ledger.state(job_id)
+        self.assertEqual(state["state"], "delayed")
+        self.assertIn("disk I/O error", state["last_error"])
+        self.assertEqual(CeleryQueue(self.app, settings=self.rt.settings, ledger=self.rt.ledger).stats(
+            self.topic).delayed, 1)
 
 
 @requires_real_services()

@@ -258,6 +258,22 @@ class LostChildLastAttemptTest(PoolCase):
         self.assertNotIn(after.envelope["records"][0]["ran_in"], (os.getpid(), pid))
 
 
+class UnpicklableJobTest(PoolCase):
+    def test_a_job_that_cannot_be_sent_is_refused_and_the_child_serves_on(self) -> None:
+        # Given a job whose payload cannot cross to a child
+        odd = Job.model_construct(**{**Job(orchestrator="echo", run_id="odd").__dict__,
+                                     "payload": {"f": lambda: None}})
+        # When it is handed to the pool
+        with self.assertRaises(Exception):
+            self.pool.execute(odd)
+        # Then the child was not charged or lost: the next job runs in it
+        self.assertEqual((self.pool.alive, self.pool.broken), (1, False))
+        self.queue.enqueue(TOPIC, Job(orchestrator="echo", run_id="next"))
+        after = self.worker.run_once(timeout=GUARD)
+        self.assertEqual(after.verdict, "ack")
+        self.assertNotEqual(after.envelope["records"][0]["ran_in"], os.getpid())
+
+
 class LocalSeatTest(PoolCase):
     local = True
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import SecretStr
 
@@ -67,8 +67,8 @@ class WorkerRuntime:
         # A kept finish's lease is no longer renewed: it is committed within a third of the lease.
         delay = min(settings.queue_commit_delay, self.lease / 3)
         # Finishes kept for the next claim's transaction (see agent.workers.group_commit); None: at once.
-        self.group: GroupCommit[tuple[Claim, Attempt]] | None = None if delay <= 0 else GroupCommit(
-            lambda kept: _commit_finish(self, *kept), delay=delay)
+        self.group: GroupCommit[Kept] | None = None if delay <= 0 else GroupCommit(
+            lambda kept: _commit_kept(self, kept), delay=delay)
 
     def attempt(self, job: Job) -> Attempt:
         """An attempt of ``job`` with this process's registry and audit store."""
@@ -161,9 +161,11 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None,
     began: tuple[Attempt, JobOutcome | None] | None = None
     try:
         # The claim and the attempt's audited start commit together, with the previous job's finish.
+        # (On PostgreSQL, two workers whose finishes and claims cross may deadlock: the database
+        # aborts one transaction, and the fallback below writes its parts one by one.)
         with rt.db.transaction():
             if kept is not None:
-                _finish_in_transaction(rt, *kept)
+                _finish_in_transaction(rt, kept.claim, kept.attempt)
             claim = rt.ledger.claim(job_id, lease=rt.lease, holder=rt.holder)
             if isinstance(claim, Claim) and not claim.exhausted:
                 attempt = rt.attempt(claim.job)
@@ -173,7 +175,10 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None,
         # failure meets the claimed job again below and settles it (retried, or dead-lettered).
         log.warning("job %s: claimed without its audit: %s", job_id, redact(f"{type(exc).__name__}: {exc}"))
         if kept is not None:
-            _commit_finish(rt, *kept, quiet=True)
+            try:
+                _commit_kept(rt, kept)
+            except Exception as failed:  # the store is down: its lease runs out, and it runs again
+                log.warning("job %s: not settled: %s", kept.claim.job.job_id, type(failed).__name__)
         began = None
         claim = rt.ledger.claim(job_id, lease=rt.lease, holder=rt.holder)
     if claim is None:
@@ -195,15 +200,25 @@ def _job_id(data: Any) -> str:
     return data
 
 
+class Kept(NamedTuple):
+    """A succeeded job whose finish waits for the process's next claim (group commit)."""
+
+    app: Any
+    topic: str
+    claim: Claim
+    attempt: Attempt
+
+
 def _finish_in_transaction(rt: WorkerRuntime, claim: Claim, attempt: Attempt) -> None:
-    # The job's row first, as the claim takes it: two transactions never wait on each other's rows.
-    rt.ledger.finish(claim)
-    attempt.end()
+    # The job's row first, as a claim takes it.  Only the attempt in hand is finished: if its lease
+    # lapsed and another worker claimed the job meanwhile, that worker's attempt writes the end.
+    if rt.ledger.finish(claim):
+        attempt.end()
 
 
-def _commit_finish(rt: WorkerRuntime, claim: Claim, attempt: Attempt, *, quiet: bool = False) -> None:
+def _commit_finish(rt: WorkerRuntime, claim: Claim, attempt: Attempt) -> None:
     """A job's finish and its audited end, in one transaction; if that fails, each on its own (the run
-    succeeded and must not run again).  ``quiet``: a failure of those is logged, not raised."""
+    succeeded and must not run again: its end first, so a later claim finds it succeeded)."""
     try:
         with rt.db.transaction():
             _finish_in_transaction(rt, claim, attempt)
@@ -211,14 +226,17 @@ def _commit_finish(rt: WorkerRuntime, claim: Claim, attempt: Attempt, *, quiet: 
     except Exception as exc:
         log.warning("job %s: finished apart from its audit: %s", claim.job.job_id,
                     redact(f"{type(exc).__name__}: {exc}"))
+    attempt.end()
+    rt.ledger.finish(claim)
+
+
+def _commit_kept(rt: WorkerRuntime, kept: Kept) -> None:
+    """A kept finish on its own; if it cannot be written, the job is settled as a failure around it
+    would be (retried with backoff, or dead-lettered), never left running."""
     try:
-        attempt.end()
-        rt.ledger.finish(claim)
+        _commit_finish(rt, kept.claim, kept.attempt)
     except Exception as exc:
-        if not quiet:
-            raise
-        # Still running in the ledger: its lease runs out, and it is run again.
-        log.warning("job %s: not finished: %s", claim.job.job_id, redact(f"{type(exc).__name__}: {exc}"))
+        _failed_around(kept.app, kept.topic, kept.claim, rt, exc)
 
 
 def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime,
@@ -234,7 +252,7 @@ def _settle(app: Any, topic: str, claim: Claim, rt: WorkerRuntime,
             attempt.run()
             if attempt.outcome.verdict == "ack" and not attempt.outcome.follow_ups:
                 if group and rt.group is not None:
-                    rt.group.keep((claim, attempt))  # committed with the next claim, or soon on its own
+                    rt.group.keep(Kept(app, topic, claim, attempt))  # with the next claim, or soon alone
                 else:
                     _commit_finish(rt, claim, attempt)
                 return "done"

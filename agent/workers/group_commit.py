@@ -47,7 +47,8 @@ class GroupCommit(Generic[T]):
         self._kept_at = 0.0
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        self.committed = 0  # finishes the group's thread (or flush) committed on their own
+        self._committing = 0  # finishes being committed on their own right now
+        self.committed = 0  # finishes the group's thread (or flush) handed to ``commit`` on their own
 
     def keep(self, item: T) -> None:
         """Keep ``item`` for the next claim, or for the group's thread after ``delay``; one kept
@@ -70,19 +71,30 @@ class GroupCommit(Generic[T]):
             return item
 
     def flush(self) -> None:
-        """Commit the kept finish, if any, now, in this thread."""
-        item = self.take()
+        """Commit the kept finish, if any, now, in this thread; and wait for one the group's thread
+        is committing (the process may end right after)."""
+        with self._changed:
+            item, self._kept = self._kept, None
+            if item is not None:
+                self._committing += 1
         if item is not None:
-            self._commit_alone(item)
+            self._commit_alone(item, counted=True)
+        with self._changed:
+            self._changed.wait_for(lambda: self._committing == 0, timeout=60)
 
-    def _commit_alone(self, item: T) -> None:
+    def _commit_alone(self, item: T, *, counted: bool = False) -> None:
+        if not counted:
+            with self._changed:
+                self._committing += 1
         try:
             self._commit(item)
         except Exception as exc:  # its lease runs out, and it runs again: logged, not raised
             log.warning("a finished job was not committed: %s", type(exc).__name__)
-        with self._changed:
-            self.committed += 1
-            self._changed.notify_all()
+        finally:
+            with self._changed:
+                self._committing -= 1
+                self.committed += 1
+                self._changed.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -94,7 +106,8 @@ class GroupCommit(Generic[T]):
                     self._changed.wait(left)  # the next claim may take it meanwhile
                     continue
                 item, self._kept = self._kept, None
-            self._commit_alone(item)
+                self._committing += 1
+            self._commit_alone(item, counted=True)
 
     def wait_committed(self, count: int, timeout: float) -> bool:
         """Until ``committed`` reaches ``count`` (tests); False after ``timeout`` seconds."""

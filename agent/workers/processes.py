@@ -137,11 +137,23 @@ class ProcessPool:
                         self._checkin(child)
             assert isinstance(child, _Child)
             try:
-                child.conn.send(job)
-            except (OSError, ValueError):  # it died idle: the job never reached it, not an attempt lost
+                payload = pickle.dumps(job)
+            except BaseException:
+                self._checkin(child)  # nothing was sent: the child is fine
+                raise
+            try:
+                child.conn.send_bytes(payload)
+            except OSError:  # it died idle: the job never reached it, not an attempt lost
                 self._lose(child)
                 continue
-            outcome = _answer(child)
+            except BaseException:
+                self._lose(child)  # cut short mid-message: the pipe cannot be trusted again
+                raise
+            try:
+                outcome = _answer(child)
+            except BaseException:
+                self._lose(child)
+                raise
             if outcome is None:
                 self._lose(child)
                 return self._lost(job, child.process.exitcode)
@@ -203,33 +215,43 @@ class ProcessPool:
                 log.warning("no worker process is left: the jobs run on threads")
             self._cond.notify_all()
         child.conn.close()
+        if child.process.is_alive():  # an answer that could not be read: it is of no use any more
+            child.process.kill()
         child.process.join(timeout=5)
 
     def _fork_and_wait(self) -> None:
         # Children are forked from this thread and die with it (PR_SET_PDEATHSIG is per thread):
         # it lives exactly as long as the pool.
         children: list[_Child] = []
+        ready: list[_Child] = []
         try:
             context = multiprocessing.get_context("fork")
             for _ in range(self.processes):
                 mine, theirs = context.Pipe()
+                # The child closes the parent's ends it inherits (its own and its elder siblings'), so
+                # that it sees the end of its pipe when the parent closes it.
+                inherited = [child.conn for child in children] + [mine]
                 process = context.Process(target=_child_main, name="agent-worker", daemon=True,
-                                          args=(theirs, self.registry, self.audit, self.retry_base, os.getpid()))
+                                          args=(theirs, inherited, self.registry, self.audit, self.retry_base,
+                                                os.getpid()))
                 process.start()
                 theirs.close()
                 children.append(_Child(process, mine))
         except Exception:  # fork refused (no memory, no processes left): those forked still serve
             log.exception("worker processes could not all be started")
-        ready = [child for child in children if _ready(child)]
-        if len(ready) < len(children):
-            log.warning("%d worker process(es) died as they started", len(children) - len(ready))
+        try:
+            ready = [child for child in children if _ready(child)]
+            if len(ready) < len(children):
+                log.warning("%d worker process(es) died as they started", len(children) - len(ready))
+        finally:  # whatever happened, start() stops waiting
+            with self._cond:
+                self._children, self._idle = list(ready), list(ready)
+                self.broken = not ready
+                if not ready:
+                    log.warning("no worker process started: the jobs run on threads")
+                self._started = True
+                self._cond.notify_all()
         with self._cond:
-            self._children, self._idle = list(ready), list(ready)
-            self.broken = not ready
-            if not ready:
-                log.warning("no worker process started: the jobs run on threads")
-            self._started = True
-            self._cond.notify_all()
             while not (self._closed and self._busy == 0):
                 self._cond.wait()
             left, self._children, self._idle = self._children, [], []
@@ -278,7 +300,10 @@ def _answer(child: _Child) -> JobOutcome | None:
 
 
 # -- the child's side --------------------------------------------------------------------------------
-def _child_main(conn: Connection, registry: Registry, audit: Any, retry_base: float, parent: int) -> None:
+def _child_main(conn: Connection, inherited: list[Connection], registry: Registry, audit: Any, retry_base: float,
+                parent: int) -> None:
+    for end in inherited:
+        end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and finishes the jobs in hand
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the line above: nothing will collect our work
