@@ -17,12 +17,13 @@ from agent.campaigns.model import Campaign
 from agent.queues.base import Job
 
 __all__ = ["BatchPlan", "find_leads", "find_part", "lead_pages", "plan_batches", "batch_plan", "planning_plan",
-           "record_plans", "batch_run_id", "ORCHESTRATOR", "PLANNER", "PLAN_PART"]
+           "record_plans", "batch_run_id", "ORCHESTRATOR", "PLANNER", "PLAN_PART", "MAX_PART"]
 
 ORCHESTRATOR = "outreach_orchestrator"
 PLANNER = "campaign_orchestrator"
 # Leads a planning part reads before it queues their batches (``agent campaign run`` plans in parts).
 PLAN_PART = 1000
+MAX_PART = 100_000  # the most a part may be asked to read
 _PAGE = 500
 
 

@@ -32,6 +32,7 @@ from agent.campaigns.model import Campaign, check_tenant
 from agent.clock import clock_from
 from agent.errors import InvalidInput
 from agent.campaigns.planning import (
+    MAX_PART,
     ORCHESTRATOR,
     PLANNER,
     batch_plan,
@@ -106,8 +107,8 @@ class CampaignRunner:
         check_tenant(campaign, self.settings.tenant, who="this store (AGENT_TENANT)")
         run_key = run_key or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         if part_size is not None and lead_ids is None:
-            if isinstance(part_size, bool) or not isinstance(part_size, int) or not 1 <= part_size <= 100_000:
-                raise InvalidInput("part_size", "must be an integer from 1 to 100000")
+            if isinstance(part_size, bool) or not isinstance(part_size, int) or not 1 <= part_size <= MAX_PART:
+                raise InvalidInput("part_size", f"must be an integer from 1 to {MAX_PART}")
             plans = [planning_plan(campaign, run_key, topic=self.topic, part_size=part_size)]
         else:
             ids = self.find_leads(campaign) if lead_ids is None else list(lead_ids)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from agent.envelope import _check_utc_iso, new_run_id, utc_now_iso
 from agent.errors import InvalidInput, PayloadError
@@ -24,6 +24,18 @@ from agent.validation import first_error
 __all__ = ["Job", "QueueStats", "JobQueue", "Queue", "check_topic", "error_text"]
 
 _TOPIC = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+JobId = Annotated[str, Field(min_length=1, max_length=64)]  # a job's or a run's id
+_JOB_ID: TypeAdapter[str] = TypeAdapter(JobId)
+
+
+def parse_job_id(value: Any, field: str = "job_id") -> str:
+    """``value`` as a job id; a ``PayloadError`` naming ``field`` if it is not one."""
+    try:
+        return _JOB_ID.validate_python(value, strict=True)
+    except ValidationError as exc:
+        raise PayloadError(*first_error(exc, field)) from None
 
 
 class Job(BaseModel):
@@ -35,8 +47,8 @@ class Job(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    job_id: str = Field(default_factory=new_run_id, min_length=1, max_length=64)
-    run_id: str = Field(default_factory=new_run_id, min_length=1, max_length=64)
+    job_id: JobId = Field(default_factory=new_run_id)
+    run_id: JobId = Field(default_factory=new_run_id)
     orchestrator: str = Field(min_length=1, max_length=64)
     payload: dict[str, Any] = Field(default_factory=dict)
     # strict: "3" or True must not pass as a count.

@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from agent.errors import AgentError, InvalidInput
 from agent.logs import get_logger, redact
-from agent.queues.base import Job
+from agent.queues.base import Job, parse_job_id
 from agent.queues.celery_queue import TASK, celery_app, publish
 from agent.queues.ledger import Busy, Claim, SqlJobLedger
 from agent.settings import Settings, get_settings
@@ -152,7 +152,8 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None,
     commits it with the next claim.
     """
     try:
-        job_id = Job.parse(data).job_id if isinstance(data, dict) else _job_id(data)
+        # A message names its job (older ones carried the whole job).
+        job_id = Job.parse(data).job_id if isinstance(data, dict) else parse_job_id(data)
     except AgentError as exc:
         log.error("a message on %s is not a job and is dropped: %s", topic, exc)
         return "skipped"
@@ -191,13 +192,6 @@ def run_job(app: Any, topic: str, data: Any, *, rt: WorkerRuntime | None = None,
             return _settle(app, topic, claim, rt, began, group=group)
         except Exception as exc:
             return _failed_around(app, topic, claim, rt, exc)
-
-
-def _job_id(data: Any) -> str:
-    """The job id a message carries: a message names its job, whose whole text is in the ledger."""
-    if not isinstance(data, str) or not 1 <= len(data) <= 64:
-        raise InvalidInput("job_id", "a message must carry its job's id (or the job)")
-    return data
 
 
 class Kept(NamedTuple):

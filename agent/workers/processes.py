@@ -278,20 +278,22 @@ class ProcessPool:
 
 
 def _ready(child: _Child) -> bool:
-    """The child said it is ready (its pid); False if it died first."""
-    if not wait([child.conn, child.process.sentinel], READY_TIMEOUT) or not child.conn.poll():
-        child.process.kill()
-        return False
-    try:
-        return isinstance(child.conn.recv(), int)
-    except (EOFError, OSError):
-        return False
+    """The child said it is ready (its pid); False if it died first (or never said it)."""
+    if isinstance(_receive(child, READY_TIMEOUT), int):
+        return True
+    child.process.kill()
+    return False
 
 
 def _answer(child: _Child) -> JobOutcome | None:
     """The outcome the child sends back; None if it died first."""
-    wait([child.conn, child.process.sentinel])  # whichever comes first
-    if child.conn.poll():  # an answer sent just before it died still counts
+    return _receive(child)
+
+
+def _receive(child: _Child, timeout: float | None = None) -> Any:
+    """What the child sends next; None if it dies (or ``timeout`` passes) first."""
+    wait([child.conn, child.process.sentinel], timeout)  # whichever comes first
+    if child.conn.poll():  # a message sent just before it died still counts
         try:
             return child.conn.recv()
         except Exception:  # cut short by its death

@@ -30,7 +30,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.campaigns.model import Campaign, check_tenant
-from agent.campaigns.planning import find_leads, find_part, plan_batches, planning_plan
+from agent.campaigns.planning import MAX_PART, find_leads, find_part, plan_batches, planning_plan
 from agent.engine.flow import Flow, FlowGraph
 from agent.engine.outputs import Output
 from agent.engine.state import FlowState
@@ -50,13 +50,13 @@ class CampaignPayload(BaseModel):
     run_key: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:\-]+$")
     topic: str = Field(default="campaigns", pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")
     # Planning in parts (None: every lead at once); see the module's doc.
-    part_size: int | None = Field(default=None, ge=1, le=100_000)
+    part_size: int | None = Field(default=None, ge=1, le=MAX_PART)
     part: int = Field(default=0, ge=0)
     cursor: dict[Literal["after_id", "offset"], Annotated[int, Field(ge=0)]] | None = Field(
         default=None, min_length=1, max_length=1)
     next_batch: int = Field(default=0, ge=0)
     planned: int = Field(default=0, ge=0)
-    carry: list[Annotated[int, Field(ge=1, strict=True)]] = Field(default_factory=list, max_length=100_000)
+    carry: list[Annotated[int, Field(ge=1, strict=True)]] = Field(default_factory=list, max_length=MAX_PART)
 
     @field_validator("campaign", mode="before")
     @classmethod
@@ -96,7 +96,8 @@ class CampaignOrchestrator(BaseOrchestrator):
         carry = payload.carry
         more, cursor = find_part(leads, payload.campaign, payload.cursor,
                                  have=payload.planned + len(carry), size=max(1, payload.part_size - len(carry)))
-        ids = carry + [i for i in more if i not in set(carry)]
+        carried = set(carry)
+        ids = carry + [i for i in more if i not in carried]
         return Output([{"lead_ids": ids, "cursor": cursor}], source=_SOURCE, found=len(more))
 
 
